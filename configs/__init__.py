@@ -1,0 +1,1 @@
+"""Experiment configs: `get_config(variant)` per file, shared fields in `default.py`."""

@@ -1,0 +1,89 @@
+"""Shared fields of every experiment, and the paper's sizes of the six architectures.
+
+Full size (section 3.5, ~18M parameters per cascade stage) is an accelerator job:
+  python train.py --config configs/pose_tree_moe.py --workdir /tmp/ptm
+The `tiny` variant keeps the same code at small widths, few experts and two stages, so that it
+runs on a CPU in minutes:
+  python train.py --config configs/pose_tree_moe.py:tiny --workdir /tmp/ptm_tiny
+"""
+
+import ml_collections
+
+# Section 3.5 / SPEC's table: what each architecture is at full size. Gate kinds follow from
+# the name (treemoe_jax.models.GATES); these are the sizes.
+_SINGLE_CNN = dict(cnn_features=(20, 40, 80, 160, 30), num_cnn_experts=1)
+_POSE_CNNS = dict(cnn_features=(7, 14, 28, 56, 30), num_cnn_experts=8, representation_gate_depth=3)
+_REGRESSORS = dict(num_regression_experts=64, regression_hidden=128, regression_gate_depth=6)
+PAPER_SIZES = {
+    'baseline': dict(**_SINGLE_CNN, num_regression_experts=1, regression_hidden=8192),
+    'moe': dict(**_SINGLE_CNN, **_REGRESSORS),
+    'softmax_moe': dict(**_SINGLE_CNN, **_REGRESSORS),
+    'tree_moe': dict(**_SINGLE_CNN, **_REGRESSORS),
+    'pose_softmax_moe': dict(**_POSE_CNNS, **_REGRESSORS),
+    'pose_tree_moe': dict(**_POSE_CNNS, **_REGRESSORS),
+}
+
+# The same code at CPU scale: 2 stages, 8 features per landmark, 4 pose experts, 8 regressors.
+_TINY_CNN = dict(cnn_features=(8, 8, 16, 16, 8))
+TINY_SIZES = {
+    'baseline': dict(**_TINY_CNN, num_cnn_experts=1, num_regression_experts=1,
+                     regression_hidden=256),
+    'pose': dict(**_TINY_CNN, num_cnn_experts=4, representation_gate_depth=2,
+                 num_regression_experts=8, regression_hidden=32, regression_gate_depth=3),
+    'single_cnn': dict(**_TINY_CNN, num_cnn_experts=1, num_regression_experts=8,
+                       regression_hidden=32, regression_gate_depth=3),
+}
+
+VARIANTS = ('full', 'tiny')
+
+
+def model_config(architecture: str) -> ml_collections.ConfigDict:
+  """The full-size `config.model` of one architecture."""
+  if architecture not in PAPER_SIZES:
+    raise ValueError(f'unknown architecture {architecture!r}; valid: {", ".join(PAPER_SIZES)}')
+  model = ml_collections.ConfigDict(dict(
+      architecture=architecture,
+      image_size=150,
+      num_landmarks=68,
+      patch_size=32,
+      num_stages=4,
+      cnn_kernel_sizes=(5, 5, 3, 3, 1),
+      representation_gate_depth=3,
+      regression_gate_depth=6,
+      stop_gradient_between_stages=False,  # True = each stage trained on s(k) as data
+      freeze_pose=False,  # True = the pose estimator is read, not trained
+  ))
+  model.update(PAPER_SIZES[architecture])
+  return model
+
+
+def pose_config() -> ml_collections.ConfigDict:
+  """The head-pose estimator: ResNet-50 trunk, three separate heads (section 3.1)."""
+  return ml_collections.ConfigDict(dict(stage_sizes=(3, 4, 6, 3), base_width=64, head_hidden=256))
+
+
+def _tiny(config: ml_collections.ConfigDict) -> None:
+  architecture = config.model.architecture
+  kind = ('baseline' if architecture == 'baseline' else
+          'pose' if architecture.startswith('pose_') else 'single_cnn')
+  config.model.update(TINY_SIZES[kind])
+  config.model.num_stages = 2
+  config.pose.update(dict(stage_sizes=(1, 1, 1, 1), base_width=8, head_hidden=32))
+
+
+def get_config(architecture: str = 'pose_tree_moe', variant: str | None = None
+               ) -> ml_collections.ConfigDict:
+  """The experiment config of `architecture` at `variant` size ('full' or 'tiny')."""
+  variant = variant or 'full'
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r}; valid: {", ".join(VARIANTS)}')
+  config = ml_collections.ConfigDict()
+  config.variant = variant
+  config.task = 'alignment'  # or 'pose': train the head-pose estimator alone
+  config.seed = 0
+  config.model = model_config(architecture)
+  config.pose = pose_config()
+  if variant == 'tiny':
+    _tiny(config)
+  config.lock()
+  return config

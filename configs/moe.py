@@ -1,0 +1,11 @@
+"""The moe architecture (section 3.5).
+
+  python train.py --config configs/moe.py:tiny --workdir /tmp/moe_tiny   # CPU, minutes
+  python train.py --config configs/moe.py --workdir /tmp/moe             # accelerators
+"""
+
+from configs import default
+
+
+def get_config(variant: str | None = None):
+  return default.get_config('moe', variant)

@@ -1,0 +1,11 @@
+"""The pose_tree_moe architecture (section 3.5).
+
+  python train.py --config configs/pose_tree_moe.py:tiny --workdir /tmp/pose_tree_moe_tiny   # CPU, minutes
+  python train.py --config configs/pose_tree_moe.py --workdir /tmp/pose_tree_moe             # accelerators
+"""
+
+from configs import default
+
+
+def get_config(variant: str | None = None):
+  return default.get_config('pose_tree_moe', variant)

@@ -1,0 +1,61 @@
+"""Vectorised committees against a loop over separately applied single experts (test-only loop)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from treemoe_jax import experts
+
+
+def expert_slice(params, e):
+  return jax.tree.map(lambda leaf: leaf[e], params)
+
+
+def test_expert_cnns_equal_loop_over_single_experts():
+  num_experts, features, kernels = 3, (4, 6, 8, 8, 5), (5, 5, 3, 3, 1)
+  committee = experts.ExpertCNNs(num_experts, features, kernels)
+  crops = jax.random.normal(jax.random.key(0), (2, 7, 32, 32))  # [B, P, S, S]
+  params = committee.init(jax.random.key(1), crops)['params']
+  out = committee.apply({'params': params}, crops)
+  assert out.shape == (2, num_experts, 7 * 5)
+  for leaf in jax.tree.leaves(params):
+    assert leaf.shape[0] == num_experts  # expert axis leads every parameter
+  single = experts.PatchCNN(features, kernels)
+  for e in range(num_experts):
+    alone = single.apply({'params': expert_slice(params['experts'], e)}, crops)
+    np.testing.assert_allclose(out[:, e], alone, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(out[:, 0], out[:, 1])  # experts initialised independently
+
+
+def test_patch_cnn_shares_kernels_across_patches():
+  # The same patch at two landmark slots gives the same n features (section 3.2).
+  cnn = experts.PatchCNN((4, 4, 4, 4, 3))
+  crop = jax.random.normal(jax.random.key(0), (1, 1, 32, 32))
+  crops = jnp.concatenate([crop, jnp.zeros_like(crop), crop], axis=1)
+  params = cnn.init(jax.random.key(1), crops)
+  out = cnn.apply(params, crops).reshape(1, 3, 3)
+  np.testing.assert_allclose(out[:, 0], out[:, 2], rtol=1e-6)
+
+
+def test_expert_mlps_equal_numpy_formula_per_expert():
+  committee = experts.ExpertMLPs(num_experts=4, hidden=16, outputs=10)
+  h = np.random.default_rng(0).normal(size=(5, 12)).astype(np.float32)
+  params = committee.init(jax.random.key(0), h)['params']['experts']
+  out = np.asarray(committee.apply({'params': {'experts': params}}, h))
+  assert out.shape == (5, 4, 10)
+  for e in range(4):
+    w0, b0 = np.asarray(params['hidden']['kernel'][e]), np.asarray(params['hidden']['bias'][e])
+    w1, b1 = np.asarray(params['out']['kernel'][e]), np.asarray(params['out']['bias'][e])
+    expected = np.maximum(h @ w0 + b0, 0) @ w1 + b1  # eq. 6
+    np.testing.assert_allclose(out[:, e], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_combine_is_weighted_sum():
+  rng = np.random.default_rng(0)
+  outputs, weights = rng.normal(size=(3, 4, 6)), rng.dirichlet(np.ones(4), 3)
+  expected = sum(weights[:, e, None] * outputs[:, e] for e in range(4))
+  np.testing.assert_allclose(experts.combine(jnp.asarray(outputs), jnp.asarray(weights)),
+                             expected, rtol=1e-5)
+  with pytest.raises(ValueError, match='do not match'):
+    experts.combine(jnp.zeros((3, 4, 6)), jnp.zeros((3, 5)))

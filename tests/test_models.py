@@ -1,0 +1,175 @@
+"""The six architectures: shapes, the paper's parameter counts, gradients, clear errors."""
+
+import functools
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from treemoe_jax import models
+
+ARCHITECTURES = [a.value for a in models.Architecture]
+
+
+def conv_params(features, kernels, in_channels=1):
+  total = 0
+  for width, k in zip(features, kernels):
+    total += k * k * in_channels * width + width
+    in_channels = width
+  return total
+
+
+def closed_form_stage_params(architecture: str) -> int:
+  """Per-stage parameters of section 3.5, counted by hand from the layer sizes."""
+  features = 68 * 30
+  pose_cnns = architecture.startswith('pose_')
+  if pose_cnns:
+    cnn = 8 * conv_params((7, 14, 28, 56, 30), (5, 5, 3, 3, 1))
+    rep_gate = {'pose_tree_moe': 7 * (3 + 1), 'pose_softmax_moe': 8 * (3 + 1)}[architecture]
+  else:
+    cnn, rep_gate = conv_params((20, 40, 80, 160, 30), (5, 5, 3, 3, 1)), 0
+  if architecture == 'baseline':
+    return cnn + features * 8192 + 8192 + 8192 * 136 + 136
+  regressors = 64 * (features * 128 + 128 + 128 * 136 + 136)
+  reg_gate = {'moe': 0, 'softmax_moe': 64 * (features + 1), 'tree_moe': 63 * (features + 1),
+              'pose_softmax_moe': 64 * (features + 1), 'pose_tree_moe': 63 * (features + 1)}
+  return cnn + rep_gate + regressors + reg_gate[architecture]
+
+
+def count(tree) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize('architecture', ARCHITECTURES)
+def test_full_size_stage_parameters_match_closed_form(architecture):
+  model = models.create(default.get_config(architecture))
+  variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))
+  stages = variables['params']['cascade']
+  assert sorted(stages) == ['stage0', 'stage1', 'stage2', 'stage3']
+  per_stage = count(stages['stage0'])
+  assert per_stage == closed_form_stage_params(architecture)
+  assert 17.9e6 < per_stage < 18.2e6  # "roughly 18 million parameters per cascade stage"
+  assert ('pose_estimator' in variables['params']) == architecture.startswith('pose_')
+
+
+@functools.cache
+def tiny_variables(architecture: str) -> dict:
+  """One init per architecture for all tests (init compiles far slower than apply on CPU)."""
+  model = models.create(default.get_config(architecture, 'tiny'))
+  return jax.jit(lambda key: models.init(model, key))(jax.random.key(0))
+
+
+@pytest.mark.parametrize('architecture', ARCHITECTURES)
+def test_tiny_forward_shapes_and_gates(architecture):
+  config = default.get_config(architecture, 'tiny')
+  model = models.create(config)
+  batch = 2
+  images = jax.random.uniform(jax.random.key(0), (batch, 150, 150), minval=-1, maxval=1)
+  init_shape = jax.random.uniform(jax.random.key(1), (batch, 68, 2), minval=40, maxval=110)
+  out = jax.jit(model.apply)(tiny_variables(architecture), images, init_shape)
+  k = config.model.num_stages
+  assert out['shape'].shape == (batch, 68, 2)
+  assert out['stage_shapes'].shape == (k, batch, 68, 2)
+  np.testing.assert_array_equal(out['stage_shapes'][-1], out['shape'])
+  num_cnns, num_regressors = config.model.num_cnn_experts, config.model.num_regression_experts
+  assert out['gates']['representation'].shape == (k, batch, num_cnns)
+  assert out['gates']['regression'].shape == (k, batch, num_regressors)
+  for weights in out['gates'].values():
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+    assert np.all(np.asarray(weights) >= 0)
+  if architecture in ('baseline', 'moe'):
+    np.testing.assert_allclose(out['gates']['regression'], 1.0 / num_regressors)
+  if architecture.startswith('pose_'):
+    assert out['pose'].shape == (batch, 3)
+    assert np.all(np.abs(np.asarray(out['pose'])) <= np.pi)
+  else:
+    assert 'pose' not in out
+
+
+def _loss_and_grads(config, batch=4):
+  model = models.create(config)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(-1, 1, (batch, 150, 150)), jnp.float32)
+  init_shape = jnp.asarray(rng.uniform(40, 110, (batch, 68, 2)), jnp.float32)
+  target = init_shape + jnp.asarray(rng.normal(0, 3, (batch, 68, 2)), jnp.float32)
+  variables = tiny_variables(config.model.architecture)
+
+  def loss(params):
+    out, _ = model.apply({**variables, 'params': params}, images, init_shape, train=True,
+                         mutable=['batch_stats'])
+    return jnp.mean((out['shape'] - target)**2)
+
+  return jax.jit(jax.grad(loss))(variables['params'])
+
+
+def test_gradients_reach_every_gate_node_and_every_expert():
+  grads = _loss_and_grads(default.get_config('pose_tree_moe', 'tiny'))
+  for name, stage in grads['cascade'].items():
+    for committee in ('representation', 'regression'):
+      for path, leaf in jax.tree_util.tree_leaves_with_path(stage[committee]):
+        per_expert = np.abs(np.asarray(leaf)).reshape(leaf.shape[0], -1).sum(-1)
+        assert np.all(per_expert > 0), f'{name}/{committee}{jax.tree_util.keystr(path)}'
+    for gate in ('representation_gate', 'regression_gate'):
+      per_node = np.abs(np.asarray(stage[gate]['nodes']['kernel'])).sum(0)
+      assert np.all(per_node > 0), f'{name}/{gate}: a node gets no gradient'
+  assert count(grads['pose_estimator']) > 0
+  head = grads['pose_estimator']['yaw_head']['out']['kernel']
+  assert np.abs(np.asarray(head)).sum() > 0  # the pose reaches the loss through the gates
+
+
+def test_stop_gradient_between_stages():
+  config = default.get_config('tree_moe', 'tiny')
+  joint = _loss_and_grads(config)['cascade']['stage0']
+  with config.unlocked():
+    config.model.stop_gradient_between_stages = True
+  staged = _loss_and_grads(config)['cascade']['stage0']
+  # Loss on the last stage only: stage 0 still learns jointly, but not stage-wise.
+  assert np.abs(np.asarray(joint['regression']['experts']['out']['bias'])).sum() > 0
+  assert all(np.all(np.asarray(leaf) == 0) for leaf in jax.tree.leaves(staged))
+
+
+def test_frozen_pose_gets_no_gradient():
+  config = default.get_config('pose_tree_moe', 'tiny')
+  config.model.freeze_pose = True
+  grads = _loss_and_grads(config)
+  assert all(np.all(np.asarray(leaf) == 0) for leaf in jax.tree.leaves(grads['pose_estimator']))
+
+
+def test_bad_inputs_get_clear_errors():
+  config = default.get_config('tree_moe', 'tiny')
+  model = models.create(config)
+  shape = jnp.zeros((2, 68, 2))
+  with pytest.raises(ValueError, match=r'images must be \[B, 150, 150\]'):
+    model.init(jax.random.key(0), jnp.zeros((2, 150, 150, 1)), shape)
+  with pytest.raises(ValueError, match=r'images must be \[B, 150, 150\]'):
+    model.init(jax.random.key(0), jnp.zeros((2, 128, 128)), shape)
+  with pytest.raises(ValueError, match=r'init_shape must be \[B, P, 2\]'):
+    model.init(jax.random.key(0), jnp.zeros((2, 150, 150)), jnp.zeros((2, 68)))
+  with pytest.raises(ValueError, match=r'init_shape must be \[B, P, 2\]'):
+    model.init(jax.random.key(0), jnp.zeros((2, 150, 150)), jnp.zeros((2, 29, 2)))
+
+
+def test_bad_configs_get_clear_errors():
+  config = default.get_config('pose_tree_moe', 'tiny')
+  config.model.representation_gate_depth = 3  # 8 leaves for 4 expert CNNs
+  with pytest.raises(ValueError, match='depth 3 has 8 leaves.*4 experts'):
+    models.create(config)
+  config = default.get_config('tree_moe', 'tiny')
+  config.model.architecture = 'tree_mixture'
+  with pytest.raises(ValueError, match='unknown architecture .*baseline, moe, softmax_moe'):
+    models.create(config)
+  with pytest.raises(ValueError, match='unknown architecture .*pose_tree_moe'):
+    default.get_config('resnet')
+  with pytest.raises(ValueError, match="unknown variant 'huge'"):
+    default.get_config('moe', 'huge')
+  with pytest.raises(AttributeError):  # locked: a typo is not silently a new field
+    default.get_config('moe').model.num_expert = 3
+
+
+def test_import_does_not_load_tensorflow():
+  code = 'import sys, treemoe_jax; assert "tensorflow" not in sys.modules, "tensorflow imported"'
+  subprocess.run([sys.executable, '-c', code], check=True)

@@ -1,0 +1,107 @@
+"""The cascade (section 3.5): s(k+1) = s(k) + ds(k), each ds(k) from one stage of gated experts.
+
+A stage crops patches at the current shape, runs the representation committee (gated by the
+head pose or not), then the regression committee gated on its own input h, and adds the
+displacement. The cascade runs K such stages, each with its own parameters, from s(0).
+
+Axis legend: B batch, H = W image size, P landmarks, S patch size, K stages,
+L representation experts, L' regression experts, F = P * n features.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from treemoe_jax import experts
+from treemoe_jax import gates
+from treemoe_jax import patches
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """Everything that sizes one cascade stage (the rows of SPEC's architecture table)."""
+  num_landmarks: int = 68
+  patch_size: int = 32
+  cnn_features: tuple[int, ...] = (20, 40, 80, 160, 30)
+  cnn_kernel_sizes: tuple[int, ...] = (5, 5, 3, 3, 1)
+  num_cnn_experts: int = 1
+  representation_gate: gates.GateKind = gates.GateKind.UNIFORM
+  representation_gate_depth: int | None = None
+  num_regression_experts: int = 64
+  regression_hidden: int = 128
+  regression_gate: gates.GateKind = gates.GateKind.TREE
+  regression_gate_depth: int | None = 6
+
+  @property
+  def gates_on_pose(self) -> bool:
+    """Whether the representation gate reads the head pose (uniform gates read nothing)."""
+    return gates.GateKind(self.representation_gate) != gates.GateKind.UNIFORM
+
+  def validate(self) -> None:
+    """Fail at build time with a sentence, not later with a broadcasting error."""
+    for what, n in [('num_landmarks', self.num_landmarks), ('patch_size', self.patch_size),
+                    ('num_cnn_experts', self.num_cnn_experts),
+                    ('num_regression_experts', self.num_regression_experts),
+                    ('regression_hidden', self.regression_hidden)]:
+      if n < 1:
+        raise ValueError(f'{what} must be positive, got {n}')
+    # make_gate checks that a tree has one leaf per expert.
+    gates.make_gate(self.representation_gate, self.num_cnn_experts, self.representation_gate_depth)
+    gates.make_gate(self.regression_gate, self.num_regression_experts, self.regression_gate_depth)
+
+
+class CascadeStage(nn.Module):
+  """One stage: patches at s(k) -> h = H g(pose) -> ds = dS g'(h) -> s(k) + ds."""
+  spec: StageSpec
+
+  @nn.compact
+  def __call__(self, images: jax.Array, shape: jax.Array, pose: jax.Array | None):
+    """images [B, H, W], shape [B, P, 2], pose [B, 3] or None -> (shape [B, P, 2], gate weights)."""
+    spec = self.spec
+    crops = patches.extract_patches(images, shape, spec.patch_size)  # [B, P, S, S]
+    features = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
+                                  spec.cnn_kernel_sizes, name='representation')(crops)  # [B, L, F]
+    rep_gate = gates.make_gate(spec.representation_gate, spec.num_cnn_experts,
+                               spec.representation_gate_depth, name='representation_gate')
+    if spec.gates_on_pose and pose is None:
+      raise ValueError(f'a {spec.representation_gate} representation gate reads the head pose, '
+                       'but no pose was given')
+    # A uniform gate reads nothing but the batch size.
+    gate_input = pose if spec.gates_on_pose else jnp.zeros((images.shape[0], 1), images.dtype)
+    rep_weights = rep_gate(gate_input)  # [B, L]
+    h = experts.combine(features, rep_weights)  # [B, F]
+    num_outputs = 2 * spec.num_landmarks
+    displacements = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,
+                                       num_outputs, name='regression')(h)  # [B, L', 2P]
+    reg_weights = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
+                                  spec.regression_gate_depth, name='regression_gate')(h)  # [B, L']
+    delta = experts.combine(displacements, reg_weights)  # [B, 2P]
+    new_shape = shape + delta.reshape(shape.shape)
+    return new_shape, {'representation': rep_weights, 'regression': reg_weights}
+
+
+class Cascade(nn.Module):
+  """K stages from the initial shape; returns every stage's shape and gate weights."""
+  spec: StageSpec
+  num_stages: int = 4
+  stop_gradient_between_stages: bool = False
+
+  @nn.compact
+  def __call__(self, images: jax.Array, init_shape: jax.Array, pose: jax.Array | None) -> dict:
+    shape = init_shape
+    stage_shapes, rep_weights, reg_weights = [], [], []
+    for k in range(self.num_stages):
+      if self.stop_gradient_between_stages:
+        shape = jax.lax.stop_gradient(shape)  # stage-wise training: stage k sees s(k) as data
+      shape, weights = CascadeStage(self.spec, name=f'stage{k}')(images, shape, pose)
+      stage_shapes.append(shape)
+      rep_weights.append(weights['representation'])
+      reg_weights.append(weights['regression'])
+    return {
+        'shape': shape,  # [B, P, 2]
+        'stage_shapes': jnp.stack(stage_shapes),  # [K, B, P, 2]
+        'gates': {'representation': jnp.stack(rep_weights),  # [K, B, L]
+                  'regression': jnp.stack(reg_weights)},  # [K, B, L']
+    }

@@ -1,0 +1,87 @@
+"""Expert committees: L expert networks evaluated as one vectorised axis (sections 3.2-3.3).
+
+Each committee is `nn.vmap` of a single expert with `variable_axes={'params': 0}`, so the expert
+axis E leads every parameter (it can be sharded on an 'expert' mesh axis later) and no Python
+loop runs over experts. A committee returns every expert's output; `combine` weights them with a
+gate (eq. 4 and 7).
+
+Axis legend: B batch, P landmarks, S patch size, C channels, n features per landmark,
+E experts, F = P * n representation features, O regression outputs (2P).
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class PatchCNN(nn.Module):
+  """One expert CNN f_l, shared across the P patches: 5 strided convolutions (section 3.5).
+
+  `features[-1]` = n features per landmark. With 32x32 patches and five stride-2 layers the
+  map ends 1x1; for other patch sizes the last map is average-pooled to keep n per landmark.
+  """
+  features: Sequence[int] = (20, 40, 80, 160, 30)
+  kernel_sizes: Sequence[int] = (5, 5, 3, 3, 1)
+  stride: int = 2
+
+  @nn.compact
+  def __call__(self, patches: jax.Array) -> jax.Array:  # [B, P, S, S] -> [B, P*n]
+    if len(self.features) != len(self.kernel_sizes):
+      raise ValueError(f'{len(self.features)} conv widths but {len(self.kernel_sizes)} kernels')
+    batch, num_patches, size, _ = patches.shape
+    x = patches.reshape(batch * num_patches, size, size, 1)  # [B*P, S, S, C=1]
+    last = len(self.features) - 1
+    for i, (width, kernel) in enumerate(zip(self.features, self.kernel_sizes)):
+      x = nn.Conv(width, (kernel, kernel), strides=self.stride, padding='SAME', name=f'conv{i}')(x)
+      if i < last:
+        x = nn.relu(x)
+    x = x.mean(axis=(1, 2))  # [B*P, n]; a no-op on the paper's 1x1 map
+    return x.reshape(batch, num_patches * self.features[-1])
+
+
+class ExpertCNNs(nn.Module):
+  """The representation committee: L expert CNNs -> H `[B, E, P*n]` (eq. 3)."""
+  num_experts: int
+  features: Sequence[int] = (20, 40, 80, 160, 30)
+  kernel_sizes: Sequence[int] = (5, 5, 3, 3, 1)
+
+  @nn.compact
+  def __call__(self, patches: jax.Array) -> jax.Array:  # [B, P, S, S] -> [B, E, P*n]
+    committee = nn.vmap(
+        PatchCNN, variable_axes={'params': 0}, split_rngs={'params': True},
+        in_axes=None, out_axes=1, axis_size=self.num_experts)
+    return committee(tuple(self.features), tuple(self.kernel_sizes), name='experts')(patches)
+
+
+class RegressorMLP(nn.Module):
+  """One expert regressor r_l: ds_l = W1 relu(W0 h + b0) + b1 (eq. 6)."""
+  hidden: int
+  outputs: int
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> jax.Array:  # [B, F] -> [B, O]
+    return nn.Dense(self.outputs, name='out')(nn.relu(nn.Dense(self.hidden, name='hidden')(h)))
+
+
+class ExpertMLPs(nn.Module):
+  """The regression committee: L' expert regressors -> dS `[B, E, O]` (eq. 5)."""
+  num_experts: int
+  hidden: int
+  outputs: int
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> jax.Array:  # [B, F] -> [B, E, O]
+    committee = nn.vmap(
+        RegressorMLP, variable_axes={'params': 0}, split_rngs={'params': True},
+        in_axes=None, out_axes=1, axis_size=self.num_experts)
+    return committee(self.hidden, self.outputs, name='experts')(h)
+
+
+def combine(expert_outputs: jax.Array, weights: jax.Array) -> jax.Array:
+  """Gate-weighted sum over experts (eq. 4, 7): `[B, E, F]`, `[B, E]` -> `[B, F]`."""
+  if expert_outputs.shape[:2] != weights.shape:
+    raise ValueError(f'expert outputs {expert_outputs.shape} do not match gate weights '
+                     f'{weights.shape}: expected [B, E, F] and [B, E]')
+  return jnp.einsum('bef,be->bf', expert_outputs, weights)

@@ -1,0 +1,138 @@
+"""The six architectures of section 3.5 from one code path, chosen by `config.model`.
+
+Which gates an architecture has is fixed here (it is what the name means); how wide and how
+many experts it has is data in `configs/` (the paper's sizes in `configs/default.py`, small ones
+in each config's `tiny` variant).
+
+Axis legend: B batch, H = W image size, P landmarks, K stages, L / L' experts.
+"""
+
+import enum
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from treemoe_jax import cascade
+from treemoe_jax import pose as pose_lib
+from treemoe_jax.gates import GateKind
+
+
+class Architecture(str, enum.Enum):
+  BASELINE = 'baseline'
+  MOE = 'moe'
+  SOFTMAX_MOE = 'softmax_moe'
+  TREE_MOE = 'tree_moe'
+  POSE_SOFTMAX_MOE = 'pose_softmax_moe'
+  POSE_TREE_MOE = 'pose_tree_moe'
+
+
+# (representation gate, regression gate) of each architecture (Fig. 3, section 3.5).
+GATES: dict[Architecture, tuple[GateKind, GateKind]] = {
+    Architecture.BASELINE: (GateKind.UNIFORM, GateKind.UNIFORM),
+    Architecture.MOE: (GateKind.UNIFORM, GateKind.UNIFORM),
+    Architecture.SOFTMAX_MOE: (GateKind.UNIFORM, GateKind.SOFTMAX),
+    Architecture.TREE_MOE: (GateKind.UNIFORM, GateKind.TREE),
+    Architecture.POSE_SOFTMAX_MOE: (GateKind.SOFTMAX, GateKind.SOFTMAX),
+    Architecture.POSE_TREE_MOE: (GateKind.TREE, GateKind.TREE),
+}
+
+
+def parse_architecture(name: str) -> Architecture:
+  try:
+    return Architecture(name)
+  except ValueError:
+    valid = ', '.join(a.value for a in Architecture)
+    raise ValueError(f'unknown architecture {name!r}; valid: {valid}') from None
+
+
+class FaceAligner(nn.Module):
+  """Head-pose estimator (pose-gated architectures only) + K-stage cascade.
+
+  `__call__(images [B, H, W], init_shape [B, P, 2], train)` returns a dict with the final
+  `shape` [B, P, 2], `stage_shapes` [K, B, P, 2], `gates` {'representation' [K, B, L],
+  'regression' [K, B, L']} and, for pose-gated models, `pose` [B, 3] (yaw, pitch, roll).
+  """
+  stage: cascade.StageSpec
+  num_stages: int = 4
+  image_size: int = 150
+  stop_gradient_between_stages: bool = False
+  pose_estimator: pose_lib.PoseEstimator | None = None
+  freeze_pose: bool = False  # a trained pose estimator read as data: no gradient, BN in eval mode
+
+  def _check_inputs(self, images: jax.Array, init_shape: jax.Array) -> None:
+    size, points = self.image_size, self.stage.num_landmarks
+    if images.ndim != 3 or images.shape[1:] != (size, size):
+      raise ValueError(f'images must be [B, {size}, {size}] grayscale, got shape {images.shape}')
+    if init_shape.shape != (images.shape[0], points, 2):
+      raise ValueError(f'init_shape must be [B, P, 2] = [{images.shape[0]}, {points}, 2] '
+                       f'(x, y per landmark), got shape {init_shape.shape}')
+
+  @nn.compact
+  def __call__(self, images: jax.Array, init_shape: jax.Array, train: bool = False) -> dict:
+    self._check_inputs(images, init_shape)
+    pose = None
+    if self.pose_estimator is not None:
+      # A submodule by attribute: its parameters live under 'pose_estimator'.
+      estimate = self.pose_estimator(images, train=train and not self.freeze_pose)
+      pose = estimate['pose']
+      if self.freeze_pose:
+        pose = jax.lax.stop_gradient(pose)
+    outputs = cascade.Cascade(self.stage, self.num_stages, self.stop_gradient_between_stages,
+                              name='cascade')(images, init_shape, pose)
+    if pose is not None:
+      outputs['pose'] = pose
+    return outputs
+
+
+def stage_spec(model_config: ml_collections.ConfigDict) -> cascade.StageSpec:
+  """The stage of `model_config`, with the gates its architecture name stands for."""
+  architecture = parse_architecture(model_config.architecture)
+  representation_gate, regression_gate = GATES[architecture]
+  spec = cascade.StageSpec(
+      num_landmarks=model_config.num_landmarks,
+      patch_size=model_config.patch_size,
+      cnn_features=tuple(model_config.cnn_features),
+      cnn_kernel_sizes=tuple(model_config.cnn_kernel_sizes),
+      num_cnn_experts=model_config.num_cnn_experts,
+      representation_gate=representation_gate,
+      representation_gate_depth=model_config.get('representation_gate_depth'),
+      num_regression_experts=model_config.num_regression_experts,
+      regression_hidden=model_config.regression_hidden,
+      regression_gate=regression_gate,
+      regression_gate_depth=model_config.get('regression_gate_depth'),
+  )
+  if architecture == Architecture.BASELINE and (spec.num_cnn_experts, spec.num_regression_experts) != (1, 1):
+    raise ValueError('the baseline has one CNN and one regressor, got '
+                     f'{spec.num_cnn_experts} and {spec.num_regression_experts}')
+  spec.validate()
+  return spec
+
+
+def create_pose_estimator(pose_config: ml_collections.ConfigDict) -> pose_lib.PoseEstimator:
+  return pose_lib.PoseEstimator(stage_sizes=tuple(pose_config.stage_sizes),
+                                base_width=pose_config.base_width,
+                                head_hidden=pose_config.head_hidden)
+
+
+def create(config: ml_collections.ConfigDict) -> FaceAligner:
+  """The face aligner that `config.model` describes (`config.pose` sizes its pose estimator)."""
+  spec = stage_spec(config.model)
+  if config.model.num_stages < 1:
+    raise ValueError(f'num_stages must be >= 1, got {config.model.num_stages}')
+  return FaceAligner(
+      stage=spec,
+      num_stages=config.model.num_stages,
+      image_size=config.model.image_size,
+      stop_gradient_between_stages=config.model.stop_gradient_between_stages,
+      pose_estimator=create_pose_estimator(config.pose) if spec.gates_on_pose else None,
+      freeze_pose=config.model.freeze_pose,
+  )
+
+
+def init(model: FaceAligner, rng: jax.Array, batch_size: int = 1) -> dict:
+  """Variables of `model` for a dummy batch (shapes only matter)."""
+  images = jnp.zeros((batch_size, model.image_size, model.image_size), jnp.float32)
+  shape = jnp.zeros((batch_size, model.stage.num_landmarks, 2), jnp.float32)
+  return model.init(rng, images, shape, train=False)
