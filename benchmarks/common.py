@@ -1,0 +1,35 @@
+"""Helpers shared by the benchmark scripts: timing and the machine's jit GEMM rate."""
+
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def time_call(fn: Callable[[], jax.Array], min_seconds: float = 2.0, min_runs: int = 3) -> float:
+  """Median seconds per call of `fn` (already compiled), after one warm-up call."""
+  jax.block_until_ready(fn())
+  times = []
+  start = time.perf_counter()
+  while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  times.sort()
+  return times[len(times) // 2]
+
+
+def gemm_gflops(n: int = 2048) -> float:
+  """fp32 GFLOP/s of one jitted n x n matmul: the ceiling that model rates are compared to."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  matmul = jax.jit(lambda x, y: x @ y)
+  return 2 * n**3 / time_call(lambda: matmul(a, a)) / 1e9
+
+
+def compiled_flops(compiled) -> float:
+  """FLOPs XLA counts for a compiled computation (0 if the backend does not say)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list):  # older JAX returned one dict per device
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get('flops', 0.0))

@@ -1,0 +1,66 @@
+"""Forward img/s of the full-size architectures, beside this machine's jit GEMM GFLOP/s.
+
+  python benchmarks/forward_speed.py [--batch_sizes 1,32] [--architectures tree_moe,...]
+
+For each architecture and batch size: compile time, GFLOP per image (XLA's count), img/s and the
+GFLOP/s that implies, as a fraction of the GEMM rate measured in the same run. Absolute times on
+shared CPUs are noise; the ratios within one run are not.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from configs import default  # pylint: disable=g-import-not-at-top
+from treemoe_jax import models  # pylint: disable=g-import-not-at-top
+
+
+def measure(architecture: str, batch: int, variant: str, variables_cache: dict) -> dict:
+  config = default.get_config(architecture, variant)
+  model = models.create(config)
+  if architecture not in variables_cache:
+    variables_cache[architecture] = jax.jit(lambda key: models.init(model, key))(
+        jax.random.key(0, impl='rbg'))
+  variables = variables_cache[architecture]
+  size = config.model.image_size
+  images = jax.random.uniform(jax.random.key(1), (batch, size, size), minval=-1, maxval=1)
+  init_shape = jnp.full((batch, 68, 2), size / 2.0) + jax.random.normal(
+      jax.random.key(2), (batch, 68, 2)) * size / 5
+  start = time.perf_counter()
+  forward = jax.jit(model.apply).lower(variables, images, init_shape).compile()
+  compile_s = time.perf_counter() - start
+  seconds = common.time_call(lambda: forward(variables, images, init_shape)['shape'])
+  flops = common.compiled_flops(forward)
+  return dict(compile_s=compile_s, img_s=batch / seconds, gflop_img=flops / batch / 1e9,
+              gflops=flops / seconds / 1e9)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--batch_sizes', default='1,32')
+  parser.add_argument('--architectures', default=','.join(default.PAPER_SIZES))
+  parser.add_argument('--variant', default='full', choices=default.VARIANTS)
+  args = parser.parse_args()
+  gemm = common.gemm_gflops()
+  print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}; '
+        f'jit GEMM 2048^3 fp32: {gemm:.1f} GFLOP/s', flush=True)
+  print('| architecture | batch | compile s | GFLOP/img | img/s | GFLOP/s | % of GEMM |')
+  print('|---|---|---|---|---|---|---|', flush=True)
+  cache = {}
+  for architecture in args.architectures.split(','):
+    for batch in map(int, args.batch_sizes.split(',')):
+      r = measure(architecture, batch, args.variant, cache)
+      print(f'| {architecture} | {batch} | {r["compile_s"]:.1f} | {r["gflop_img"]:.2f} | '
+            f'{r["img_s"]:.2f} | {r["gflops"]:.1f} | {100 * r["gflops"] / gemm:.1f} |', flush=True)
+    cache.clear()
+  print(f'jit GEMM after the run: {common.gemm_gflops():.1f} GFLOP/s')
+
+
+if __name__ == '__main__':
+  main()
