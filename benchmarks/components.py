@@ -1,0 +1,64 @@
+"""Where a full-size forward spends its time: each component of one stage, timed alone.
+
+  python benchmarks/components.py [--batch 8]
+
+Pose estimator (ResNet-50), patch extraction, the representation committee (1 CNN of section
+3.5 widths, and 8 pose expert CNNs as one nn.vmap), the 64-expert regression committee and the
+tree gate, each jitted alone at the same batch, with XLA's FLOP count and the jit GEMM rate of
+the same run for scale.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from treemoe_jax import experts, gates, patches, pose  # pylint: disable=g-import-not-at-top
+
+
+def time_module(name, module, *inputs, gemm, **kwargs):
+  variables = jax.jit(lambda key, *x: module.init(key, *x, **kwargs))(
+      jax.random.key(0, impl='rbg'), *inputs)
+  forward = jax.jit(lambda v, *x: module.apply(v, *x, **kwargs)).lower(variables, *inputs).compile()
+  seconds = common.time_call(lambda: forward(variables, *inputs))
+  report(name, seconds, common.compiled_flops(forward), gemm)
+
+
+def report(name, seconds, flops, gemm):
+  rate = flops / seconds / 1e9
+  print(f'| {name} | {1e3 * seconds:.1f} | {flops / 1e9:.3f} | {rate:.1f} | '
+        f'{100 * rate / gemm:.1f} |', flush=True)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--batch', type=int, default=8)
+  args = parser.parse_args()
+  b = args.batch
+  gemm = common.gemm_gflops()
+  print(f'device: {jax.devices()[0].device_kind}, batch {b}, jit GEMM {gemm:.1f} GFLOP/s')
+  print('| component (one stage unless noted) | ms | GFLOP | GFLOP/s | % of GEMM |')
+  print('|---|---|---|---|---|')
+  images = jax.random.uniform(jax.random.key(1), (b, 150, 150), minval=-1, maxval=1)
+  shape = 75 + 20 * jax.random.normal(jax.random.key(2), (b, 68, 2))
+  time_module('pose estimator (ResNet-50, once per image)', pose.PoseEstimator(), images,
+              gemm=gemm, train=False)
+  extract = jax.jit(patches.extract_patches).lower(images, shape).compile()
+  report('patch extraction 68 x 32x32', common.time_call(lambda: extract(images, shape)),
+         common.compiled_flops(extract), gemm)
+  crops = extract(images, shape)
+  time_module('1 CNN 20-40-80-160-30', experts.ExpertCNNs(1), crops, gemm=gemm)
+  time_module('8 expert CNNs 7-14-28-56-30 (nn.vmap)',
+              experts.ExpertCNNs(8, (7, 14, 28, 56, 30)), crops, gemm=gemm)
+  h = jax.random.normal(jax.random.key(3), (b, 2040))
+  time_module('64 expert regressors 2040-128-136', experts.ExpertMLPs(64, 128, 136), h, gemm=gemm)
+  time_module('baseline regressor 2040-8192-136', experts.ExpertMLPs(1, 8192, 136), h, gemm=gemm)
+  time_module('tree gate depth 6 on h', gates.TreeGate(6), h, gemm=gemm)
+
+
+if __name__ == '__main__':
+  main()
