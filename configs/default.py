@@ -62,6 +62,31 @@ def pose_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(stage_sizes=(3, 4, 6, 3), base_width=64, head_hidden=256))
 
 
+def _training(config: ml_collections.ConfigDict) -> None:
+  """Section 3.5: L2 on landmark positions, Adam at 1e-3, the paper's augmentation."""
+  config.dataset = 'synthetic_faces/default'  # any project TFDS dataset, 'name/builder_config'
+  config.data_dir = ''  # '' = TFDS's default (~/tensorflow_datasets)
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  config.batch_size = 64  # global, over all devices and hosts
+  config.num_train_steps = 60_000
+  config.learning_rate = 1e-3
+  config.loss_stages = 'all'  # 'all': every stage's shape regressed to the truth; 'last'
+  config.nme_normalizer = 'box'  # for the logged NME: 'box' suits every pose; 'inter_pupil'
+  config.augment = ml_collections.ConfigDict(dict(translate_std=10.0, scale_std=0.1,
+                                                   flip_prob=0.5))
+  config.crop_margin = 0.25  # face box widened by this fraction on each side before resizing
+  config.log_every_steps = 50
+  config.eval_every_steps = 2_000
+  config.checkpoint_every_steps = 1_000
+  config.keep_checkpoints = 3
+  # Pose-gated models: a trained pose estimator's workdir ('' = train one first, into
+  # WORKDIR/pose, for pose_train_steps), and ImageNet ResNet-50 weights (Keras .h5) for its trunk.
+  config.pose_checkpoint = ''
+  config.pose_train_steps = 20_000
+  config.resnet50_weights = ''
+
+
 def _tiny(config: ml_collections.ConfigDict) -> None:
   architecture = config.model.architecture
   kind = ('baseline' if architecture == 'baseline' else
@@ -69,6 +94,13 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
   config.model.update(TINY_SIZES[kind])
   config.model.num_stages = 2
   config.pose.update(dict(stage_sizes=(1, 1, 1, 1), base_width=8, head_hidden=32))
+  config.dataset = 'synthetic_faces/small'
+  config.batch_size = 16
+  config.num_train_steps = 400
+  config.pose_train_steps = 200
+  config.log_every_steps = 20
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 100
 
 
 def get_config(architecture: str = 'pose_tree_moe', variant: str | None = None
@@ -83,6 +115,7 @@ def get_config(architecture: str = 'pose_tree_moe', variant: str | None = None
   config.seed = 0
   config.model = model_config(architecture)
   config.pose = pose_config()
+  _training(config)
   if variant == 'tiny':
     _tiny(config)
   config.lock()

@@ -1,0 +1,1 @@
+"""Input pipeline: the synthetic face renderer, TFDS builders and tf.data."""

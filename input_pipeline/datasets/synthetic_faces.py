@@ -1,0 +1,185 @@
+"""`synthetic_faces`: the embedded, procedurally rendered face set (prepared locally, no download).
+
+It stands in for 300W / 300W-LP / AFLW2000-3D / COFW on machines that cannot download them, so the
+main job and the tests run anywhere. Faces come from `input_pipeline.synthetic.render_faces`.
+
+Splits:
+  train: `num_train` faces drawn from `train_pose_distribution` ('wide' by default: yaw over
+    [-90, 90] deg like 300W-LP; 'frontal' for a 300W-like set).
+  test: `num_test` faces, 'wide', occluders on `occlusion_fraction` of them.
+  test_* views: *separately rendered* sets of `num_per_view` faces each (not subsets of `test`),
+    like the paper's separate test sets. Each renders from its own pose / occlusion settings and
+    keeps only faces whose rendered labels pass its predicate (rejection sampling), so a view holds
+    what its name says whatever the config's occlusion fraction, and is never empty:
+      test_yaw_0_30, test_yaw_30_60, test_yaw_60_90: |yaw| in [0, 30), [30, 60), [60, 90] deg
+        (AFLW2000-3D buckets; equal sizes, so the paper's mean over buckets weighs them equally);
+      test_frontal: |yaw| < 30, |pitch| < 20, |roll| < 20 deg and no occluder (300W common);
+      test_large_pose: |yaw| >= 45 or |pitch| >= 30 or |roll| >= 30 deg (IBUG);
+      test_occluded: frontal-distribution faces, each with an occluder hiding at least
+        `OCCLUDED_MIN_POINTS` landmarks (COFW).
+All splits render at most `chunk_size` faces at a time, so memory stays bounded by one chunk.
+
+Features: image uint8 [S, S, 1] (S = image_size > 150), landmarks float32 [68, 2] (x, y) 0-based
+pixel centres, visibility bool [68], occluded bool [68] (hidden by an external occluder, COFW-style),
+pose float32 [3] (yaw, pitch, roll) radians, box float32 [4] (x0, y0, x1, y1) of the landmarks.
+"""
+
+from collections.abc import Callable, Iterator
+import dataclasses
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from input_pipeline import synthetic
+
+Faces = dict[str, np.ndarray]  # render_faces output, every array with a leading face axis N.
+
+OCCLUDED_MIN_POINTS = 5  # An occluder hiding fewer landmarks barely tests robustness to occlusion.
+MAX_REJECTION = 50  # A view may render at most this many times its size before giving up.
+
+
+def _abs_deg(faces: Faces, axis: int) -> np.ndarray:
+  return np.abs(np.rad2deg(faces['pose'][:, axis]))
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """A test view: render with `render` overrides of the test settings, keep faces passing `keep`."""
+  keep: Callable[[Faces], np.ndarray]  # Faces -> [N] bool
+  render: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _yaw_bucket(lo: float, hi: float) -> View:
+  """|yaw| in [lo, hi) deg; rendering within +-hi deg wastes fewer faces."""
+  return View(lambda f: (_abs_deg(f, 0) >= lo) & (_abs_deg(f, 0) < hi),
+              {'yaw_range_deg': (-min(hi, 90.0), min(hi, 90.0))})
+
+
+def _frontal(f: Faces) -> np.ndarray:
+  pose_ok = (_abs_deg(f, 0) < 30) & (_abs_deg(f, 1) < 20) & (_abs_deg(f, 2) < 20)
+  return pose_ok & ~f['has_occluder']
+
+
+def _large_pose(f: Faces) -> np.ndarray:
+  return (_abs_deg(f, 0) >= 45) | (_abs_deg(f, 1) >= 30) | (_abs_deg(f, 2) >= 30)
+
+
+def _occluded(f: Faces) -> np.ndarray:
+  return f['occluded'].sum(axis=1) >= OCCLUDED_MIN_POINTS
+
+
+VIEWS: dict[str, View] = {
+    'test_yaw_0_30': _yaw_bucket(0, 30),
+    'test_yaw_30_60': _yaw_bucket(30, 60),
+    'test_yaw_60_90': _yaw_bucket(60, np.inf),  # |yaw| of exactly 90 deg belongs here.
+    'test_frontal': View(_frontal, {'pose_distribution': 'frontal', 'occlusion_fraction': 0.0}),
+    'test_large_pose': View(_large_pose),
+    'test_occluded': View(_occluded, {'pose_distribution': 'frontal', 'occlusion_fraction': 1.0}),
+}
+
+# Seed streams: distinct per split so that no two splits share faces.
+_SPLIT_IDS = {name: i for i, name in enumerate(['train', 'test', *VIEWS])}
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticFacesConfig(tfds.core.BuilderConfig):
+  """Sizes, seed and rendering knobs of one prepared copy; a custom one is a new instance."""
+  num_train: int = 4000
+  num_test: int = 1000
+  num_per_view: int = 300
+  seed: int = 0
+  image_size: int = 256
+  train_pose_distribution: str = 'wide'
+  occlusion_fraction: float = 0.2
+  chunk_size: int = 256  # At most this many faces rendered at a time: bounds preparation memory.
+
+  def __post_init__(self):
+    self.validate()
+
+  def validate(self) -> None:
+    """Raises ValueError on sizes or rendering values that cannot make a usable dataset."""
+    sizes = {k: getattr(self, k) for k in ('num_train', 'num_test', 'num_per_view', 'chunk_size')}
+    if min(sizes.values()) < 1:
+      raise ValueError(f'Sizes must be >= 1, got {sizes}.')
+    if self.seed < 0:
+      raise ValueError(f'seed must be >= 0, got {self.seed}.')
+    if self.image_size <= 150:
+      raise ValueError(f'image_size must exceed the 150 px crop, got {self.image_size}.')
+    for split in _SPLIT_IDS:
+      self.render_config(split).validate()
+
+  def num_examples(self, split: str) -> int:
+    return {'train': self.num_train, 'test': self.num_test}.get(split, self.num_per_view)
+
+  def render_config(self, split: str) -> synthetic.RenderConfig:
+    """The renderer's settings for `split`: test and views are wide unless the view says otherwise."""
+    pose = self.train_pose_distribution if split == 'train' else 'wide'
+    config = synthetic.RenderConfig(image_size=self.image_size, pose_distribution=pose,
+                                    occlusion_fraction=self.occlusion_fraction)
+    return dataclasses.replace(config, **VIEWS[split].render) if split in VIEWS else config
+
+
+def _chunk_seed(seed: int, split: str, chunk: int) -> int:
+  """Independent seed per (dataset seed, split, chunk): re-rendering a chunk gives the same faces."""
+  return int(np.random.SeedSequence([seed, _SPLIT_IDS[split], chunk]).generate_state(1)[0])
+
+
+class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
+  """Rendered faces with exact landmarks, visibility, occlusion and head pose."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [
+      SyntheticFacesConfig(
+          name='default',
+          description='4000 train / 1000 test / 300 per view faces, 256 px.'),
+      SyntheticFacesConfig(
+          name='small', num_train=512, num_test=256, num_per_view=64, image_size=200,
+          description='512 train / 256 test / 64 per view faces, 200 px: tests and CPU runs.'),
+  ]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    s = self.builder_config.image_size
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(s, s, 1), dtype=np.uint8, encoding_format='png'),
+            'landmarks': tfds.features.Tensor(shape=(68, 2), dtype=np.float32),
+            'visibility': tfds.features.Tensor(shape=(68,), dtype=np.bool_),
+            'occluded': tfds.features.Tensor(shape=(68,), dtype=np.bool_),
+            'pose': tfds.features.Tensor(shape=(3,), dtype=np.float32),
+            'box': tfds.features.Tensor(shape=(4,), dtype=np.float32),
+        }),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # Everything is rendered locally.
+    return {split: self._generate_examples(split) for split in _SPLIT_IDS}
+
+  def _generate_examples(self, split: str) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Renders `split` chunk by chunk, keeping what its view keeps, until it has its size."""
+    config = self.builder_config
+    num = config.num_examples(split)
+    keep = VIEWS[split].keep if split in VIEWS else lambda f: np.ones(len(f['image']), bool)
+    oversample = 4 if split in VIEWS else 1  # Views reject some faces: render more than missing.
+    count, rendered, chunk = 0, 0, 0
+    while count < num:
+      if rendered >= MAX_REJECTION * num:
+        raise ValueError(f'{split}: only {count} of {rendered} rendered faces passed its predicate; '
+                         f'its render settings rarely produce such faces.')
+      size = min(config.chunk_size, oversample * (num - count))
+      faces = synthetic.render_faces(size, seed=_chunk_seed(config.seed, split, chunk),
+                                     config=config.render_config(split))
+      for i in np.flatnonzero(keep(faces))[:num - count]:
+        yield count, {
+            'image': faces['image'][i][..., None],
+            'landmarks': faces['landmarks'][i],
+            'visibility': faces['visibility'][i],
+            'occluded': faces['occluded'][i],
+            'pose': faces['pose'][i],
+            'box': faces['box'][i],
+        }
+        count += 1
+      rendered, chunk = rendered + size, chunk + 1

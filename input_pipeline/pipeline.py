@@ -1,0 +1,296 @@
+"""tf.data input for the cascade: crop, normalise, augment (paper section 3.5), shard per host, batch.
+
+Works on any of the project's TFDS datasets (`input_pipeline.datasets.NAMES`), whose examples hold
+image uint8 [H, W, C], landmarks [P, 2], visibility [P], pose [3] and box [4] (the face box).
+
+Letters: B batch (per host), P = 68 landmarks, S crop size (150), H, W, C the stored image.
+Coordinates follow SPEC: (x, y), 0-based, pixel centres at integers. A crop window is
+(left, top, side): the square [left, left + side] x [top, top + side] in those coordinates, so the
+crop's output pixel j covers input [left + j * side / S, left + (j + 1) * side / S].
+
+Batches are dicts: image float32 [B, S, S] in [-1, 1], landmarks float32 [B, P, 2] and init_shape
+float32 [B, P, 2] (s(0)) in crop pixels, visibility bool [B, P], pose float32 [B, 3] (yaw, pitch,
+roll); eval batches add mask bool [B] (False on padding).
+"""
+
+import dataclasses
+import math
+import re
+import uuid
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from input_pipeline import datasets
+from treemoe_jax import geometry
+
+Features = dict[str, tf.Tensor]
+DatasetLike = str | tfds.core.DatasetBuilder  # 'name' or 'name/config', or a builder instance.
+
+FEATURES = ('image', 'landmarks', 'visibility', 'pose', 'box')  # What every dataset provides.
+
+
+@dataclasses.dataclass(frozen=True)
+class CropConfig:
+  """How a face is cut out: a square around its box, widened so the cascade sees context."""
+  size: int = 150
+  margin: float = 0.25  # Added on each side, as a fraction of the box's longer side.
+
+  def validate(self) -> None:
+    if self.size < 1 or self.margin < 0:
+      raise ValueError(f'crop size must be >= 1 and margin >= 0, got {self}')
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Section 3.5: s(0) moved by t ~ N(0, translate_std) px per axis, scaled by s ~ N(1, scale_std)."""
+  translate_std: float = 10.0  # Crop pixels.
+  scale_std: float = 0.1
+  flip_prob: float = 0.5
+
+  def validate(self) -> None:
+    if self.translate_std < 0 or self.scale_std < 0 or not 0 <= self.flip_prob <= 1:
+      raise ValueError(f'stds must be >= 0 and flip_prob in [0, 1], got {self}')
+
+
+# --- Preprocessing: small functions of one example, usable eagerly and inside tf.data. ---
+
+
+def crop_window(box: tf.Tensor, margin: float) -> tf.Tensor:
+  """(left, top, side) [3]: the square on the box centre, its longer side plus `margin` each side."""
+  box = tf.cast(box, tf.float32)
+  centre = (box[:2] + box[2:]) / 2
+  side = tf.reduce_max(box[2:] - box[:2]) * (1 + 2 * margin)
+  side = tf.maximum(side, 1.0)  # A degenerate box still gives an invertible map.
+  return tf.concat([centre - side / 2, [side]], axis=0)
+
+
+def crop_landmarks(landmarks: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
+  """Points [..., P, 2] mapped into the crop: x_out = (x_in - left) * S / side - 0.5."""
+  return (landmarks - window[:2]) * (size / window[2]) - 0.5
+
+
+def crop_image(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
+  """Bilinear crop-resize of [H, W, C] to float32 [S, S, C], same pixel-centre map as the points.
+
+  Output pixel j samples input x = left + (j + 0.5) * side / S; outside the image reads 0.
+  """
+  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+  step = window[2] / size
+  first = window[:2] + 0.5 * step  # (x, y) sampled by output pixel 0
+  last = window[:2] + (size - 0.5) * step
+  # crop_and_resize wants [y0, x0, y1, x1], normalised so that 0 and 1 are the first and last centres.
+  norm = tf.concat([first[::-1], last[::-1]], axis=0) / tf.tile(hw - 1, [2])
+  crop = tf.image.crop_and_resize(image[None], norm[None], [0], [size, size], method='bilinear')
+  return crop[0]
+
+
+def to_grayscale(image: tf.Tensor) -> tf.Tensor:
+  """[S, S, C] -> [S, S]: the model reads one channel."""
+  if image.shape[-1] == 3:
+    image = tf.image.rgb_to_grayscale(image)
+  return image[..., 0]
+
+
+def normalize(image: tf.Tensor) -> tf.Tensor:
+  """[0, 255] -> [-1, 1], the model's input range."""
+  return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def crop_face(features: Features, crop: CropConfig) -> Features:
+  """A stored example -> the face crop: image [S, S] in [-1, 1], landmarks in crop pixels."""
+  window = crop_window(features['box'], crop.margin)
+  image = normalize(to_grayscale(crop_image(features['image'], window, crop.size)))
+  return {
+      'image': image,
+      'landmarks': crop_landmarks(tf.cast(features['landmarks'], tf.float32), window, crop.size),
+      'visibility': tf.cast(features['visibility'], tf.bool),
+      'pose': tf.cast(features['pose'], tf.float32),
+  }
+
+
+def flip(features: Features) -> Features:
+  """Mirrors a crop left-right: x -> S-1-x, points and visibility permuted, yaw and roll negated."""
+  size = tf.cast(tf.shape(features['image'])[1], tf.float32)
+  landmarks = tf.gather(features['landmarks'], geometry.MIRROR_68, axis=-2)
+  x = size - 1 - landmarks[..., 0]
+  return features | {
+      'image': features['image'][:, ::-1],
+      'landmarks': tf.stack([x, landmarks[..., 1]], axis=-1),
+      'visibility': tf.gather(features['visibility'], geometry.MIRROR_68, axis=-1),
+      'pose': features['pose'] * tf.constant([-1.0, 1.0, -1.0]),
+  }
+
+
+def place_shape(shape: tf.Tensor, translation: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+  """Scales [P, 2] about its centroid, then translates it by [2]."""
+  centre = tf.reduce_mean(shape, axis=-2, keepdims=True)
+  return (shape - centre) * scale + centre + translation
+
+
+def example_seed(seed: int, process_index: int, position: tf.Tensor) -> tf.Tensor:
+  """The stateless seed [2] of the example at `position` of a host's stream: nothing else enters."""
+  base = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), process_index)
+  return tf.random.experimental.stateless_fold_in(base, position)
+
+
+def augment(features: Features, mean_shape: tf.Tensor, seed: tf.Tensor,
+            config: AugmentConfig) -> Features:
+  """Section 3.5: a perturbed s(0) and a flip with probability `flip_prob`, all drawn from `seed`."""
+  t_seed, s_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  translation = tf.random.stateless_normal([2], t_seed) * config.translate_std
+  scale = 1.0 + tf.random.stateless_normal([], s_seed) * config.scale_std
+  features = tf.cond(tf.random.stateless_uniform([], flip_seed) < config.flip_prob,
+                     lambda: flip(features), lambda: features)
+  return features | {'init_shape': place_shape(mean_shape, translation, scale)}
+
+
+# --- Datasets. ---
+
+
+def get_builder(dataset: DatasetLike, *, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """A prepared builder of one of the project's datasets (rendered or converted here if needed)."""
+  if isinstance(dataset, tfds.core.DatasetBuilder):
+    builder = dataset
+  else:
+    if dataset.split('/')[0] not in datasets.NAMES:
+      raise ValueError(f'Unknown dataset {dataset!r}; the project has {", ".join(datasets.NAMES)}.')
+    builder = tfds.builder(dataset, data_dir=data_dir)
+  builder.download_and_prepare()
+  return builder
+
+
+def _check_split(builder: tfds.core.DatasetBuilder, split: str) -> None:
+  name = re.match(r'\w*', split).group()
+  if name not in builder.info.splits:
+    raise ValueError(f'Unknown split {split!r} of {builder.info.full_name}; valid: '
+                     f'{", ".join(sorted(builder.info.splits))}.')
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f'global_batch_size {global_batch_size} must be positive and divisible by '
+                     f'the process count {process_count}.')
+  return global_batch_size // process_count
+
+
+def _host_split(builder: tfds.core.DatasetBuilder, split: str, process_index: int,
+                process_count: int) -> tuple[str, int]:
+  """This host's slice of `split` (disjoint across hosts, together all of it) and its size."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
+  host_split = tfds.split_for_jax_process(
+      split, process_index=process_index, process_count=process_count)
+  return host_split, builder.info.splits[host_split].num_examples
+
+
+def _records(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
+  """The common features, image left encoded so that skipped or shuffled records stay cheap."""
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  return ds.map(lambda ex: {k: ex[k] for k in FEATURES})
+
+
+def _decode(builder: tfds.core.DatasetBuilder, features: Features) -> Features:
+  return features | {'image': builder.info.features['image'].decode_example(features['image'])}
+
+
+def train_dataset(dataset: DatasetLike, *, global_batch_size: int, seed: int,
+                  mean_shape: np.ndarray, data_dir: str | None = None, split: str = 'train',
+                  start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                  crop: CropConfig = CropConfig(), augmentation: AugmentConfig = AugmentConfig(),
+                  shuffle_buffer: int = 1024) -> tf.data.Dataset:
+  """Infinite training batches of this host, a pure function of (seed, process, step).
+
+  The host's stream is epoch after epoch of its slice, each shuffled with a seed drawn from
+  (seed, process_index, epoch); the example at stream position p = step * B + i is augmented with
+  `example_seed(seed, process_index, p)`. So `start_step=N` yields exactly the batches N, N+1, ...
+  of a run from step 0 (reading, not augmenting, at most one epoch's records to get there).
+  """
+  crop.validate()
+  augmentation.validate()
+  if start_step < 0 or shuffle_buffer < 1:
+    raise ValueError(f'start_step must be >= 0 and shuffle_buffer >= 1, got {start_step}, '
+                     f'{shuffle_buffer}.')
+  builder = get_builder(dataset, data_dir=data_dir)
+  _check_split(builder, split)
+  batch = _local_batch_size(global_batch_size, process_count)
+  host_split, num = _host_split(builder, split, process_index, process_count)
+  if num == 0:
+    raise ValueError(f'Split {host_split!r} of {builder.info.full_name} is empty on this host.')
+  records = _records(builder, host_split)
+  first_epoch, skip = divmod(start_step * batch, num)
+  epoch_key = tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, 1], tf.int64), process_index)
+
+  def epoch(e: tf.Tensor) -> tf.data.Dataset:
+    shuffle_seed = tf.random.stateless_uniform(
+        [], tf.random.experimental.stateless_fold_in(epoch_key, e), minval=None, maxval=None,
+        dtype=tf.int64)
+    shuffled = records.shuffle(min(shuffle_buffer, num), seed=shuffle_seed)
+    return shuffled.enumerate(start=e * num).skip(skip * tf.cast(e == first_epoch, tf.int64))
+
+  mean = tf.constant(mean_shape, tf.float32)
+
+  def prepare(position: tf.Tensor, features: Features) -> Features:
+    features = crop_face(_decode(builder, features), crop)
+    return augment(features, mean, example_seed(seed, process_index, position), augmentation)
+
+  ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(dataset: DatasetLike, *, global_batch_size: int, mean_shape: np.ndarray,
+                 data_dir: str | None = None, split: str = 'test', process_index: int = 0,
+                 process_count: int = 1, crop: CropConfig = CropConfig()) -> tf.data.Dataset:
+  """This host's slice of `split` once, in order, s(0) = the mean shape, padded and masked.
+
+  Every host yields the same number of batches (enough for the largest slice), so a global step
+  never waits on a host that ran out; padding rows are zeros with mask False.
+  """
+  crop.validate()
+  builder = get_builder(dataset, data_dir=data_dir)
+  _check_split(builder, split)
+  batch = _local_batch_size(global_batch_size, process_count)
+  host_split, num = _host_split(builder, split, process_index, process_count)
+  largest = max(_host_split(builder, split, i, process_count)[1] for i in range(process_count))
+  num_batches = math.ceil(largest / batch)
+  mean = tf.constant(mean_shape, tf.float32)
+
+  def prepare(features: Features) -> Features:
+    features = crop_face(_decode(builder, features), crop)
+    return features | {'init_shape': mean, 'mask': tf.constant(True)}
+
+  ds = _records(builder, host_split).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_batches * batch - num))
+  return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def mean_shape(dataset: DatasetLike, *, data_dir: str | None = None, split: str = 'train',
+               crop: CropConfig = CropConfig()) -> np.ndarray:
+  """s(0) before placement: the mean of `split`'s landmarks in their face crops, float32 [P, 2].
+
+  Computed once from the whole split (every host gets the same) and cached beside the prepared
+  data, so it travels with the dataset and is never hard-coded.
+  """
+  crop.validate()
+  builder = get_builder(dataset, data_dir=data_dir)
+  _check_split(builder, split)
+  path = builder.data_path / f'mean_shape_{split}_size{crop.size}_margin{crop.margin}.npy'
+  if path.exists():
+    return np.load(path)
+  ds = _records(builder, split).map(lambda ex: crop_landmarks(
+      ex['landmarks'], crop_window(ex['box'], crop.margin), crop.size))
+  total, count = np.zeros((geometry.NUM_LANDMARKS, 2)), 0
+  for shapes in ds.batch(1024).as_numpy_iterator():
+    total += shapes.astype(np.float64).sum(axis=0)
+    count += len(shapes)
+  mean = (total / count).astype(np.float32)
+  tmp = path.with_suffix(f'.{uuid.uuid4().hex}.tmp')  # Hosts may race: write, then rename.
+  with tmp.open('wb') as f:
+    np.save(f, mean)
+  tmp.replace(path)
+  return mean

@@ -1,0 +1,97 @@
+"""The `synthetic_faces` TFDS builder: prepares offline, quickly, deterministically; views are right."""
+
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import input_pipeline.datasets  # Registers the builders.
+from input_pipeline.datasets import synthetic_faces
+
+SIZE = 200
+CONFIG = synthetic_faces.SyntheticFacesConfig(
+    name='tiny', num_train=16, num_test=8, num_per_view=6, image_size=SIZE, chunk_size=8)
+
+
+def _prepare(config, data_dir):
+  builder = synthetic_faces.SyntheticFaces(config=config, data_dir=str(data_dir))
+  builder.download_and_prepare()
+  return builder
+
+
+def _split(builder, split) -> dict[str, np.ndarray]:
+  """A whole split as numpy arrays, each with a leading example axis."""
+  return tfds.as_numpy(builder.as_dataset(split, batch_size=-1))
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+  start = time.perf_counter()
+  builder = _prepare(CONFIG, tmp_path_factory.mktemp('tfds'))
+  return builder, time.perf_counter() - start
+
+
+def test_registered_with_configs():
+  assert 'synthetic_faces' in tfds.list_builders(with_community_datasets=False)
+  assert {'default', 'small'} <= {c.name for c in synthetic_faces.SyntheticFaces.BUILDER_CONFIGS}
+  small = tfds.builder('synthetic_faces/small', data_dir='/nonexistent')  # No data needed yet.
+  assert small.builder_config.image_size > 150
+
+
+def test_prepares_small_dataset_in_seconds(prepared):
+  builder, seconds = prepared
+  assert seconds < 60  # Loose: a shared 2-core machine; typically a few seconds.
+  sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
+  assert sizes == {'train': 16, 'test': 8, **{view: 6 for view in synthetic_faces.VIEWS}}
+
+
+def test_features(prepared):
+  test = _split(prepared[0], 'test')
+  assert test['image'].shape == (8, SIZE, SIZE, 1) and test['image'].dtype == np.uint8
+  assert test['image'].std() > 10  # Not blank.
+  assert test['landmarks'].shape == (8, 68, 2) and test['landmarks'].dtype == np.float32
+  assert test['visibility'].shape == (8, 68) and test['visibility'].dtype == bool
+  assert test['pose'].shape == (8, 3) and test['pose'].dtype == np.float32
+  lm = test['landmarks']
+  np.testing.assert_allclose(test['box'], np.concatenate([lm.min(1), lm.max(1)], -1), atol=1e-4)
+
+
+def test_views_hold_what_their_names_say(prepared):
+  deg = lambda v: np.abs(np.rad2deg(v['pose']))  # [N, 3] |yaw|, |pitch|, |roll|
+  views = {name: _split(prepared[0], name) for name in synthetic_faces.VIEWS}
+  buckets = {'test_yaw_0_30': (0, 30), 'test_yaw_30_60': (30, 60), 'test_yaw_60_90': (60, 90.001)}
+  for name, (lo, hi) in buckets.items():
+    yaw = deg(views[name])[:, 0]
+    assert np.all((yaw >= lo) & (yaw < hi)), (name, yaw)
+  frontal = views['test_frontal']
+  assert np.all(deg(frontal) < [30, 20, 20]) and not frontal['occluded'].any()
+  assert np.all(np.any(deg(views['test_large_pose']) >= [45, 30, 30], axis=1))
+  occluded = views['test_occluded']
+  assert np.all(occluded['occluded'].sum(1) >= synthetic_faces.OCCLUDED_MIN_POINTS)
+  assert not np.any(occluded['visibility'] & occluded['occluded'])  # Hidden points are not visible.
+
+
+def test_splits_do_not_share_faces(prepared):
+  faces = [_split(prepared[0], name)['landmarks'] for name in prepared[0].info.splits]
+  keys = [lm.tobytes() for split in faces for lm in split]
+  assert len(set(keys)) == len(keys)
+
+
+def test_same_seed_same_bytes_other_seed_differs(prepared, tmp_path):
+  config = synthetic_faces.SyntheticFacesConfig(
+      name='seed1', num_train=2, num_test=1, num_per_view=1, seed=1, image_size=160, chunk_size=4)
+  a, b = (_split(_prepare(config, tmp_path / d), 'train') for d in 'ab')
+  for key in a:
+    assert a[key].tobytes() == b[key].tobytes(), key
+  other_seed = _split(prepared[0], 'train')['landmarks'][:2]  # Seed 0.
+  assert not np.allclose(a['landmarks'], other_seed, atol=1)
+
+
+@pytest.mark.parametrize('bad', [
+    {'num_train': -1}, {'num_test': 0}, {'num_per_view': -5}, {'chunk_size': 0}, {'seed': -1},
+    {'image_size': 150}, {'train_pose_distribution': 'sideways'}, {'occlusion_fraction': 1.5},
+])
+def test_bad_config_raises(bad):
+  with pytest.raises(ValueError):
+    synthetic_faces.SyntheticFacesConfig(name='bad', **bad)
