@@ -6,6 +6,8 @@ Multi-host: pass --coordinator_address/--num_processes/--process_id, or --distri
 jax.distributed.initialize() read them from the cluster's environment (TPU pods, SLURM).
 """
 
+import logging as std_logging
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -24,7 +26,15 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0-based.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietOrbax(std_logging.Filter):
+  """Orbax narrates every save at INFO; keep its warnings, drop the narration."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietOrbax())
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _COORDINATOR.value:

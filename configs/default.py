@@ -48,6 +48,7 @@ def model_config(architecture: str) -> ml_collections.ConfigDict:
       patch_size=32,
       num_stages=4,
       cnn_kernel_sizes=(5, 5, 3, 3, 1),
+      cnn_conv_impl='im2col',  # or 'xla' (nn.Conv): same parameters and outputs, other speed
       representation_gate_depth=3,
       regression_gate_depth=6,
       stop_gradient_between_stages=False,  # True = each stage trained on s(k) as data

@@ -129,10 +129,9 @@ def place_shape(shape: tf.Tensor, translation: tf.Tensor, scale: tf.Tensor) -> t
   return (shape - centre) * scale + centre + translation
 
 
-def example_seed(seed: int, process_index: int, position: tf.Tensor) -> tf.Tensor:
-  """The stateless seed [2] of the example at `position` of a host's stream: nothing else enters."""
-  base = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), process_index)
-  return tf.random.experimental.stateless_fold_in(base, position)
+def example_seed(seed: int, position: tf.Tensor) -> tf.Tensor:
+  """The stateless seed [2] of the example at `position` of the global stream: nothing else enters."""
+  return tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), position)
 
 
 def augment(features: Features, mean_shape: tf.Tensor, seed: tf.Tensor,
@@ -201,28 +200,32 @@ def train_dataset(dataset: DatasetLike, *, global_batch_size: int, seed: int,
                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
                   crop: CropConfig = CropConfig(), augmentation: AugmentConfig = AugmentConfig(),
                   shuffle_buffer: int = 1024) -> tf.data.Dataset:
-  """Infinite training batches of this host, a pure function of (seed, process, step).
+  """This host's rows of an infinite stream of global batches, a pure function of (seed, step).
 
-  The host's stream is epoch after epoch of its slice, each shuffled with a seed drawn from
-  (seed, process_index, epoch); the example at stream position p = step * B + i is augmented with
-  `example_seed(seed, process_index, p)`. So `start_step=N` yields exactly the batches N, N+1, ...
-  of a run from step 0 (reading, not augmenting, at most one epoch's records to get there).
+  The global stream is epoch after epoch of the whole split, each shuffled with a seed drawn from
+  (seed, epoch); the example at stream position p = step * B + i is augmented with
+  `example_seed(seed, p)`. Every host walks the same stream of *encoded* records and decodes and
+  augments only its own rows [h * B/H, (h + 1) * B/H) of each global batch, so the global batch
+  is the same whatever the number of hosts (a run resumed on another slice sees the same data),
+  and `start_step=N` yields exactly the batches N, N+1, ... of a run from step 0 (reading, not
+  decoding, at most one epoch's records to get there).
   """
   crop.validate()
   augmentation.validate()
   if start_step < 0 or shuffle_buffer < 1:
     raise ValueError(f'start_step must be >= 0 and shuffle_buffer >= 1, got {start_step}, '
                      f'{shuffle_buffer}.')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
   builder = get_builder(dataset, data_dir=data_dir)
   _check_split(builder, split)
-  batch = _local_batch_size(global_batch_size, process_count)
-  host_split, num = _host_split(builder, split, process_index, process_count)
+  local = _local_batch_size(global_batch_size, process_count)
+  num = builder.info.splits[split].num_examples
   if num == 0:
-    raise ValueError(f'Split {host_split!r} of {builder.info.full_name} is empty on this host.')
-  records = _records(builder, host_split)
-  first_epoch, skip = divmod(start_step * batch, num)
-  epoch_key = tf.random.experimental.stateless_fold_in(
-      tf.constant([seed, 1], tf.int64), process_index)
+    raise ValueError(f'Split {split!r} of {builder.info.full_name} is empty.')
+  records = _records(builder, split)
+  first_epoch, skip = divmod(start_step * global_batch_size, num)
+  epoch_key = tf.constant([seed, 1], tf.int64)
 
   def epoch(e: tf.Tensor) -> tf.data.Dataset:
     shuffle_seed = tf.random.stateless_uniform(
@@ -233,13 +236,17 @@ def train_dataset(dataset: DatasetLike, *, global_batch_size: int, seed: int,
 
   mean = tf.constant(mean_shape, tf.float32)
 
+  @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to do
   def prepare(position: tf.Tensor, features: Features) -> Features:
     features = crop_face(_decode(builder, features), crop)
-    return augment(features, mean, example_seed(seed, process_index, position), augmentation)
+    return augment(features, mean, example_seed(seed, position), augmentation)
 
+  rows = slice(process_index * local, (process_index + 1) * local)
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  ds = ds.batch(global_batch_size, drop_remainder=True)  # encoded: cheap to batch and drop
+  ds = ds.map(lambda position, features: (position[rows], {k: v[rows] for k, v in features.items()}))
+  ds = ds.unbatch().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(dataset: DatasetLike, *, global_batch_size: int, mean_shape: np.ndarray,
@@ -259,6 +266,7 @@ def eval_dataset(dataset: DatasetLike, *, global_batch_size: int, mean_shape: np
   num_batches = math.ceil(largest / batch)
   mean = tf.constant(mean_shape, tf.float32)
 
+  @tf.autograph.experimental.do_not_convert
   def prepare(features: Features) -> Features:
     features = crop_face(_decode(builder, features), crop)
     return features | {'init_shape': mean, 'mask': tf.constant(True)}

@@ -2,11 +2,12 @@
 
 The project's embedded default data: no download, exact labels, any pose. Each face is a 3D head
 (a star-shaped mesh through a 3D 68-point iBUG face plus surface control points), varied in identity
-and expression by smooth 3D warps that move the mesh and the landmarks together, so the projected
-landmarks sit exactly on the rendered surface. The mesh is z-buffered and Lambert/Phong-shaded at half
-resolution; eyes, brows, nostrils, lips and ears are painted at full resolution from the projected
-landmarks, depth-tested against the z-buffer; backgrounds are cluttered, and some faces get a hand,
-an object or sunglasses in front of them (COFW-style occlusion flags).
+and expression by linear 3D blendshapes that move the mesh and the landmarks together, so the
+projected landmarks sit on the rendered surface. The mesh is z-buffered and shaded (wrapped Lambert,
+Blinn specular, ambient occlusion) at half resolution; eyes, brows, nostrils, lips and ears are
+painted at full resolution from the projected landmarks, depth-tested against the z-buffer;
+backgrounds are cluttered, and some faces get a hand, an object or sunglasses in front of them
+(COFW-style occlusion flags). Everything is vectorised numpy over a batch of faces.
 
 Letters: N faces, S image size, H = ceil(S / 2) the shading resolution, P = 68 landmarks,
 V mesh vertices (R latitude rows x C longitude columns), Q quads, K keypoints, M rows of a group.
@@ -18,7 +19,8 @@ Pose (yaw, pitch, roll), radians: camera = Rz(roll) Rx(pitch) Ry(yaw) @ model, s
   pitch > 0: the nose turns up (the subject looks up),
   roll > 0: the head turns clockwise in the image.
 A horizontal image flip therefore maps (yaw, pitch, roll) to (-yaw, pitch, -roll).
-Projection is weak perspective: pixel = t + f * camera (x, y), depth = f * camera z (larger = nearer).
+Projection is weak perspective: pixel = t + f * camera (x, y), depth = f * camera z (larger is
+nearer).
 Landmarks follow SPEC: (x, y) pixels, 0-based, pixel centres at integers.
 """
 
@@ -49,13 +51,13 @@ class RenderConfig:
   pitch_range_deg: tuple[float, float] = (-45.0, 45.0)
   roll_range_deg: tuple[float, float] = (-35.0, 35.0)
   occlusion_fraction: float = 0.2  # Faces with an external occluder (hand, object, sunglasses).
-  box_fraction: tuple[float, float] = (0.45, 0.6)  # Frontal landmark-box width / image size.
+  box_fraction: tuple[float, float] = (0.45, 0.6)  # Frontal landmark-box width / size, <= 0.65.
   center_jitter: float = 0.04  # Std of the face centre's offset from the image centre / size.
-  blur_sigma_px: tuple[float, float] = (0.0, 1.0)
+  blur_sigma_px: tuple[float, float] = (0.0, 0.8)
   noise_std: tuple[float, float] = (0.004, 0.03)  # Pixel noise, fraction of the full range.
   gamma: tuple[float, float] = (0.75, 1.35)
   contrast: tuple[float, float] = (0.7, 1.2)
-  batch_size: int = 32  # Faces rendered together: memory and speed only.
+  batch_size: int = 64  # Faces rendered together: memory and speed only.
 
   def validate(self) -> None:
     """Raises ValueError naming the field and the allowed values."""
@@ -76,7 +78,7 @@ class RenderConfig:
       raise ValueError(f'occlusion_fraction must be in [0, 1], got {self.occlusion_fraction}.')
     if self.center_jitter < 0:
       raise ValueError(f'center_jitter must be >= 0, got {self.center_jitter}.')
-    for name, lo_limit, hi_limit in (('box_fraction', 1e-3, 0.8), ('blur_sigma_px', 0.0, 1.0),
+    for name, lo_limit, hi_limit in (('box_fraction', 1e-3, 0.65), ('blur_sigma_px', 0.0, 0.8),
                                      ('noise_std', 0.0, 0.5), ('gamma', 0.1, 10.0),
                                      ('contrast', 0.0, 10.0)):
       lo, hi = getattr(self, name)
@@ -116,11 +118,25 @@ def sample_poses(num: int, seed: int, config: RenderConfig = RenderConfig()) -> 
   return np.array(poses, np.float32).reshape(num, 3)
 
 
+def _smoothstep(x: Array, lo: float, hi: float) -> Array:
+  t = np.clip((x - lo) / (hi - lo), 0, 1)
+  return t * t * (3 - 2 * t)
+
+
+def _normalize(v: Array) -> Array:
+  return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
+
+
+def _col(a: Array) -> Array:
+  """Per-face values [N] as [N, 1, 1] float32, to broadcast over images."""
+  return np.asarray(a, np.float32)[:, None, None]
+
+
 # ---------------------------------------------------------------------------------------------
 # The head model: a star-shaped latitude/longitude mesh through the mean face (built once).
 
 # Surface points of the mean head that are not landmarks (cm, model frame; the subject's right side
-# and the midline, mirrored to the left). They shape forehead, orbits, nose, cheeks, chin, under-jaw.
+# and the midline, mirrored to the left). They shape forehead, orbits, nose, cheeks and chin.
 _CONTROLS_RIGHT = (
     (0.0, -1.8, 9.2),  # glabella
     (0.0, -4.5, 9.0), (-2.8, -4.5, 8.6), (-5.2, -4.0, 7.0),  # forehead
@@ -143,7 +159,7 @@ _LAT_RANGE = (0.03, np.pi - 0.22)  # From the crown to the neck, 25 cm below the
 
 def _under_jaw() -> Array:
   """Points behind and under jaw points 3-8: the jaw landmarks stay on the frontal outline."""
-  return geometry.MEAN_FACE_3D[3:9].astype(np.float64) * [0.85, 1, 1] + [0, 0.1, -2.4]
+  return geometry.MEAN_FACE_3D[3:9].astype(np.float64) * [0.93, 1, 1] + [0, 0.1, -2.4]
 
 
 def _mirrored(points) -> Array:
@@ -175,6 +191,7 @@ def _base_radius(directions: Array) -> Array:
 
 
 def _fibonacci_sphere(n: int) -> Array:
+  """[n, 3] nearly evenly spread unit vectors."""
   i = np.arange(n) + 0.5
   y = 1 - 2 * i / n
   r, phi = np.sqrt(1 - y * y), np.pi * (1 + 5 ** 0.5) * i
@@ -187,9 +204,8 @@ def _spherical_spline(centres: Array, values: Array, queries: Array) -> Array:
   k = len(centres)
   kernel = lambda a, b: np.linalg.norm(a[..., :, None, :] - b[None], axis=-1) ** 3
   poly = lambda a: np.concatenate([np.ones(a.shape[:-1] + (1,)), a], -1)
-  system = np.zeros((k + 4, k + 4))
-  system[:k, :k], system[:k, k:], system[k:, :k] = kernel(centres, centres), poly(centres), \
-      poly(centres).T
+  system = np.block([[kernel(centres, centres), poly(centres)],
+                     [poly(centres).T, np.zeros((4, 4))]])
   coef = np.linalg.solve(system, np.concatenate([values, np.zeros(4)]))
   flat = queries.reshape(-1, 3)
   out = kernel(flat, centres) @ coef[:k] + poly(flat) @ coef[k:]
@@ -210,6 +226,7 @@ class _HeadModel:
   vertices: Array  # [V, 3] model frame, cm
   normals: Array  # [V, 3] outward unit normals: the direction hair thickens the head
   quads: Array  # [Q, 4] vertex indices (r, c), (r, c + 1), (r + 1, c), (r + 1, c + 1)
+  quad_top: Array  # [Q] smallest mean model y of each quad's corners: is it under the clothes?
   longitude: Array  # [V] radians around the vertical axis, 0 at the front
   hair_u: Array  # [V] 0 at the front of the head, 1 at the back
   model_y: Array  # [V] mean model y: sets the hairline and where clothes cover the neck
@@ -266,6 +283,7 @@ def _head_model() -> _HeadModel:
       vertices=vertices.astype(np.float32),
       normals=normals.reshape(-1, 3).astype(np.float32),
       quads=quads,
+      quad_top=vertices[quads, 1].min(-1).astype(np.float32),
       longitude=lon_g.reshape(-1).astype(np.float32),
       hair_u=((1 - np.cos(lon_g)) / 2).reshape(-1).astype(np.float32),
       model_y=vertices[:, 1].astype(np.float32),
@@ -273,11 +291,6 @@ def _head_model() -> _HeadModel:
       cavity=cavity.reshape(-1).astype(np.float32),
       uv=np.stack([lon_g * 9.0, lat_g * 9.0], -1).reshape(-1, 2).astype(np.float32),
       landmark_vertex=dist.argmin(-1))
-
-
-def _smoothstep(x: Array, lo: float, hi: float) -> Array:
-  t = np.clip((x - lo) / (hi - lo), 0, 1)
-  return t * t * (3 - 2 * t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,39 +322,51 @@ def _rasterize(data: Array, quads: Array, keep: Array, size: int) -> tuple[Array
   data = data.astype(np.float32)  # The depth test compares samples with the float32 z-buffer.
   face, quad = np.nonzero(keep)
   corners = data[face[:, None], quads[quad]]  # [M, 4, D]
-  x, y = corners[..., 0], corners[..., 1]
-  seen = (x.max(1) > -1) & (x.min(1) < size) & (y.max(1) > -1) & (y.min(1) < size)
-  face, corners = face[seen], corners[seen]
-  side = lambda a, b: np.hypot(corners[:, a, 0] - corners[:, b, 0],
-                               corners[:, a, 1] - corners[:, b, 1])
+  x, y = [[np.ascontiguousarray(corners[:, j, c]) for j in range(4)] for c in (0, 1)]
+  seen = ((np.maximum(np.maximum(x[0], x[1]), np.maximum(x[2], x[3])) > -1)
+          & (np.minimum(np.minimum(x[0], x[1]), np.minimum(x[2], x[3])) < size)
+          & (np.maximum(np.maximum(y[0], y[1]), np.maximum(y[2], y[3])) > -1)
+          & (np.minimum(np.minimum(y[0], y[1]), np.minimum(y[2], y[3])) < size))
+  side = lambda a, b: np.hypot(x[a] - x[b], y[a] - y[b])
   steps_u = np.clip(np.ceil(np.maximum(side(1, 0), side(3, 2)) / _SAMPLE_SPACING), 1, 32)
   steps_v = np.clip(np.ceil(np.maximum(side(2, 0), side(3, 1)) / _SAMPLE_SPACING), 1, 32)
-  key = (steps_u * 64 + steps_v).astype(int)
+  key = (steps_u * 64 + steps_v).astype(int)[seen]
   order = np.argsort(key, kind='stable')
-  face, corners, key = face[order], corners[order], key[order]
+  face, corners, key = face[seen][order].astype(np.int32), corners[seen][order], key[order]
+  positions = np.ascontiguousarray(corners[..., :3].transpose(1, 0, 2))  # [4, M, 3]
   bounds = np.flatnonzero(np.diff(key, prepend=-1, append=-1))
   # Pass 1: positions and depths of all samples, z-buffered; pass 2: attributes of the winners.
+  # A sample is kept as its pixel, depth and row (offset + sample * G + member in its group).
   zbuf = np.full(n * size * size, -np.inf, np.float32)
-  weights_, members, pixels, depths = [], [], [], []
+  patterns, pixels, depths, rows = [], [], [], []
+  offset = 0
   for start, stop in zip(bounds[:-1], bounds[1:]):
     weights = _bilinear_weights(key[start] // 64, key[start] % 64)  # [S, 4]
-    c = corners[start:stop, :, :3]  # [G, 4, 3]
-    xyz = sum(weights[:, j, None, None] * c[None, :, j] for j in range(4))  # [S, G, 3]
-    ix = np.rint(xyz[..., 0]).astype(np.int64)
-    iy = np.rint(xyz[..., 1]).astype(np.int64)
-    sample, member = np.nonzero((ix >= 0) & (ix < size) & (iy >= 0) & (iy < size))
-    pix = (face[start + member] * size + iy[sample, member]) * size + ix[sample, member]
-    z = xyz[sample, member, 2]
-    np.maximum.at(zbuf, pix, z)
-    weights_.append(weights[sample])
-    members.append(start + member)
-    pixels.append(pix)
-    depths.append(z)
-  pix, z = np.concatenate(pixels), np.concatenate(depths)
+    xyz = sum(weights[:, j, None, None] * positions[j, None, start:stop] for j in range(4))
+    x, y = xyz[..., 0], xyz[..., 1]  # [S, G]
+    inside = (x >= -0.5) & (x < size - 0.5) & (y >= -0.5) & (y < size - 0.5)
+    lin = ((face[start:stop] * size + (y + 0.5).astype(np.int32)) * size
+           + (x + 0.5).astype(np.int32))
+    sample, member = np.nonzero(inside)
+    pixels.append(lin[sample, member])
+    depths.append(xyz[sample, member, 2])
+    rows.append(offset + sample * (stop - start) + member)
+    patterns.append((weights, start, stop))
+    offset += weights.shape[0] * (stop - start)
+  pix, z, row = np.concatenate(pixels), np.concatenate(depths), np.concatenate(rows)
+  np.maximum.at(zbuf, pix, z)
   won = np.flatnonzero(z >= zbuf[pix])
-  weights, member = np.concatenate(weights_)[won], np.concatenate(members)[won]
+  won_rows = row[won]  # Ascending, like the groups.
+  firsts = np.cumsum([0] + [w.shape[0] * (b - a) for w, a, b in patterns])
+  cuts = np.searchsorted(won_rows, firsts)
+  weights = np.zeros((len(won), 4), np.float32)
+  quad = np.zeros(len(won), np.int64)
+  for (w, a, b), first, lo, hi in zip(patterns, firsts, cuts[:-1], cuts[1:]):
+    local = won_rows[lo:hi] - first
+    weights[lo:hi], quad[lo:hi] = w[local // (b - a)], a + local % (b - a)
+  values = np.ascontiguousarray(corners[:, :, 3:])[quad]  # [W, 4, D - 3]
   attrs = np.zeros((n * size * size, d - 3), np.float32)
-  attrs[pix[won]] = sum(weights[:, j, None] * corners[member, j, 3:] for j in range(4))
+  attrs[pix[won]] = sum(weights[:, j, None] * values[:, j] for j in range(4))
   return zbuf.reshape(n, size, size), attrs.reshape(n, size, size, d - 3)
 
 
@@ -582,19 +607,16 @@ def _rotation(angles: Array) -> Array:
   return (rz.reshape(-1, 3, 3) @ rx.reshape(-1, 3, 3) @ ry.reshape(-1, 3, 3)).astype(np.float32)
 
 
-def _normalize(v: Array) -> Array:
-  return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
-
-
 # ---------------------------------------------------------------------------------------------
 # One batch of faces.
 
-_VISIBILITY_TOLERANCE_CM = 0.8  # A landmark this far behind the drawn surface is hidden.
+_VISIBILITY_TOLERANCE_CM = 1.0  # A landmark this far behind the drawn surface is hidden.
 
 
 @dataclasses.dataclass(frozen=True)
 class _Scene:
-  """A batch's geometry in image space (pixels of the S x S image; depth in pixels, larger=nearer)."""
+  """A batch's geometry in image space: pixels of the S x S image, depth in pixels (larger is
+  nearer)."""
   rotation: Array  # [N, 3, 3] model -> camera for the head
   scale: Array  # [N] f, pixels per cm
   landmarks: Array  # [N, P, 3] x, y, depth
@@ -609,7 +631,7 @@ class _Scene:
 # The mean hairline: model y (cm) against |longitude| (radians): forehead, receding temples,
 # sideburns in front of the ear, around the ear, down to the nape.
 _HAIRLINE = (np.radians([0, 35, 60, 75, 92, 110, 135, 180]),
-             np.array([-6.5, -6.0, -3.0, 1.0, -1.8, -1.2, 3.0, 4.5]))
+             np.array([-7.0, -6.3, -3.0, 1.0, -1.8, -1.2, 3.0, 4.5]))
 
 
 def _hair(model: _HeadModel, p: dict[str, Array]) -> tuple[Array, Array]:
@@ -626,7 +648,7 @@ def _hair(model: _HeadModel, p: dict[str, Array]) -> tuple[Array, Array]:
   off = p['texture_offset'][:, None]
   lumps = _texture('smooth', model.uv[None, :, 1] * 2 + off[..., 0],
                    model.uv[None, :, 0] * 2 + off[..., 1])
-  thickness = (p['hair_thickness'][:, None] * _smoothstep(depth, 0.0, 2.5)
+  thickness = (p['hair_thickness'][:, None] * _smoothstep(depth, 0.0, 5.0)
                * (0.4 + 0.6 * _smoothstep(-model.model_y, -2.0, 8.0))[None]  # Fuller on top.
                * np.clip(1 + 0.3 * lumps, 0.4, 1.6))
   return depth.astype(np.float32), (alpha * thickness).astype(np.float32)
@@ -642,7 +664,8 @@ def _scene(p: dict[str, Array], size: int) -> _Scene:
   model = _head_model()
   mean, basis = _shape_basis()
   n, v = len(p['coef']), len(model.vertices)
-  points = mean + (p['coef'].astype(np.float32) @ basis).reshape(n, -1, 3)
+  # einsum, not BLAS: a face's points do not depend on the rest of the batch.
+  points = mean + np.einsum('nm,mk->nk', p['coef'].astype(np.float32), basis).reshape(n, -1, 3)
   hair, thickness = _hair(model, p)
   vertices = points[:, :v] + thickness[..., None] * model.normals
   normals = _grid_normals(vertices.reshape(n, _ROWS, _COLS, 3)).reshape(n, v, 3)
@@ -683,13 +706,19 @@ def _vertex_shading(scene: _Scene, p: dict[str, Array]) -> tuple[Array, Array]:
 
 
 def _fill_holes(depth: Array, attrs: Array) -> tuple[Array, Array]:
-  """Fills single undrawn pixels between drawn left/right or up/down neighbours."""
-  for axis in (1, 2):
-    prev, nxt = np.roll(depth, 1, axis), np.roll(depth, -1, axis)
-    hole = ~np.isfinite(depth) & np.isfinite(prev) & np.isfinite(nxt)
-    depth = np.where(hole, np.maximum(prev, nxt), depth)
-    attrs = np.where(hole[..., None], (np.roll(attrs, 1, axis) + np.roll(attrs, -1, axis)) / 2,
-                     attrs)
+  """Fills single undrawn pixels between drawn left/right or up/down neighbours (in place)."""
+  flat_depth, flat_attrs = depth.reshape(-1), attrs.reshape(depth.size, -1)
+  drawn = np.isfinite(depth)
+  for axis, step in ((2, 1), (1, depth.shape[2])):  # Neighbours are `step` apart when flat.
+    hole = ~drawn & np.roll(drawn, 1, axis) & np.roll(drawn, -1, axis)
+    border = [slice(None)] * 3
+    for edge in (0, -1):  # No neighbours across the image border.
+      border[axis] = edge
+      hole[tuple(border)] = False
+    i = np.flatnonzero(hole)
+    flat_depth[i] = np.maximum(flat_depth[i - step], flat_depth[i + step])
+    flat_attrs[i] = (flat_attrs[i - step] + flat_attrs[i + step]) / 2
+    drawn.reshape(-1)[i] = True
   return depth, attrs
 
 
@@ -706,8 +735,10 @@ def _render_head(scene: _Scene, p: dict[str, Array], h: int) -> tuple[Array, Arr
                            scene.hair.shape + (3,))
   data = np.concatenate([xy, scene.vertices[..., 2:], lit[..., None], spec[..., None],
                          scene.hair[..., None], static], -1)
-  keep = ((scene.normals[:, model.quads, 2].max(-1) > -0.05)  # Front-facing, above the clothes.
-          & (model.model_y[model.quads].min(-1)[None] < p['collar'][:, None] + 2.0))
+  facing = scene.normals[..., 2] > -0.05
+  keep = ((facing[:, model.quads[:, 0]] | facing[:, model.quads[:, 1]]  # Front-facing and
+           | facing[:, model.quads[:, 2]] | facing[:, model.quads[:, 3]])  # above the clothes.
+          & (model.quad_top[None] < p['collar'][:, None] + 2.0))
   depth, attrs = _fill_holes(*_rasterize(data, model.quads, keep, h))
   lit, spec, hair, u, v, model_y = np.moveaxis(attrs, -1, 0)
   hair = _hair_cover(hair, _col(p['hair_softness']))
@@ -719,25 +750,14 @@ def _render_head(scene: _Scene, p: dict[str, Array], h: int) -> tuple[Array, Arr
   return depth, albedo * lit + spec * (1 - 0.6 * hair), lit, model_y
 
 
-def _ellipse_mask(x: Array, y: Array, centre: Array, axes: Array, angle: Array,
-                  power: float = 2.0) -> Array:
-  """1 inside an ellipse (power 2), a squarish one (4) or a rectangle (inf), with a soft 1-pixel
-  edge. Broadcasts per face [N, 1, 1] parameters."""
+def _rounded_mask(x: Array, y: Array, centre: Array, axes: Array, angle: Array) -> Array:
+  """1 inside a rounded box (|u|^4 + |v|^4 < 1), with a soft 1-pixel edge. x, y: pixel grids;
+  centre, axes [N, 1, 1, 2] and angle [N, 1, 1] per face."""
   c, s = np.cos(angle), np.sin(angle)
   dx, dy = x - centre[..., 0], y - centre[..., 1]
   u, v = (c * dx + s * dy) / axes[..., 0], (-s * dx + c * dy) / axes[..., 1]
-  if power == 2:
-    r = np.sqrt(u * u + v * v)
-  elif power == 4:
-    r = np.sqrt(np.sqrt((u * u) ** 2 + (v * v) ** 2))
-  else:
-    r = np.maximum(np.abs(u), np.abs(v))
+  r = np.sqrt(np.sqrt((u * u) ** 2 + (v * v) ** 2))
   return np.clip((1 - r) * np.minimum(axes[..., 0], axes[..., 1]) + 0.5, 0, 1)
-
-
-def _col(a: Array) -> Array:
-  """Per-face values [N] as [N, 1, 1] float32, to broadcast over images."""
-  return np.asarray(a, np.float32)[:, None, None]
 
 
 def _background(scene: _Scene, p: dict[str, Array], h: int) -> Array:
@@ -749,20 +769,21 @@ def _background(scene: _Scene, p: dict[str, Array], h: int) -> Array:
         + _col(p['background_noise']) * 0.3 * _texture_crops('smooth', p['texture_offset'][:, :2],
                                                                 b))
   for shape in np.moveaxis(p['shapes'], 1, 0):  # [N, 8] parameters of one shape per face.
-    kind, cx, cy, sx, sy, angle, level, alpha = shape.T
-    centre, axes = np.stack([cx, cy], -1)[:, None, None], np.stack([sx, sy], -1)[:, None, None]
-    axes = np.where((kind == 2)[:, None, None, None], axes * [4.0, 0.15], axes) * b
-    mask = np.where(_col(kind == 1), _ellipse_mask(xx * b, yy * b, centre * b, axes, _col(angle)),
-                    _ellipse_mask(xx * b, yy * b, centre * b, axes, _col(angle), power=np.inf))
-    bg = bg + _col(alpha) * mask * (_col(level) - bg)
+    kind, cx, cy, sx, sy, angle, level, alpha = map(_col, shape.T)
+    sx, sy = np.where(kind == 2, 4 * sx, sx), np.where(kind == 2, 0.15 * sy, sy)  # Bars.
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = (c * (xx - cx) + s * (yy - cy)) / sx, (-s * (xx - cx) + c * (yy - cy)) / sy
+    r = np.where(kind == 1, np.sqrt(u * u + v * v), np.maximum(np.abs(u), np.abs(v)))
+    mask = np.clip((1 - r) * np.minimum(sx, sy) * b + 0.5, 0, 1)  # Ellipse, rectangle or bar.
+    bg = bg + alpha * mask * (level - bg)
   bg = _upsample2(bg)[:, :h, :h]
   f = scene.scale / 2
   yy, xx = np.mgrid[:h, :h].astype(np.float32)
   centre = (np.einsum('nij,j->ni', scene.rotation, [0.0, 3.0, -3.5])[:, :2] * f[:, None]
             + (scene.offset - 0.5) / 2)
   axes = np.stack([8.5 * f, (9.0 + p['long_hair_length'] / 2) * f], -1)
-  hair = _ellipse_mask(xx, yy, centre[:, None, None], axes[:, None, None], _col(p['pose'][:, 2]),
-                       power=4) * _col(p['long_hair'])
+  hair = _rounded_mask(xx, yy, centre[:, None, None], axes[:, None, None],
+                       _col(p['pose'][:, 2])) * _col(p['long_hair'])
   strands = _texture_crops('hair', p['texture_offset'][:, 2:], h)
   hair_colour = _col(p['hair_tone'] * (p['ambient'] + 0.5 * p['key'])) * (1 + 0.2 * strands)
   return bg + hair * (hair_colour - bg)
@@ -777,8 +798,8 @@ def _dress(base: Array, scene: _Scene, p: dict[str, Array], depth: Array, model_
   centre = (np.einsum('nij,nj->ni', scene.torso_rotation, shoulders)[:, :2] * f[:, None]
             + (scene.offset - 0.5) / 2)
   axes = np.stack([p['torso_width'] * f, 11.0 * f], -1)
-  torso = _ellipse_mask(xx, yy, centre[:, None, None], axes[:, None, None],
-                        _col(p['pose'][:, 2] * 0.4), power=4)
+  torso = _rounded_mask(xx, yy, centre[:, None, None], axes[:, None, None],
+                        _col(p['pose'][:, 2] * 0.4))
   torso = torso * np.where(np.isfinite(depth), _smoothstep(model_y - _col(p['collar']), 0, 0.3), 1)
   shade = 0.75 + 0.25 * np.clip(_col(p['light'][:, 0]) * (xx - centre[:, 0, None, None])
                                 / _col(axes[:, 0]), -1, 1)
@@ -798,13 +819,21 @@ def _antialias(image: Array, drawn: Array) -> Array:
 
 
 def _landmark_self_occlusion(scene: _Scene, depth: Array) -> Array:
-  """[N, P] True where the surface faces away or something nearer covers the landmark."""
+  """[N, P] True where the surface faces away or something nearer covers the landmark.
+
+  Points on the outline (jaw points of a frontal face) count as facing up to 15 degrees beyond it,
+  and the depth test reads the farthest surface around the point, so grazing surfaces next to it
+  do not hide it.
+  """
   model = _head_model()
-  facing = scene.normals[:, model.landmark_vertex, 2] > 0.0
+  facing = scene.normals[:, model.landmark_vertex, 2] > -0.25
+  far = depth
+  for axis in (1, 2):  # Minimum over a 3 x 3 neighbourhood; undrawn pixels are -inf.
+    far = np.minimum(far, np.minimum(np.roll(far, 1, axis), np.roll(far, -1, axis)))
   h = depth.shape[-1]
   ix = np.clip(np.rint((scene.landmarks[..., 0] - 0.5) / 2).astype(int), 0, h - 1)
   iy = np.clip(np.rint((scene.landmarks[..., 1] - 0.5) / 2).astype(int), 0, h - 1)
-  surface = depth[np.arange(len(depth))[:, None], iy, ix]
+  surface = far[np.arange(len(depth))[:, None], iy, ix]
   hidden = surface > scene.landmarks[..., 2] + _VISIBILITY_TOLERANCE_CM * scene.scale[:, None]
   return ~facing | hidden
 
@@ -813,14 +842,13 @@ def _finish(image: Array, p: dict[str, Array]) -> Array:
   """Camera and film: blur, sensor noise, gamma, contrast, brightness; float [N, S, S] -> uint8."""
   n, s = image.shape[:2]
   col = lambda k: p[k].astype(np.float32)[:, None, None]
-  a = col('blur') ** 2 / 4  # Two passes of [a, 1 - 2a, a] per axis: variance 4a = sigma^2.
-  for _ in range(2):
-    image = image.copy()
-    image[:, 1:-1] += a * (image[:, :-2] + image[:, 2:] - 2 * image[:, 1:-1])
-    image[:, :, 1:-1] += a * (image[:, :, :-2] + image[:, :, 2:] - 2 * image[:, :, 1:-1])
+  a = col('blur') ** 2 / 2  # [a, 1 - 2a, a] along each axis: variance 2a = sigma^2.
+  image = image.copy()
+  image[:, 1:-1] += a * (image[:, :-2] + image[:, 2:] - 2 * image[:, 1:-1])
+  image[:, :, 1:-1] += a * (image[:, :, :-2] + image[:, :, 2:] - 2 * image[:, :, 1:-1])
   offsets = p['texture_offset'][:, 1:3] * 7
   image = image + col('noise') * _texture_crops('white', offsets, s)
-  levels = np.clip(np.rint(image * 1023), 0, 1023).astype(np.int64).reshape(n, -1)
+  levels = np.clip(image * 1023 + 0.5, 0, 1023).astype(np.int16).reshape(n, -1)
   x = np.linspace(0, 1, 1024, dtype=np.float32)[None] ** p['gamma'][:, None].astype(np.float32)
   lut = (x - 0.5) * p['contrast'][:, None] + 0.5 + p['brightness'][:, None]
   lut = np.clip(np.rint(lut * 255), 0, 255).astype(np.uint8)
@@ -847,7 +875,8 @@ def _render_chunk(index: Array, seed: int, config: RenderConfig) -> dict[str, Ar
   base = _antialias(np.where(np.isfinite(depth), colour, _background(scene, p, h)),
                     np.isfinite(depth))
   base = _dress(base, scene, p, depth, model_y)
-  image = _Painter(_upsample2(base)[:, :s, :s], scene, p, depth, lit).paint()
+  image = np.ascontiguousarray(_upsample2(base)[:, :s, :s])  # Painted in place, through views.
+  image = _Painter(image, scene, p, depth, lit).paint()
   self_occluded = _landmark_self_occlusion(scene, depth)
   occluded = _occlude(image, scene, p, depth)
   has_occluder = p['has_occluder'] > 0.5
@@ -874,6 +903,12 @@ class _Patch:
   face: Array  # [M, 1, 1] index into the batch
   y: Array  # [M, h, 1] integer rows
   x: Array  # [M, 1, w] integer columns
+  size: int  # S, the images' size
+
+  @functools.cached_property
+  def flat(self) -> Array:
+    """[M, h, w] indices into the flattened [N, S, S] images."""
+    return (self.face * self.size + self.y) * self.size + self.x
 
   @property
   def fx(self) -> Array:
@@ -889,7 +924,7 @@ def _patches(face: Array, lo: Array, hi: Array, size: int, margin: float = 2.0) 
   extent = np.minimum(np.ceil((hi - lo).max(0) + 2 * margin).astype(int) + 1, size)
   start = np.clip(np.floor(lo - margin).astype(int), 0, size - extent)
   return _Patch(face[:, None, None], (start[:, 1, None] + np.arange(extent[1]))[:, :, None],
-                (start[:, 0, None] + np.arange(extent[0]))[:, None, :])
+                (start[:, 0, None] + np.arange(extent[0]))[:, None, :], size)
 
 
 def _read(buffer: Array, patch: _Patch) -> Array:
@@ -899,8 +934,9 @@ def _read(buffer: Array, patch: _Patch) -> Array:
 
 def _blend(image: Array, patch: _Patch, alpha: Array, value: Array) -> None:
   """image <- image + alpha * (value - image) inside the patch. Rows must be different faces."""
-  region = image[patch.face, patch.y, patch.x]
-  image[patch.face, patch.y, patch.x] = region + alpha * (value - region)
+  flat = image.reshape(-1)
+  region = flat[patch.flat]
+  flat[patch.flat] = region + alpha * (value - region)
 
 
 def _catmull_rom(points: Array, sub: int, closed: bool) -> Array:
@@ -920,37 +956,39 @@ def _catmull_rom(points: Array, sub: int, closed: bool) -> Array:
 
 
 def _segment_distance(x: Array, y: Array, start: Array, end: Array) -> tuple[Array, Array]:
-  """Distances [M, h, w, E] from pixels (x [M, 1, w], y [M, h, 1]) to segments [M, E, 2] and the
-  positions (0..1) of the nearest points along them."""
-  ax, ay = start[:, None, None, :, 0], start[:, None, None, :, 1]
-  ex, ey = end[:, None, None, :, 0] - ax, end[:, None, None, :, 1] - ay
-  dx, dy = x[..., None] - ax, y[..., None] - ay
+  """Distances [E, M, h, w] from pixels (x [M, 1, w], y [M, h, 1]) to segments [M, E, 2] and the
+  positions (0..1) of the nearest points along them. Segments lead: reductions over them are fast."""
+  ax, ay = start[..., 0].T[..., None, None], start[..., 1].T[..., None, None]  # [E, M, 1, 1]
+  ex, ey = end[..., 0].T[..., None, None] - ax, end[..., 1].T[..., None, None] - ay
+  dx, dy = x - ax, y - ay
   t = np.clip((dx * ex + dy * ey) / (ex * ex + ey * ey + 1e-6), 0, 1)
   return np.sqrt((dx - t * ex) ** 2 + (dy - t * ey) ** 2), t
 
 
-def _polygon_sdf(x: Array, y: Array, polygon: Array) -> Array:
-  """Signed distance [M, h, w] to closed polygons [M, K, 2]: negative inside."""
+def _polygon_sdf(x: Array, y: Array, polygon: Array) -> tuple[Array, Array, Array]:
+  """Signed distance [M, h, w] to closed polygons [M, K, 2] (negative inside), and the distances
+  and positions [K, M, h, w] along its edges (for strokes along parts of it)."""
   end = np.roll(polygon, -1, 1)
-  dist, _ = _segment_distance(x, y, polygon, end)
-  ay, by = polygon[:, None, None, :, 1], end[:, None, None, :, 1]
-  spans = (ay > y[..., None]) != (by > y[..., None])  # [M, h, 1, K]: edges crossing the row.
-  ax, bx = polygon[:, None, None, :, 0], end[:, None, None, :, 0]
-  cross_x = ax + (y[..., None] - ay) * (bx - ax) / np.where(by == ay, 1e-6, by - ay)
-  inside = (spans & (x[..., None] < cross_x)).sum(-1) % 2 == 1
-  d = dist.min(-1)
-  return np.where(inside, -d, d)
+  dist, t = _segment_distance(x, y, polygon, end)
+  ax, ay = polygon[..., 0].T[..., None, None], polygon[..., 1].T[..., None, None]
+  bx, by = end[..., 0].T[..., None, None], end[..., 1].T[..., None, None]
+  spans = (ay > y) != (by > y)  # [K, M, h, 1]: edges crossing the pixel row.
+  cross_x = ax + (y - ay) * (bx - ax) / np.where(by == ay, 1e-6, by - ay)
+  inside = np.bitwise_xor.reduce(spans & (x < cross_x), 0)
+  d = dist.min(0)
+  return np.where(inside, -d, d), dist, t
 
 
-def _stroke(dist: Array, t: Array, radius: Array) -> Array:
-  """Coverage [M, h, w] of a polyline of K points drawn with radius [M, K] (pixels), from
-  `_segment_distance` to its K - 1 segments."""
-  radius = radius.astype(np.float32)
-  r = radius[:, None, None, :-1] + t * (radius[:, None, None, 1:] - radius[:, None, None, :-1])
-  return np.clip((r - dist).max(-1) + 0.5, 0, 1)
+def _stroke(dist: Array, t: Array, radius: Array, feather: float = 1.0) -> Array:
+  """Coverage [M, h, w] of a polyline of K points drawn with radius [M, K] (pixels) and an edge
+  `feather` pixels wide, from `_segment_distance` to its K - 1 segments."""
+  radius = radius.astype(np.float32).T[..., None, None]  # [K, M, 1, 1]
+  r = radius[:-1] + t * (radius[1:] - radius[:-1])
+  return np.clip((r - dist).max(0) / feather + 0.5, 0, 1)
 
 
 def _polyline(x: Array, y: Array, line: Array) -> tuple[Array, Array]:
+  """`_segment_distance` to the segments of an open polyline [M, K, 2]."""
   return _segment_distance(x, y, line[:, :-1], line[:, 1:])
 
 
@@ -1008,11 +1046,13 @@ class _Painter:
       alpha, beta, cover = _disc(patch.fx, patch.fy, centre[:, :2], a[:, :2], b[:, :2])
       depth = centre[:, 2, None, None] + alpha * a[:, 2, None, None] + beta * b[:, 2, None, None]
       facing = _col(_smoothstep(n[:, 2], -0.1, 0.15))
-      shade = self.col('ambient') + self.col('key') * _col(np.clip((n * light).sum(-1), 0, 1))
+      frontal = _col(_smoothstep(n[:, 2], 0.2, 0.7))  # Details show when the ear faces us.
+      shade = self.col('ambient') + self.col('key') * _col(
+          np.clip(((n * light).sum(-1) + 0.5) / 1.5, 0, 1))
       rho = np.sqrt(alpha ** 2 + beta ** 2)
       concha = np.hypot((alpha - 0.15) / 0.45, (beta + 0.25) / 0.32)  # Hollow before the canal.
       rim = np.exp(-((rho - 0.78) / 0.07) ** 2) * (beta > -0.3)  # Groove inside the helix.
-      detail = (1 - 0.4 * _smoothstep(1 - concha, 0, 0.5)) * (1 - 0.2 * rim)
+      detail = 1 - frontal * (0.4 * _smoothstep(1 - concha, 0, 0.5) + 0.2 * rim)
       value = self.col('skin') * 0.92 * shade * detail
       alpha_ = cover * facing * self.visible(patch, depth, 0.8) * (1 - self.col('ears_hidden'))
       _blend(self.image, patch, alpha_, value)
@@ -1028,10 +1068,11 @@ class _Painter:
       s = np.linspace(0, 1, line.shape[1], dtype=np.float32)
       width = 0.16 + 0.26 * (s if inner_last else 1 - s)  # Half-width, cm: thick at the inner end.
       patch = self.patch(line, 0.5 * f.max() + 2)
-      strands = _texture('hair', patch.y * 0.5 + self.p['texture_offset'][:, :1, None],
-                         patch.x * 3.0 + self.p['texture_offset'][:, 1:2, None])
-      cover = _stroke(*_polyline(patch.fx, patch.fy, line), width * f * self.p['brow_width'][:, None])
-      alpha = (cover * self.col('brow_density') * (0.75 + 0.25 * np.clip(strands, -1, 1))
+      hairs = _texture('white', patch.y + self.p['texture_offset'][:, :1, None],
+                       patch.x + self.p['texture_offset'][:, 1:2, None])
+      radius = width * f * self.p['brow_width'][:, None]
+      cover = _stroke(*_polyline(patch.fx, patch.fy, line), radius, feather=1.8)
+      alpha = (cover * self.col('brow_density') * np.clip(0.85 + 0.15 * hairs, 0, 1)
                * self.visible(patch, points[..., 2].mean(1), 0.6))
       _blend(self.image, patch, alpha, _col(tone) * _read(self.lit, patch))
 
@@ -1049,12 +1090,12 @@ class _Painter:
     for side, first in ((0, 36), (1, 42)):
       points = self.scene.landmarks[:, first:first + 6]
       loop = _catmull_rom(points[..., :2], 3, closed=True)
-      upper, lower = loop[:, :10], np.concatenate([loop[:, 9:], loop[:, :1]], 1)
+      upper = loop[:, :10]  # Corner to corner along the upper lid: the loop's first 9 edges.
       patch = self.patch(np.concatenate([loop, loop + crease[:, None]], 1), 3)
       x, y = patch.fx, patch.fy
       visible = self.visible(patch, points[..., 2].mean(1), 0.6)
       lit = _read(self.lit, patch)
-      sd = _polygon_sdf(x, y, loop)
+      sd, dist, t = _polygon_sdf(x, y, loop)
       centre = self.scene.anchors[:, side] + iris[:, 0]
       alpha, beta, cover = _disc(x, y, centre[:, :2], iris[:, 1, :2], iris[:, 2, :2])
       rho = np.sqrt(alpha ** 2 + beta ** 2)
@@ -1067,18 +1108,19 @@ class _Painter:
       _blend(self.image, patch, np.clip(0.5 - sd, 0, 1) * visible, value)
       s = np.linspace(0, 1, upper.shape[1], dtype=np.float32)
       outer = (1 - s) if side == 0 else s  # 36 and 45 are the outer corners.
-      lash = _stroke(*_polyline(x, y, upper), (0.04 + 0.08 * outer)[None] * f[:, 0])
+      lash = _stroke(dist[:9], t[:9], (0.04 + 0.08 * outer)[None] * f[:, 0])
       _blend(self.image, patch, 0.9 * lash * visible, 0.06)
       thin = np.broadcast_to(0.025 * f[:, 0], upper.shape[:2])
-      _blend(self.image, patch, 0.35 * _stroke(*_polyline(x, y, lower), thin) * visible, 0.25 * lit)
-      fold = _stroke(*_polyline(x, y, upper + crease[:, None]), thin + 0.005 * f[:, 0])
+      _blend(self.image, patch, 0.35 * _stroke(dist[9:], t[9:], thin) * visible,
+             0.25 * lit)
+      fold = _stroke(*_polyline(x, y, upper[:, ::2] + crease[:, None]), thin[:, ::2] * 1.2)
       _blend(self.image, patch, 0.25 * fold * visible, 0.1 * lit)
 
   def nostrils(self) -> None:
     """Dark ellipses under the nose tip, facing down and forward: widest when looking up."""
     normal = _normalize(np.array([0.0, 0.85, 0.53]))
-    vectors = _model_vectors(self.scene, np.stack([[0.42, 0.0, 0.0],
-                                                   0.3 * np.cross(normal, [1.0, 0.0, 0.0]),
+    vectors = _model_vectors(self.scene, np.stack([[0.45, 0.0, 0.0],
+                                                   0.32 * np.cross(normal, [1.0, 0.0, 0.0]),
                                                    normal]))
     a, b = vectors[:, 0, :2], vectors[:, 1, :2]
     facing = _col(_smoothstep(vectors[:, 2, 2] / self.scene.scale, 0.0, 0.3))
@@ -1086,33 +1128,40 @@ class _Painter:
       centre = self.scene.anchors[:, 2 + side]
       patch = self.patch(centre[:, None, :2] + np.stack([a + b, -a - b, a - b, b - a], 1), 2)
       _, _, cover = _disc(patch.fx, patch.fy, centre[:, :2], a, b)
-      alpha = 0.85 * cover * facing * self.visible(patch, centre[:, 2], 0.5)
-      _blend(self.image, patch, alpha, 0.1 * _read(self.lit, patch))
+      alpha = 0.7 * cover * facing * self.visible(patch, centre[:, 2], 0.5)
+      _blend(self.image, patch, alpha, 0.12 * _read(self.lit, patch))
 
   def mouth(self) -> None:
-    """Lips inside the outer contour, a dark mouth with teeth inside the inner one, a lip line."""
+    """Lips inside the outer contour (soft edges, a sheen on the lower lip, shadow where they
+    meet), then a dark mouth with teeth inside the inner contour and a lip line."""
     f = self.scene.scale[:, None, None]
     points = self.scene.landmarks[:, 48:68]
+    depth = points[..., 2].mean(1)
     outer = _catmull_rom(points[:, :12, :2], 2, closed=True)
     inner = _catmull_rom(points[:, 12:, :2], 2, closed=True)
-    upper = _catmull_rom(points[:, 12:17, :2], 2, closed=False)
     patch = self.patch(outer, 3)
     x, y = patch.fx, patch.fy
-    visible = self.visible(patch, points[..., 2].mean(1), 0.8)
-    lit = _read(self.lit, patch)
-    lips = np.clip(0.3 - _polygon_sdf(x, y, outer) / (0.06 * f + 1), 0, 1)
+    lips = np.clip(0.2 - _polygon_sdf(x, y, outer)[0] / (0.08 * f + 1), 0, 1)
+    middle = (points[:, 14, :2] + points[:, 18, :2]) / 2  # Between 62 and 66.
     lower = points[:, 9, :2] * 0.6 + points[:, 18, :2] * 0.4  # Between 57 and 66.
     width2 = ((points[:, 6, :2] - points[:, 0, :2]) ** 2).sum(-1)  # Corner to corner, squared.
-    shine = np.exp(-((x - _col(lower[:, 0])) ** 2 + (y - _col(lower[:, 1])) ** 2)
-                   / _col(0.02 * width2 + 1))
-    value = self.col('skin') * self.col('lip_tone') * lit * (1 + 0.25 * self.col('key') * shine)
-    _blend(self.image, patch, 0.85 * lips * visible, value)
-    dist, t = _polyline(x, y, upper)
-    teeth = np.clip((0.3 * f - dist.min(-1)) / 2, 0, 1)
-    mouth = np.clip(0.5 - _polygon_sdf(x, y, inner), 0, 1)
+    meet = np.hypot((x - _col(middle[:, 0])) / 3, y - _col(middle[:, 1]))
+    shine = np.exp(-((x - _col(lower[:, 0])) ** 2 + 2 * (y - _col(lower[:, 1])) ** 2)
+                   / _col(0.015 * width2 + 1))
+    value = (self.col('skin') * self.col('lip_tone') * _read(self.lit, patch)
+             * (1 - 0.25 * np.exp(-meet / (0.12 * f + 0.5)))  # Shadow where the lips meet.
+             + 0.2 * self.col('key') * shine)
+    _blend(self.image, patch, 0.8 * lips * self.visible(patch, depth, 0.8), value)
+    patch = self.patch(inner, 3)
+    x, y = patch.fx, patch.fy
+    lit, visible = _read(self.lit, patch), self.visible(patch, depth, 0.8)
+    sd, dist, t = _polygon_sdf(x, y, inner)
+    dist, t = dist[:8], t[:8]  # The upper inner lip, 60 to 64.
+    teeth = np.clip((0.3 * f - dist.min(0)) / 2, 0, 1)
+    mouth = np.clip(0.5 - sd, 0, 1)
     _blend(self.image, patch, mouth * visible, 0.05 + teeth * (self.col('teeth') * lit - 0.05))
-    line = 0.7 * _stroke(dist, t, np.broadcast_to(0.04 * f[:, 0], upper.shape[:2]))
-    _blend(self.image, patch, line * visible, 0.08 * lit)
+    line = _stroke(dist, t, np.broadcast_to(0.06 * f[:, 0], (len(f), 9)), feather=1.5)
+    _blend(self.image, patch, 0.85 * line * visible, 0.05 * lit)
 
   def paint(self) -> Array:
     self.ears()
@@ -1153,11 +1202,10 @@ def _hand(x: Array, y: Array, q: dict[str, Array]) -> tuple[Array, Array]:
   """Signed distance (pixels) to a hand and the darkening of its creases, same shape as x + y."""
   u, v = _local(x, y, q)
   palm = (np.hypot((u - _PALM[0]) / _PALM[2], (v - _PALM[1]) / _PALM[3]) - 1) * _PALM[2]
-  parts = [palm] + [_capsule_sdf(u, v, np.array(f[:2]), np.array(f[2:4]), f[4])
-                    for f in _FINGERS]
-  sdf = np.min(parts, axis=0) * q['size']
-  crease = np.max([np.exp(-(d * q['size'] / 1.5) ** 2) for d in parts], axis=0)
-  return sdf, crease * (sdf < -1.5)  # Lines between fingers, not around the hand.
+  fingers = [_capsule_sdf(u, v, np.array(f[:2]), np.array(f[2:4]), f[4]) for f in _FINGERS]
+  sdf = np.minimum(palm, np.min(fingers, axis=0)) * q['size']
+  crease = np.max([np.exp(-(d * q['size'] / 1.2) ** 2) for d in fingers], axis=0)
+  return sdf, crease * (palm > 0) * (sdf < -1.0)  # Lines between the fingers.
 
 
 def _object(x: Array, y: Array, q: dict[str, Array]) -> tuple[Array, Array]:
@@ -1168,15 +1216,16 @@ def _object(x: Array, y: Array, q: dict[str, Array]) -> tuple[Array, Array]:
   du, dv = np.abs(u) - half[..., 0] + r, np.abs(v) - half[..., 1] + r
   outside = np.hypot(np.maximum(du, 0), np.maximum(dv, 0))
   sdf = (outside + np.minimum(np.maximum(du, dv), 0) - r) * q['size']
-  phase = q['frequency'] * q['size'] * u * 2 * np.pi
+  phase_u, phase_v = 2 * np.pi * q['frequency'] * q['size'] * np.stack([u, v])
   texture = np.select([q['texture'] == 1, q['texture'] == 2, q['texture'] == 3],
-                      [np.sin(phase), np.sign(np.sin(phase) * np.sin(phase * v / (u + 1e-6))),
+                      [np.sin(phase_u), np.sign(np.sin(phase_u) * np.sin(phase_v)),
                        _texture('smooth', v * q['size'] * 0.5, u * q['size'] * 0.5)], 0.0)
   return sdf, texture
 
 
 def _sunglasses(x: Array, y: Array, q: dict[str, Array]) -> tuple[Array, Array]:
-  """Signed distance (pixels) to two lenses over the eyes and the bridge between them."""
+  """Signed distance (pixels) to two lenses over the eyes and the bridge between them, and how
+  deep inside a lens each pixel is (0 at the rim, 1 at the centre: a reflection gradient)."""
   eye_r, eye_l = q['eyes'][..., 0, :], q['eyes'][..., 1, :]
   across = eye_l - eye_r
   width = np.hypot(across[..., 0], across[..., 1]) + 1e-6
@@ -1190,7 +1239,7 @@ def _sunglasses(x: Array, y: Array, q: dict[str, Array]) -> tuple[Array, Array]:
     sdfs.append((np.hypot(u, v) - 1) * np.minimum(half_w, q['lens']))
   bridge = _capsule_sdf(x, y, eye_r + 0.3 * across, eye_l - 0.3 * across, 0.04 * q['lens'] + 1)
   lenses = np.minimum(*sdfs)
-  return np.minimum(lenses, bridge), -np.clip(-lenses / q['lens'], 0, 1)
+  return np.minimum(lenses, bridge), np.clip(-lenses / q['lens'], 0, 1)
 
 
 _OCCLUDER_SHAPES = {'hand': _hand, 'object': _object, 'sunglasses': _sunglasses}
@@ -1233,12 +1282,12 @@ def _occlude(image: Array, scene: _Scene, p: dict[str, Array], depth: Array) -> 
     tone = _col(p['occluder_tone'][m])
     lens_depth = scene.anchors[m, :2, 2].max(1) + 1.5 * f
     if kind == 'hand':
-      value = tone * shade * (1 - 0.35 * detail)
+      value = _col(p['skin'][m]) * (0.8 + 0.4 * tone) * shade * (1 - 0.3 * detail)
     elif kind == 'object':
       edge = np.exp(-(sdf / 1.5) ** 2)
       value = tone * shade * (1 + _col(p['occluder_contrast'][m]) * detail) * (1 - 0.3 * edge)
     else:
-      value = 0.25 * tone * (1 - 0.6 * detail) * shade
+      value = 0.25 * tone * (0.8 + 0.6 * detail) * shade
       cover = cover * (_read(depth, patch) <= _col(lens_depth))
     _blend(image, patch, cover, value)
     lx, ly = landmarks[m, None, :, 0], landmarks[m, None, :, 1]  # [M, 1, P]

@@ -24,7 +24,7 @@ def montage(path: pathlib.Path, seed: int = 0, rows: int = 8, cols: int = 8) -> 
   faces = synthetic.render_faces(rows * cols, seed, synthetic.RenderConfig())
   order = np.argsort(faces['pose'][:, 0])
   size = faces['image'].shape[-1]
-  fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.6), dpi=110)
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.6), dpi=96)
   for ax, i in zip(axes.flat, order):
     ax.imshow(faces['image'][i], cmap='gray', vmin=0, vmax=255, interpolation='bilinear')
     points, visible = faces['landmarks'][i], faces['visibility'][i]

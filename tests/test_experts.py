@@ -59,3 +59,26 @@ def test_combine_is_weighted_sum():
                              expected, rtol=1e-5)
   with pytest.raises(ValueError, match='do not match'):
     experts.combine(jnp.zeros((3, 4, 6)), jnp.zeros((3, 5)))
+
+
+@pytest.mark.parametrize('kernel,size', [(5, 32), (3, 4), (1, 2), (3, 7)])
+def test_im2col_conv_equals_lax_convolution(kernel, size):
+  x = jax.random.normal(jax.random.key(0), (3, size, size, 4))
+  conv = experts.Im2colConv(6, kernel)
+  params = conv.init(jax.random.key(1), x)['params']
+  expected = jax.lax.conv_general_dilated(
+      x, params['kernel'], (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision=jax.lax.Precision.HIGHEST) + params['bias']
+  np.testing.assert_allclose(conv.apply({'params': params}, x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_impls_share_parameters_and_outputs():
+  crops = jax.random.normal(jax.random.key(0), (2, 5, 32, 32))
+  im2col = experts.ExpertCNNs(3, (4, 6, 8, 8, 5), conv_impl='im2col')
+  xla = experts.ExpertCNNs(3, (4, 6, 8, 8, 5), conv_impl='xla')
+  params = im2col.init(jax.random.key(1), crops)
+  assert jax.tree.structure(params) == jax.tree.structure(xla.init(jax.random.key(1), crops))
+  np.testing.assert_allclose(im2col.apply(params, crops), xla.apply(params, crops),
+                             rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="unknown conv_impl 'cudnn'"):
+    experts.ExpertCNNs(1, conv_impl='cudnn').init(jax.random.key(0), crops)

@@ -11,7 +11,7 @@ from input_pipeline.datasets import synthetic_faces
 
 SIZE = 200
 CONFIG = synthetic_faces.SyntheticFacesConfig(
-    name='tiny', num_train=16, num_test=8, num_per_view=6, image_size=SIZE, chunk_size=8)
+    name='test_builder', num_train=16, num_test=8, num_per_view=6, image_size=SIZE, chunk_size=8)
 
 
 def _prepare(config, data_dir):

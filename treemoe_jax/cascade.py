@@ -27,6 +27,7 @@ class StageSpec:
   cnn_features: tuple[int, ...] = (20, 40, 80, 160, 30)
   cnn_kernel_sizes: tuple[int, ...] = (5, 5, 3, 3, 1)
   num_cnn_experts: int = 1
+  cnn_conv_impl: str = 'im2col'  # how the expert convolutions are computed (experts.CONV_IMPLS)
   representation_gate: gates.GateKind = gates.GateKind.UNIFORM
   representation_gate_depth: int | None = None
   num_regression_experts: int = 64
@@ -62,7 +63,8 @@ class CascadeStage(nn.Module):
     spec = self.spec
     crops = patches.extract_patches(images, shape, spec.patch_size)  # [B, P, S, S]
     features = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
-                                  spec.cnn_kernel_sizes, name='representation')(crops)  # [B, L, F]
+                                  spec.cnn_kernel_sizes, spec.cnn_conv_impl,
+                                  name='representation')(crops)  # [B, L, F]
     rep_gate = gates.make_gate(spec.representation_gate, spec.num_cnn_experts,
                                spec.representation_gate_depth, name='representation_gate')
     if spec.gates_on_pose and pose is None:
@@ -78,7 +80,9 @@ class CascadeStage(nn.Module):
     reg_weights = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
                                   spec.regression_gate_depth, name='regression_gate')(h)  # [B, L']
     delta = experts.combine(displacements, reg_weights)  # [B, 2P]
-    new_shape = shape + delta.reshape(shape.shape)
+    # The regressors speak in half-image units (normalised coordinates in [-1, 1]): a unit-scale
+    # output is a displacement across half the face crop, so Adam at 1e-3 moves them usefully.
+    new_shape = shape + delta.reshape(shape.shape) * (images.shape[-1] / 2)
     return new_shape, {'representation': rep_weights, 'regression': reg_weights}
 
 

@@ -15,7 +15,8 @@ def manager(directory: str, *, keep: int = 3, asynchronous: bool = True) -> ocp.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, cleanup_tmp_directories=True,
       enable_async_checkpointing=asynchronous)
-  return ocp.CheckpointManager(directory, options=options, item_names=('state', 'data'))
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data: dict) -> bool:
@@ -33,6 +34,22 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any, step: int | None =
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
   return restored['state'], restored['data']
+
+
+def restore_to_host(mngr: ocp.CheckpointManager, step: int | None = None) -> Any:
+  """The state of `step` (default: the newest) as numpy arrays, whatever devices wrote it.
+
+  For reading parts of another run (a trained pose estimator, an evaluation): the arrays are
+  restored onto this process's first device, not into the writer's device layout.
+  """
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no finished checkpoint in {mngr.directory}')
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        mngr.item_metadata(step)['state'])
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  return jax.device_get(restored['state'])
 
 
 def abstract(tree: Any) -> Any:

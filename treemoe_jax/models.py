@@ -96,6 +96,7 @@ def stage_spec(model_config: ml_collections.ConfigDict) -> cascade.StageSpec:
       cnn_features=tuple(model_config.cnn_features),
       cnn_kernel_sizes=tuple(model_config.cnn_kernel_sizes),
       num_cnn_experts=model_config.num_cnn_experts,
+      cnn_conv_impl=model_config.cnn_conv_impl,
       representation_gate=representation_gate,
       representation_gate_depth=model_config.get('representation_gate_depth'),
       num_regression_experts=model_config.num_regression_experts,

@@ -172,19 +172,27 @@ def create_train_state(task: Task, tx: optax.GradientTransformation, mesh, rng: 
   (a trained pose estimator).
   """
 
-  def init(rng):
+  overrides = overrides or {}
+
+  def init(rng, overrides):  # overrides are arguments: 25M weights are no compile-time constant
     variables = task.init(rng)
     params, batch_stats = dict(variables['params']), dict(variables.get('batch_stats', {}))
-    for name, tree in (overrides or {}).get('params', {}).items():
-      params[name] = tree
-    for name, tree in (overrides or {}).get('batch_stats', {}).items():
-      batch_stats[name] = tree
+    params.update(overrides.get('params', {}))
+    batch_stats.update(overrides.get('batch_stats', {}))
     return TrainState.create(apply_fn=task.model.apply, params=params, tx=tx,
                              batch_stats=batch_stats)
 
   replicated = jax.sharding.NamedSharding(mesh, P())
-  abstract = jax.eval_shape(init, rng)
-  return jax.jit(init, out_shardings=jax.tree.map(lambda _: replicated, abstract))(rng)
+  abstract = jax.eval_shape(init, rng, overrides)
+  expected = {k: jax.tree.map(lambda x: (x.shape, x.dtype), abstract.params[k])
+              for k in overrides.get('params', {})}
+  for name, tree in overrides.get('params', {}).items():
+    given = jax.tree.map(lambda x: (np.shape(x), np.asarray(x).dtype), tree)
+    if given != expected[name]:
+      raise ValueError(f'the loaded {name!r} does not fit this model: the checkpoint was '
+                       'trained with other sizes (compare config.pose with its config.json)')
+  out_shardings = jax.tree.map(lambda _: replicated, abstract)
+  return jax.jit(init, out_shardings=out_shardings)(rng, overrides)
 
 
 def make_train_step(task: Task, mesh):
@@ -197,7 +205,7 @@ def make_train_step(task: Task, mesh):
     (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats or state.batch_stats)
-    return state, metrics | {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    return state, metrics | {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
 
   replicated = jax.sharding.NamedSharding(mesh, P())
   return jax.jit(train_step, in_shardings=(replicated, batch_sharding(mesh)),
@@ -342,12 +350,8 @@ def load_pose_estimator(pose_workdir: str | pathlib.Path) -> dict:
     raise FileNotFoundError(f'no pose checkpoints in {directory}: train one with '
                             f'--config configs/pose_resnet50.py --workdir {pose_workdir}')
   mngr = checkpointing.manager(str(directory), asynchronous=False)
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no finished pose checkpoint in {directory}')
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  state = checkpointing.restore_to_host(mngr)
   mngr.close()
-  state = restored['state']
   return {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
 
 

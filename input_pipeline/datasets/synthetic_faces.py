@@ -137,6 +137,9 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
       SyntheticFacesConfig(
           name='small', num_train=512, num_test=256, num_per_view=64, image_size=200,
           description='512 train / 256 test / 64 per view faces, 200 px: tests and CPU runs.'),
+      SyntheticFacesConfig(
+          name='tiny', num_train=64, num_test=32, num_per_view=8, image_size=176,
+          description='64 train / 32 test / 8 per view faces, 176 px: training tests.'),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
