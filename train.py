@@ -45,7 +45,9 @@ def main(argv):
   logging.info('process %d/%d, %d local of %d devices: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  logging.info('done; evaluation on %s: %s', _CONFIG.value.eval_split,
+               '  '.join(f'{k} {v:.4f}' for k, v in sorted(results.items())))
 
 
 if __name__ == '__main__':

@@ -23,7 +23,8 @@ PAPER_SIZES = {
     'pose_tree_moe': dict(**_POSE_CNNS, **_REGRESSORS),
 }
 
-# The same code at CPU scale: 2 stages, 8 features per landmark, 4 pose experts, 8 regressors.
+# The same code at CPU scale: 2 stages, 16x16 patches, 8 features per landmark, 4 pose experts,
+# 8 regressors.
 _TINY_CNN = dict(cnn_features=(8, 8, 16, 16, 8))
 TINY_SIZES = {
     'baseline': dict(**_TINY_CNN, num_cnn_experts=1, num_regression_experts=1,
@@ -94,13 +95,14 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
           'pose' if architecture.startswith('pose_') else 'single_cnn')
   config.model.update(TINY_SIZES[kind])
   config.model.num_stages = 2
+  config.model.patch_size = 16  # a quarter of the CNN work: the CPU main job's budget
   config.pose.update(dict(stage_sizes=(1, 1, 1, 1), base_width=8, head_hidden=32))
   config.dataset = 'synthetic_faces/small'
   config.batch_size = 16
-  config.num_train_steps = 400
-  config.pose_train_steps = 200
-  config.log_every_steps = 20
-  config.eval_every_steps = 200
+  config.num_train_steps = 600
+  config.pose_train_steps = 400
+  config.log_every_steps = 50
+  config.eval_every_steps = 300
   config.checkpoint_every_steps = 100
 
 

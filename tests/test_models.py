@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from configs import default
+from treemoe_jax import experts
 from treemoe_jax import models
+from treemoe_jax import patches
 
 ARCHITECTURES = [a.value for a in models.Architecture]
 
@@ -173,3 +175,25 @@ def test_bad_configs_get_clear_errors():
 def test_import_does_not_load_tensorflow():
   code = 'import sys, treemoe_jax; assert "tensorflow" not in sys.modules, "tensorflow imported"'
   subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_top1_regression_uses_the_most_weighted_expert_alone():
+  config = default.get_config('tree_moe', 'tiny')
+  with config.unlocked():
+    config.model.num_stages = 1
+  model = models.create(config)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(-1, 1, (3, 150, 150)), jnp.float32)
+  init_shape = jnp.asarray(rng.uniform(40, 110, (3, 68, 2)), jnp.float32)
+  variables = tiny_variables('tree_moe')
+  variables = {'params': {'cascade': {'stage0': variables['params']['cascade']['stage0']}}}
+  out = model.apply(variables, images, init_shape, regression_top_k=1)
+  # Reference: run the regression experts by hand and take the argmax expert's output.
+  stage = variables['params']['cascade']['stage0']
+  crops = patches.extract_patches(images, init_shape, 16)
+  h = experts.ExpertCNNs(1, config.model.cnn_features).apply(
+      {'params': stage['representation']}, crops)[:, 0]
+  each = experts.ExpertMLPs(8, 32, 136).apply({'params': stage['regression']}, h)  # [B, E, 2P]
+  best = np.argmax(np.asarray(out['gates']['regression'][0]), axis=-1)
+  expected = init_shape + np.asarray(each)[np.arange(3), best].reshape(3, 68, 2) * 75.0
+  np.testing.assert_allclose(out['shape'], expected, rtol=1e-4, atol=1e-3)

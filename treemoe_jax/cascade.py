@@ -53,13 +53,27 @@ class StageSpec:
     gates.make_gate(self.regression_gate, self.num_regression_experts, self.regression_gate_depth)
 
 
+def top_k(weights: jax.Array, k: int) -> jax.Array:
+  """Gate weights `[B, L]` with all but the k largest per row zeroed and the rest renormalised."""
+  if k <= 0 or k >= weights.shape[-1]:
+    return weights
+  kth = jax.lax.top_k(weights, k)[0][..., -1:]  # [B, 1] the k-th largest weight
+  kept = jnp.where(weights >= kth, weights, 0.0)
+  return kept / kept.sum(-1, keepdims=True)
+
+
 class CascadeStage(nn.Module):
   """One stage: patches at s(k) -> h = H g(pose) -> ds = dS g'(h) -> s(k) + ds."""
   spec: StageSpec
 
   @nn.compact
-  def __call__(self, images: jax.Array, shape: jax.Array, pose: jax.Array | None):
-    """images [B, H, W], shape [B, P, 2], pose [B, 3] or None -> (shape [B, P, 2], gate weights)."""
+  def __call__(self, images: jax.Array, shape: jax.Array, pose: jax.Array | None,
+               regression_top_k: int = 0):
+    """images [B, H, W], shape [B, P, 2], pose [B, 3] or None -> (shape [B, P, 2], gate weights).
+
+    `regression_top_k` > 0 keeps only the k regressors the gate weighs most (renormalised), as
+    in Fig. 7's top-1 predictions; the returned gate weights are the gate's own.
+    """
     spec = self.spec
     crops = patches.extract_patches(images, shape, spec.patch_size)  # [B, P, S, S]
     features = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
@@ -79,7 +93,7 @@ class CascadeStage(nn.Module):
                                        num_outputs, name='regression')(h)  # [B, L', 2P]
     reg_weights = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
                                   spec.regression_gate_depth, name='regression_gate')(h)  # [B, L']
-    delta = experts.combine(displacements, reg_weights)  # [B, 2P]
+    delta = experts.combine(displacements, top_k(reg_weights, regression_top_k))  # [B, 2P]
     # The regressors speak in half-image units (normalised coordinates in [-1, 1]): a unit-scale
     # output is a displacement across half the face crop, so Adam at 1e-3 moves them usefully.
     new_shape = shape + delta.reshape(shape.shape) * (images.shape[-1] / 2)
@@ -93,13 +107,15 @@ class Cascade(nn.Module):
   stop_gradient_between_stages: bool = False
 
   @nn.compact
-  def __call__(self, images: jax.Array, init_shape: jax.Array, pose: jax.Array | None) -> dict:
+  def __call__(self, images: jax.Array, init_shape: jax.Array, pose: jax.Array | None,
+               regression_top_k: int = 0) -> dict:
     shape = init_shape
     stage_shapes, rep_weights, reg_weights = [], [], []
     for k in range(self.num_stages):
       if self.stop_gradient_between_stages:
         shape = jax.lax.stop_gradient(shape)  # stage-wise training: stage k sees s(k) as data
-      shape, weights = CascadeStage(self.spec, name=f'stage{k}')(images, shape, pose)
+      shape, weights = CascadeStage(self.spec, name=f'stage{k}')(images, shape, pose,
+                                                                 regression_top_k)
       stage_shapes.append(shape)
       rep_weights.append(weights['representation'])
       reg_weights.append(weights['regression'])

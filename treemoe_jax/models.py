@@ -70,7 +70,9 @@ class FaceAligner(nn.Module):
                        f'(x, y per landmark), got shape {init_shape.shape}')
 
   @nn.compact
-  def __call__(self, images: jax.Array, init_shape: jax.Array, train: bool = False) -> dict:
+  def __call__(self, images: jax.Array, init_shape: jax.Array, train: bool = False,
+               regression_top_k: int = 0) -> dict:
+    """`regression_top_k` > 0: each stage adds only its k most-weighted regressors (Fig. 7)."""
     self._check_inputs(images, init_shape)
     pose = None
     if self.pose_estimator is not None:
@@ -80,7 +82,7 @@ class FaceAligner(nn.Module):
       if self.freeze_pose:
         pose = jax.lax.stop_gradient(pose)
     outputs = cascade.Cascade(self.stage, self.num_stages, self.stop_gradient_between_stages,
-                              name='cascade')(images, init_shape, pose)
+                              name='cascade')(images, init_shape, pose, regression_top_k)
     if pose is not None:
       outputs['pose'] = pose
     return outputs

@@ -5,6 +5,9 @@ a cascade (`'alignment'`). The step is one `jax.jit` over a 1-D `Mesh` of all de
 sharded on 'data', the state replicated, XLA inserting the gradient all-reduce (and BatchNorm's
 cross-device statistics, so N devices compute what one device would on the whole batch).
 
+The tf.data pipeline and the TensorBoard writer (both import TensorFlow) are imported where the
+loop needs them, so the step machinery also serves TF-free benchmarks on accelerators.
+
 Axis legend: B global batch, P landmarks, K stages, L experts.
 """
 
@@ -18,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from clu import metric_writers
 import flax.linen as nn
 from flax.training import train_state
 import jax
@@ -28,7 +30,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from input_pipeline import pipeline
 from treemoe_jax import checkpointing
 from treemoe_jax import gates
 from treemoe_jax import metrics as metrics_lib
@@ -282,6 +283,7 @@ class _Progress:
   """A line per log step (step, loss, img/s, ETA) and the same figures as TensorBoard + JSON."""
 
   def __init__(self, workdir: pathlib.Path, total_steps: int, batch_size: int, first_step: int):
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top (imports TensorFlow)
     self.lead = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(str(workdir), just_logging=not self.lead)
     self.jsonl = workdir / 'metrics.jsonl'
@@ -338,6 +340,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def _data(config, split: str) -> dict:
   """Arguments shared by the train and eval pipelines of `config`."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
   return dict(dataset=config.dataset, data_dir=config.data_dir or None, split=split,
               process_index=jax.process_index(), process_count=jax.process_count(),
               crop=pipeline.CropConfig(size=config.model.image_size, margin=config.crop_margin))
@@ -386,6 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _train(config, workdir: pathlib.Path, task: Task, overrides: dict | None = None) -> dict:
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
   mesh = make_mesh()
   mean_shape = pipeline.mean_shape(config.dataset, data_dir=config.data_dir or None,
                                    split=config.train_split,

@@ -1,0 +1,82 @@
+"""Training img/s of the data-parallel step, tiny and full size, on whatever devices JAX sees.
+
+  python benchmarks/train_speed.py [--architectures pose_tree_moe,tree_moe] [--full_batch 8]
+
+Random batches fed straight to the jitted step (no TensorFlow: the same script runs on a GPU
+machine without it), so this is the step's own speed; the input pipeline has its own benchmark
+(benchmarks/pipeline_speed.py). Prints the jit GEMM rate of the same run for scale.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from configs import default  # pylint: disable=g-import-not-at-top
+from treemoe_jax import train  # pylint: disable=g-import-not-at-top
+
+
+def random_batch(config, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  size = config.model.image_size
+  landmarks = rng.uniform(0.2 * size, 0.8 * size, (batch, 68, 2)).astype(np.float32)
+  return {'image': rng.uniform(-1, 1, (batch, size, size)).astype(np.float32),
+          'landmarks': landmarks,
+          'init_shape': (landmarks + rng.normal(0, 5, landmarks.shape)).astype(np.float32),
+          'pose': rng.uniform(-1, 1, (batch, 3)).astype(np.float32)}
+
+
+def measure(architecture: str, variant: str, batch: int, task_name: str) -> dict:
+  config = default.get_config(architecture, variant)
+  task = train.pose_task(config) if task_name == 'pose' else train.alignment_task(config)
+  mesh = train.make_mesh()
+  state = train.create_train_state(task, optax.adam(1e-3), mesh, jax.random.key(0))
+  step = train.make_train_step(task, mesh)
+  rng = np.random.default_rng(0)
+  batches = [train.global_batch(random_batch(config, batch, rng), task.batch_keys, mesh)
+             for _ in range(2)]
+  start = time.perf_counter()
+  compiled = step.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, batches[0])  # warm-up
+  jax.block_until_ready(metrics['loss'])
+  times = []
+  for i in range(3):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batches[i % 2])
+    jax.block_until_ready(metrics['loss'])
+    times.append(time.perf_counter() - start)
+  seconds = float(np.median(times))
+  flops = common.compiled_flops(compiled)
+  return dict(compile_s=compile_s, img_s=batch / seconds, gflops=flops / seconds / 1e9)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--architectures', default='pose_tree_moe,tree_moe')
+  parser.add_argument('--tiny_batch', type=int, default=16)
+  parser.add_argument('--full_batch', type=int, default=8)
+  parser.add_argument('--variants', default='tiny,full')
+  args = parser.parse_args()
+  gemm = common.gemm_gflops()
+  print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}; '
+        f'jit GEMM 2048^3 fp32: {gemm:.1f} GFLOP/s', flush=True)
+  print('| what | variant | batch | compile s | train img/s | GFLOP/s | % of GEMM |')
+  print('|---|---|---|---|---|---|---|', flush=True)
+  runs = [(a, 'alignment') for a in args.architectures.split(',')] + [('pose_tree_moe', 'pose')]
+  for variant in args.variants.split(','):
+    batch = args.tiny_batch if variant == 'tiny' else args.full_batch
+    for architecture, task in runs:
+      r = measure(architecture, variant, batch, task)
+      what = 'pose estimator' if task == 'pose' else architecture
+      print(f'| {what} | {variant} | {batch} | {r["compile_s"]:.1f} | {r["img_s"]:.2f} | '
+            f'{r["gflops"]:.1f} | {100 * r["gflops"] / gemm:.1f} |', flush=True)
+
+
+if __name__ == '__main__':
+  main()
