@@ -308,21 +308,24 @@ def _bilinear_weights(steps_u: int, steps_v: int) -> Array:
   return np.stack([(1 - t) * (1 - u), (1 - t) * u, t * (1 - u), t * u], -1).astype(np.float32)
 
 
-def _rasterize(data: Array, quads: Array, keep: Array, size: int) -> tuple[Array, Array]:
+def _rasterize(data: Array, quads: Array, keep: Array, size: int,
+               static: Array | None = None) -> tuple[Array, Array]:
   """Z-buffers a batch of quad meshes: each quad becomes a grid of samples finer than a pixel.
 
   Args:
     data: [N, V, D] per vertex: x, y (pixels of the size x size target), depth (larger = nearer),
       then D - 3 attributes to interpolate.
     quads: [Q, 4] vertex indices; keep: [N, Q] which quads to draw (e.g. front-facing).
+    static: [V, E] more attributes, the same for every face (read from a small, cached table).
   Returns:
-    depth [N, size, size] (-inf where nothing was drawn) and attributes [N, size, size, D - 3].
+    depth [N, size, size] (-inf where nothing was drawn) and attributes [D - 3 + E, N, size,
+    size].
   """
-  n, _, d = data.shape
-  data = data.astype(np.float32)  # The depth test compares samples with the float32 z-buffer.
+  n, v, d = data.shape
+  flat = data.reshape(n * v, d).astype(np.float32)  # The depth test compares float32 samples.
   face, quad = np.nonzero(keep)
-  corners = data[face[:, None], quads[quad]]  # [M, 4, D]
-  x, y = [[np.ascontiguousarray(corners[:, j, c]) for j in range(4)] for c in (0, 1)]
+  vertex = (face[:, None] * v + quads[quad]).T  # [4, M] corner vertices, a row per corner.
+  x, y = flat[:, 0][vertex], flat[:, 1][vertex]
   seen = ((np.maximum(np.maximum(x[0], x[1]), np.maximum(x[2], x[3])) > -1)
           & (np.minimum(np.minimum(x[0], x[1]), np.minimum(x[2], x[3])) < size)
           & (np.maximum(np.maximum(y[0], y[1]), np.maximum(y[2], y[3])) > -1)
@@ -330,10 +333,11 @@ def _rasterize(data: Array, quads: Array, keep: Array, size: int) -> tuple[Array
   side = lambda a, b: np.hypot(x[a] - x[b], y[a] - y[b])
   steps_u = np.clip(np.ceil(np.maximum(side(1, 0), side(3, 2)) / _SAMPLE_SPACING), 1, 32)
   steps_v = np.clip(np.ceil(np.maximum(side(2, 0), side(3, 1)) / _SAMPLE_SPACING), 1, 32)
-  key = (steps_u * 64 + steps_v).astype(int)[seen]
+  key = (steps_u * 64 + steps_v).astype(np.int32)[seen]
   order = np.argsort(key, kind='stable')
-  face, corners, key = face[seen][order].astype(np.int32), corners[seen][order], key[order]
-  positions = np.ascontiguousarray(corners[..., :3].transpose(1, 0, 2))  # [4, M, 3]
+  key, vertex = key[order], vertex[:, seen][:, order]
+  face = face[seen][order].astype(np.int32)
+  x, y, z = [flat[:, c][vertex] for c in range(3)]  # [4, M] each, grouped by sample pattern.
   bounds = np.flatnonzero(np.diff(key, prepend=-1, append=-1))
   # Pass 1: positions and depths of all samples, z-buffered; pass 2: attributes of the winners.
   # A sample is kept as its pixel, depth and row (offset + sample * G + member in its group).
@@ -342,32 +346,44 @@ def _rasterize(data: Array, quads: Array, keep: Array, size: int) -> tuple[Array
   offset = 0
   for start, stop in zip(bounds[:-1], bounds[1:]):
     weights = _bilinear_weights(key[start] // 64, key[start] % 64)  # [S, 4]
-    xyz = sum(weights[:, j, None, None] * positions[j, None, start:stop] for j in range(4))
-    x, y = xyz[..., 0], xyz[..., 1]  # [S, G]
-    inside = (x >= -0.5) & (x < size - 0.5) & (y >= -0.5) & (y < size - 0.5)
-    lin = ((face[start:stop] * size + (y + 0.5).astype(np.int32)) * size
-           + (x + 0.5).astype(np.int32))
+    lerp = lambda c: sum(weights[:, j, None] * c[j, None, start:stop] for j in range(4))
+    sx, sy = lerp(x), lerp(y)  # [S, G]
+    inside = (sx >= -0.5) & (sx < size - 0.5) & (sy >= -0.5) & (sy < size - 0.5)
     sample, member = np.nonzero(inside)
-    pixels.append(lin[sample, member])
-    depths.append(xyz[sample, member, 2])
+    sx, sy = sx[sample, member], sy[sample, member]
+    pixels.append((face[start + member] * size + (sy + 0.5).astype(np.int32)) * size
+                  + (sx + 0.5).astype(np.int32))
+    depths.append(lerp(z)[sample, member])
     rows.append(offset + sample * (stop - start) + member)
-    patterns.append((weights, start, stop))
+    patterns.append(weights)
     offset += weights.shape[0] * (stop - start)
-  pix, z, row = np.concatenate(pixels), np.concatenate(depths), np.concatenate(rows)
-  np.maximum.at(zbuf, pix, z)
-  won = np.flatnonzero(z >= zbuf[pix])
-  won_rows = row[won]  # Ascending, like the groups.
-  firsts = np.cumsum([0] + [w.shape[0] * (b - a) for w, a, b in patterns])
-  cuts = np.searchsorted(won_rows, firsts)
-  weights = np.zeros((len(won), 4), np.float32)
-  quad = np.zeros(len(won), np.int64)
-  for (w, a, b), first, lo, hi in zip(patterns, firsts, cuts[:-1], cuts[1:]):
-    local = won_rows[lo:hi] - first
-    weights[lo:hi], quad[lo:hi] = w[local // (b - a)], a + local % (b - a)
-  values = np.ascontiguousarray(corners[:, :, 3:])[quad]  # [W, 4, D - 3]
-  attrs = np.zeros((n * size * size, d - 3), np.float32)
-  attrs[pix[won]] = sum(weights[:, j, None] * values[:, j] for j in range(4))
-  return zbuf.reshape(n, size, size), attrs.reshape(n, size, size, d - 3)
+  pix, depth, row = np.concatenate(pixels), np.concatenate(depths), np.concatenate(rows)
+  np.maximum.at(zbuf, pix, depth)
+  # Each drawn pixel takes the attributes of its last sample (in row order) at the winning depth.
+  owner = np.zeros(zbuf.shape, np.int64)
+  won = np.flatnonzero(depth >= zbuf[pix])
+  owner[pix[won]] = row[won]
+  drawn = np.flatnonzero(zbuf > -np.inf)
+  owner = owner[drawn]
+  group_first = np.cumsum([0] + [w.shape[0] * (b - a) for w, a, b in
+                                 zip(patterns, bounds[:-1], bounds[1:])])
+  group = np.searchsorted(group_first, owner, side='right') - 1
+  members = np.diff(bounds)[group]
+  local = owner - group_first[group]
+  weight_first = np.cumsum([0] + [w.shape[0] for w in patterns])
+  pattern = weight_first[group] + local // members
+  weights = [w[pattern] for w in np.concatenate(patterns).T]  # 4 x [W]
+  slot = bounds[group] + local % members
+  corners = [c[slot] for c in vertex]  # 4 x [W]
+  columns = list(flat[:, 3:].T.copy())  # 1-D gathers: much faster than 2-D.
+  if static is not None:
+    columns += list(np.asarray(static, np.float32).T.copy())
+    local = [c % v for c in corners]
+  attrs = np.zeros((len(columns), n * size * size), np.float32)
+  for k, (values, out) in enumerate(zip(columns, attrs)):
+    index = corners if k < d - 3 else local
+    out[drawn] = sum(w * values[c] for w, c in zip(weights, index))
+  return zbuf.reshape(n, size, size), attrs.reshape(len(columns), n, size, size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,10 +583,11 @@ def _textures() -> dict[str, Array]:
 
 def _texture(name: str, rows: Array, cols: Array) -> Array:
   """Texture values at integer-rounded (row, col) texel coordinates, wrapping around."""
-  t = _textures()[name]
-  r = np.rint(rows).astype(np.int64) % _TEXTURE_SIZE
-  c = np.rint(cols).astype(np.int64) % _TEXTURE_SIZE
-  return t[r, c]
+  t = _textures()[name].reshape(-1)
+  mask = _TEXTURE_SIZE - 1  # A power of two: `& mask` is a cheap non-negative modulo.
+  r = np.rint(rows).astype(np.int64) & mask
+  c = np.rint(cols).astype(np.int64) & mask
+  return t[r * _TEXTURE_SIZE + c]
 
 
 @functools.cache
@@ -587,14 +604,16 @@ def _texture_crops(name: str, offsets: Array, size: int) -> Array:
 def _upsample2(x: Array) -> Array:
   """Bilinear 2x upsampling [N, A, B] -> [N, 2A, 2B] with pixel centres aligned (SPEC)."""
   def along(a: Array, axis: int) -> Array:
-    prev = np.concatenate([np.take(a, [0], axis), np.take(a, np.arange(a.shape[axis] - 1), axis)],
-                          axis)
-    nxt = np.concatenate([np.take(a, np.arange(1, a.shape[axis]), axis), np.take(a, [-1], axis)],
-                         axis)
-    even, odd = 0.25 * prev + 0.75 * a, 0.75 * a + 0.25 * nxt
-    return np.stack([even, odd], axis + 1).reshape(
-        a.shape[:axis] + (2 * a.shape[axis],) + a.shape[axis + 1:])
-  return along(along(x, 1), 2)
+    a = np.moveaxis(a, axis, 0)  # Views throughout: the results are written in place.
+    out = np.empty((2 * len(a),) + a.shape[1:], a.dtype)
+    quarter, rest = 0.25 * a, 0.75 * a
+    even, odd = out[0::2], out[1::2]
+    np.add(quarter[:1], rest[:1], out=even[:1])  # The edge's outer neighbour is itself.
+    np.add(quarter[:-1], rest[1:], out=even[1:])
+    np.add(rest[:-1], quarter[1:], out=odd[:-1])
+    np.add(rest[-1:], quarter[-1:], out=odd[-1:])
+    return np.moveaxis(out, 0, axis)
+  return np.ascontiguousarray(along(along(x, 1), 2))
 
 
 def _rotation(angles: Array) -> Array:
@@ -638,9 +657,9 @@ def _hair(model: _HeadModel, p: dict[str, Array]) -> tuple[Array, Array]:
   """Signed depth inside the hairline and hair thickness (cm) [N, V]: the hairline drops from the
   forehead to the nape, wavy per face; hair is thin at the hairline, fuller and uneven inside."""
   hairline = np.interp(np.abs(model.longitude), *_HAIRLINE)
-  k = np.arange(1, 4)
-  wave = (p['hairline_wave'][:, None, :3] * np.sin(
-      k * model.longitude[None, :, None] + p['hairline_wave'][:, None, 3:])).sum(-1)
+  wave = p['hairline_wave'].astype(np.float32)  # float32: the sines are the costly part.
+  wave = sum(wave[:, k, None] * np.sin((k + 1) * model.longitude + wave[:, k + 3, None])
+             for k in range(3))
   depth = hairline[None] - model.model_y[None] - p['hairline'][:, None] + wave
   long = p['long_hair'][:, None] * p['long_hair_length'][:, None] * model.hair_u[None] ** 1.5
   depth = depth + long * _smoothstep(model.hair_u, 0.2, 0.4)[None]
@@ -695,19 +714,21 @@ def _vertex_shading(scene: _Scene, p: dict[str, Array]) -> tuple[Array, Array]:
   light = p['light'].astype(np.float32)[:, None]
   fill_dir = _normalize(light * [-1, 0.3, 1])
   n = scene.normals
-  wrap = lambda d: np.clip(((n * d).sum(-1) + 0.25) / 1.25, 0, 1)
+  dot = lambda d: n[..., 0] * d[..., 0] + n[..., 1] * d[..., 1] + n[..., 2] * d[..., 2]
+  wrap = lambda d: np.clip((dot(d) + 0.25) / 1.25, 0, 1)
   cav = model.cavity[None]
   col = lambda k: p[k][:, None].astype(np.float32)
   lit = (col('ambient') * (1 - 0.7 * cav) + col('key') * wrap(light) * (1 - 0.3 * cav)
          + col('fill') * wrap(fill_dir))
   half = _normalize(light + [0, 0, 1])
-  spec = col('specular') * np.clip((n * half).sum(-1), 0, 1) ** col('shininess') * (1 - cav)
+  spec = col('specular') * np.clip(dot(half), 0, 1) ** col('shininess') * (1 - cav)
   return lit, spec
 
 
 def _fill_holes(depth: Array, attrs: Array) -> tuple[Array, Array]:
-  """Fills single undrawn pixels between drawn left/right or up/down neighbours (in place)."""
-  flat_depth, flat_attrs = depth.reshape(-1), attrs.reshape(depth.size, -1)
+  """Fills single undrawn pixels between drawn left/right or up/down neighbours (in place);
+  attrs [D, N, h, h]."""
+  flat_depth, flat_attrs = depth.reshape(-1), attrs.reshape(len(attrs), -1)
   drawn = np.isfinite(depth)
   for axis, step in ((2, 1), (1, depth.shape[2])):  # Neighbours are `step` apart when flat.
     hole = ~drawn & np.roll(drawn, 1, axis) & np.roll(drawn, -1, axis)
@@ -717,7 +738,7 @@ def _fill_holes(depth: Array, attrs: Array) -> tuple[Array, Array]:
       hole[tuple(border)] = False
     i = np.flatnonzero(hole)
     flat_depth[i] = np.maximum(flat_depth[i - step], flat_depth[i + step])
-    flat_attrs[i] = (flat_attrs[i - step] + flat_attrs[i + step]) / 2
+    flat_attrs[:, i] = (flat_attrs[:, i - step] + flat_attrs[:, i + step]) / 2
     drawn.reshape(-1)[i] = True
   return depth, attrs
 
@@ -731,16 +752,15 @@ def _render_head(scene: _Scene, p: dict[str, Array], h: int) -> tuple[Array, Arr
   model = _head_model()
   lit, spec = _vertex_shading(scene, p)
   xy = (scene.vertices[..., :2] - 0.5) / 2  # Full-resolution pixels -> shading pixels.
-  static = np.broadcast_to(np.concatenate([model.uv, model.model_y[:, None]], -1),
-                           scene.hair.shape + (3,))
   data = np.concatenate([xy, scene.vertices[..., 2:], lit[..., None], spec[..., None],
-                         scene.hair[..., None], static], -1)
+                         scene.hair[..., None]], -1)
   facing = scene.normals[..., 2] > -0.05
   keep = ((facing[:, model.quads[:, 0]] | facing[:, model.quads[:, 1]]  # Front-facing and
            | facing[:, model.quads[:, 2]] | facing[:, model.quads[:, 3]])  # above the clothes.
           & (model.quad_top[None] < p['collar'][:, None] + 2.0))
-  depth, attrs = _fill_holes(*_rasterize(data, model.quads, keep, h))
-  lit, spec, hair, u, v, model_y = np.moveaxis(attrs, -1, 0)
+  static = np.concatenate([model.uv, model.model_y[:, None]], -1)
+  depth, attrs = _fill_holes(*_rasterize(data, model.quads, keep, h, static))
+  lit, spec, hair, u, v, model_y = attrs
   hair = _hair_cover(hair, _col(p['hair_softness']))
   off = p['texture_offset'][:, None, None]
   skin = _texture('smooth', v * 4 + off[..., 0], u * 4 + off[..., 1])
@@ -753,6 +773,7 @@ def _render_head(scene: _Scene, p: dict[str, Array], h: int) -> tuple[Array, Arr
 def _rounded_mask(x: Array, y: Array, centre: Array, axes: Array, angle: Array) -> Array:
   """1 inside a rounded box (|u|^4 + |v|^4 < 1), with a soft 1-pixel edge. x, y: pixel grids;
   centre, axes [N, 1, 1, 2] and angle [N, 1, 1] per face."""
+  centre, axes = centre.astype(np.float32), axes.astype(np.float32)
   c, s = np.cos(angle), np.sin(angle)
   dx, dy = x - centre[..., 0], y - centre[..., 1]
   u, v = (c * dx + s * dy) / axes[..., 0], (-s * dx + c * dy) / axes[..., 1]
@@ -782,11 +803,15 @@ def _background(scene: _Scene, p: dict[str, Array], h: int) -> Array:
   centre = (np.einsum('nij,j->ni', scene.rotation, [0.0, 3.0, -3.5])[:, :2] * f[:, None]
             + (scene.offset - 0.5) / 2)
   axes = np.stack([8.5 * f, (9.0 + p['long_hair_length'] / 2) * f], -1)
-  hair = _rounded_mask(xx, yy, centre[:, None, None], axes[:, None, None],
-                       _col(p['pose'][:, 2])) * _col(p['long_hair'])
-  strands = _texture_crops('hair', p['texture_offset'][:, 2:], h)
-  hair_colour = _col(p['hair_tone'] * (p['ambient'] + 0.5 * p['key'])) * (1 + 0.2 * strands)
-  return bg + hair * (hair_colour - bg)
+  m = np.flatnonzero(p['long_hair'] > 0)  # The other faces have no hair behind them.
+  if not len(m):
+    return bg
+  hair = _rounded_mask(xx, yy, centre[m, None, None], axes[m, None, None], _col(p['pose'][m, 2]))
+  strands = _texture_crops('hair', p['texture_offset'][m, 2:], h)
+  tone = p['hair_tone'][m] * (p['ambient'][m] + 0.5 * p['key'][m])
+  hair_colour = _col(tone) * (1 + 0.2 * strands)
+  bg[m] += hair * (hair_colour - bg[m])
+  return bg
 
 
 def _dress(base: Array, scene: _Scene, p: dict[str, Array], depth: Array, model_y: Array) -> Array:
@@ -796,7 +821,7 @@ def _dress(base: Array, scene: _Scene, p: dict[str, Array], depth: Array, model_
   yy, xx = np.mgrid[:h, :h].astype(np.float32)
   shoulders = np.stack([np.zeros(n), p['collar'] + 10.0, np.full(n, -1.5)], -1)
   centre = (np.einsum('nij,nj->ni', scene.torso_rotation, shoulders)[:, :2] * f[:, None]
-            + (scene.offset - 0.5) / 2)
+            + (scene.offset - 0.5) / 2).astype(np.float32)
   axes = np.stack([p['torso_width'] * f, 11.0 * f], -1)
   torso = _rounded_mask(xx, yy, centre[:, None, None], axes[:, None, None],
                         _col(p['pose'][:, 2] * 0.4))
@@ -844,15 +869,24 @@ def _finish(image: Array, p: dict[str, Array]) -> Array:
   col = lambda k: p[k].astype(np.float32)[:, None, None]
   a = col('blur') ** 2 / 2  # [a, 1 - 2a, a] along each axis: variance 2a = sigma^2.
   image = image.copy()
-  image[:, 1:-1] += a * (image[:, :-2] + image[:, 2:] - 2 * image[:, 1:-1])
-  image[:, :, 1:-1] += a * (image[:, :, :-2] + image[:, :, 2:] - 2 * image[:, :, 1:-1])
+  for axis in (1, 2):  # In place, with one temporary: these are full-size float arrays.
+    lo, mid, hi = [(slice(None),) * axis + (slice(start, stop),)
+                   for start, stop in ((None, -2), (1, -1), (2, None))]
+    change = image[lo] + image[hi]
+    change -= 2 * image[mid]
+    change *= a
+    image[mid] += change
   offsets = p['texture_offset'][:, 1:3] * 7
-  image = image + col('noise') * _texture_crops('white', offsets, s)
-  levels = np.clip(image * 1023 + 0.5, 0, 1023).astype(np.int16).reshape(n, -1)
+  image += col('noise') * _texture_crops('white', offsets, s)
+  image *= 1023
+  image += 0.5
+  np.clip(image, 0, 1023, out=image)
+  levels = image.astype(np.int32)
+  levels += 1024 * np.arange(n, dtype=np.int32)[:, None, None]  # Rows of the stacked tables.
   x = np.linspace(0, 1, 1024, dtype=np.float32)[None] ** p['gamma'][:, None].astype(np.float32)
   lut = (x - 0.5) * p['contrast'][:, None] + 0.5 + p['brightness'][:, None]
   lut = np.clip(np.rint(lut * 255), 0, 255).astype(np.uint8)
-  return np.take_along_axis(lut, levels, 1).reshape(n, s, s)
+  return lut.reshape(-1)[levels]
 
 
 def _empty(config: RenderConfig) -> dict[str, Array]:
@@ -955,28 +989,47 @@ def _catmull_rom(points: Array, sub: int, closed: bool) -> Array:
   return curve if closed else np.concatenate([curve, points[:, -1:]], 1)
 
 
-def _segment_distance(x: Array, y: Array, start: Array, end: Array) -> tuple[Array, Array]:
+def _segment_distance(x: Array, y: Array, start: Array, end: Array,
+                      squared: bool = False) -> tuple[Array, Array]:
   """Distances [E, M, h, w] from pixels (x [M, 1, w], y [M, h, 1]) to segments [M, E, 2] and the
-  positions (0..1) of the nearest points along them. Segments lead: reductions over them are fast."""
+  positions (0..1) of the nearest points along them. Segments lead: reductions over them are fast.
+  In-place arithmetic: these are the painter's largest arrays."""
   ax, ay = start[..., 0].T[..., None, None], start[..., 1].T[..., None, None]  # [E, M, 1, 1]
   ex, ey = end[..., 0].T[..., None, None] - ax, end[..., 1].T[..., None, None] - ay
   dx, dy = x - ax, y - ay
-  t = np.clip((dx * ex + dy * ey) / (ex * ex + ey * ey + 1e-6), 0, 1)
-  return np.sqrt((dx - t * ex) ** 2 + (dy - t * ey) ** 2), t
+  t = dx * ex + dy * ey
+  t /= ex * ex + ey * ey + 1e-6
+  np.clip(t, 0, 1, out=t)
+  dist, across = t * ex, t * ey
+  np.subtract(dx, dist, out=dist)
+  np.subtract(dy, across, out=across)
+  dist *= dist
+  across *= across
+  dist += across
+  return (dist if squared else np.sqrt(dist, out=dist)), t
 
 
-def _polygon_sdf(x: Array, y: Array, polygon: Array) -> tuple[Array, Array, Array]:
-  """Signed distance [M, h, w] to closed polygons [M, K, 2] (negative inside), and the distances
-  and positions [K, M, h, w] along its edges (for strokes along parts of it)."""
+def _polygon_sdf(x: Array, y: Array, polygon: Array,
+                 edges: bool = True) -> tuple[Array, Array | None, Array | None]:
+  """Signed distance [M, h, w] to closed polygons [M, K, 2] (negative inside), and (if `edges`)
+  the distances and positions [K, M, h, w] along its edges (for strokes along parts of it)."""
   end = np.roll(polygon, -1, 1)
-  dist, t = _segment_distance(x, y, polygon, end)
   ax, ay = polygon[..., 0].T[..., None, None], polygon[..., 1].T[..., None, None]
   bx, by = end[..., 0].T[..., None, None], end[..., 1].T[..., None, None]
   spans = (ay > y) != (by > y)  # [K, M, h, 1]: edges crossing the pixel row.
-  cross_x = ax + (y - ay) * (bx - ax) / np.where(by == ay, 1e-6, by - ay)
-  inside = np.bitwise_xor.reduce(spans & (x < cross_x), 0)
-  d = dist.min(0)
-  return np.where(inside, -d, d), dist, t
+  cross_x = np.where(spans, ax + (y - ay) * (bx - ax) / np.where(by == ay, 1e-6, by - ay), -np.inf)
+  if not edges:  # One edge at a time: [M, h, w] arrays that stay in cache.
+    least, inside = None, np.zeros(np.broadcast_shapes(x.shape, y.shape), bool)
+    for k in range(polygon.shape[1]):
+      dist, _ = _segment_distance(x, y, polygon[:, k:k + 1], end[:, k:k + 1], squared=True)
+      least = dist[0] if least is None else np.minimum(least, dist[0], out=least)
+      inside ^= x < cross_x[k]
+    d = np.sqrt(least)
+    return np.where(inside, -d, d), None, None
+  dist, t = _segment_distance(x, y, polygon, end, squared=True)
+  inside = np.bitwise_xor.reduce(x < cross_x, 0)
+  d = np.sqrt(dist.min(0))  # The square root is monotonic: the same as the least distance.
+  return np.where(inside, -d, d), np.sqrt(dist, out=dist), t
 
 
 def _stroke(dist: Array, t: Array, radius: Array, feather: float = 1.0) -> Array:
@@ -1141,7 +1194,7 @@ class _Painter:
     inner = _catmull_rom(points[:, 12:, :2], 2, closed=True)
     patch = self.patch(outer, 3)
     x, y = patch.fx, patch.fy
-    lips = np.clip(0.2 - _polygon_sdf(x, y, outer)[0] / (0.08 * f + 1), 0, 1)
+    lips = np.clip(0.2 - _polygon_sdf(x, y, outer, edges=False)[0] / (0.08 * f + 1), 0, 1)
     middle = (points[:, 14, :2] + points[:, 18, :2]) / 2  # Between 62 and 66.
     lower = points[:, 9, :2] * 0.6 + points[:, 18, :2] * 0.4  # Between 57 and 66.
     width2 = ((points[:, 6, :2] - points[:, 0, :2]) ** 2).sum(-1)  # Corner to corner, squared.
