@@ -51,9 +51,11 @@ def main() -> None:
   report('patch extraction 68 x 32x32', common.time_call(lambda: extract(images, shape)),
          common.compiled_flops(extract), gemm)
   crops = extract(images, shape)
-  time_module('1 CNN 20-40-80-160-30', experts.ExpertCNNs(1), crops, gemm=gemm)
-  time_module('8 expert CNNs 7-14-28-56-30 (nn.vmap)',
-              experts.ExpertCNNs(8, (7, 14, 28, 56, 30)), crops, gemm=gemm)
+  for impl in experts.CONV_IMPLS:
+    time_module(f'1 CNN 20-40-80-160-30 ({impl})', experts.ExpertCNNs(1, conv_impl=impl), crops,
+                gemm=gemm)
+    time_module(f'8 expert CNNs 7-14-28-56-30 (nn.vmap, {impl})',
+                experts.ExpertCNNs(8, (7, 14, 28, 56, 30), conv_impl=impl), crops, gemm=gemm)
   h = jax.random.normal(jax.random.key(3), (b, 2040))
   time_module('64 expert regressors 2040-128-136', experts.ExpertMLPs(64, 128, 136), h, gemm=gemm)
   time_module('baseline regressor 2040-8192-136', experts.ExpertMLPs(1, 8192, 136), h, gemm=gemm)
