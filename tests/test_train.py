@@ -104,6 +104,7 @@ def test_reference_run_writes_everything(reference):
   last = [r for r in records if 'train/loss' in r][-1]
   for key in ('train/img_per_s', 'train/nme/stage1', 'train/gate_entropy/stage0/regression'):
     assert np.isfinite(last[key])
+  assert last['train/learning_rate'] == pytest.approx(1e-3)
   assert len(last['train/expert_usage/stage0/regression']) == 4
   np.testing.assert_allclose(sum(last['train/expert_usage/stage0/regression']), 1.0, rtol=1e-4)
   evals = [r for r in records if 'eval/nme/stage1' in r]

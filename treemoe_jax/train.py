@@ -155,10 +155,15 @@ def make_mesh() -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Section 3.5: a constant 1e-3; a schedule, so the logged rate is the one Adam used."""
+  return optax.constant_schedule(config.learning_rate)
+
+
 def make_optimizer(config: ml_collections.ConfigDict, frozen_top: tuple[str, ...] = ()
                    ) -> optax.GradientTransformation:
   """Adam at config.learning_rate; parameters under `frozen_top` are left as they are."""
-  adam = optax.adam(config.learning_rate)
+  adam = optax.adam(learning_rate_schedule(config))
   if not frozen_top:
     return adam
   labels = lambda params: {k: ('frozen' if k in frozen_top else 'train') for k in params}
@@ -196,7 +201,7 @@ def create_train_state(task: Task, tx: optax.GradientTransformation, mesh, rng: 
   return jax.jit(init, out_shardings=out_shardings)(rng, overrides)
 
 
-def make_train_step(task: Task, mesh):
+def make_train_step(task: Task, mesh, schedule: optax.Schedule | None = None):
   """train_step(state, batch) -> (state, metrics), jitted once, the state's buffers donated."""
 
   def train_step(state: TrainState, batch: Batch):
@@ -205,8 +210,11 @@ def make_train_step(task: Task, mesh):
 
     (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
+    metrics = metrics | {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+    if schedule is not None:
+      metrics['learning_rate'] = schedule(state.step)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats or state.batch_stats)
-    return state, metrics | {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+    return state, metrics
 
   replicated = jax.sharding.NamedSharding(mesh, P())
   return jax.jit(train_step, in_shardings=(replicated, batch_sharding(mesh)),
@@ -413,7 +421,7 @@ def _train(config, workdir: pathlib.Path, task: Task, overrides: dict | None = N
   if start_step >= config.num_train_steps:
     logging.info('%s already trained for %d steps', task.name, start_step)
 
-  train_step = make_train_step(task, mesh)
+  train_step = make_train_step(task, mesh, learning_rate_schedule(config))
   batches = pipeline.train_dataset(
       global_batch_size=config.batch_size, seed=config.seed, mean_shape=mean_shape,
       start_step=start_step, augmentation=pipeline.AugmentConfig(**config.augment),
