@@ -1,15 +1,24 @@
 """treemoe-jax: Tree-gated Deep Mixture-of-Experts for pose-robust face alignment, in JAX/Flax.
 
-Importing the package loads JAX and Flax only (no TensorFlow): the gates, expert committees,
-patch extraction and cascade are plain Flax modules for use in other models.
+The gates, expert committees, patch extraction and cascade are plain Flax modules for use in
+other models: `from treemoe_jax import gates, experts, patches, cascade, models`. Submodules load
+on first use, so `treemoe_jax.geometry` (numpy only) stays light for the renderer's worker
+processes, and nothing here imports TensorFlow.
 """
 
-from treemoe_jax import cascade
-from treemoe_jax import experts
-from treemoe_jax import gates
-from treemoe_jax import geometry
-from treemoe_jax import models
-from treemoe_jax import patches
-from treemoe_jax import pose
+import importlib
 
 __version__ = '0.1.0'
+
+_SUBMODULES = ('cascade', 'checkpointing', 'evaluate', 'experts', 'gates', 'geometry', 'metrics',
+               'models', 'patches', 'plots', 'pose', 'pretrained', 'protocols', 'train')
+
+
+def __getattr__(name: str):
+  if name in _SUBMODULES:
+    return importlib.import_module(f'treemoe_jax.{name}')
+  raise AttributeError(f'module treemoe_jax has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_SUBMODULES))
