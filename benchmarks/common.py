@@ -33,3 +33,13 @@ def compiled_flops(compiled) -> float:
   if isinstance(analysis, list):  # older JAX returned one dict per device
     analysis = analysis[0] if analysis else {}
   return float((analysis or {}).get('flops', 0.0))
+
+
+def print_header(columns: tuple[str, ...]) -> float:
+  """Prints the device line with this run's GEMM rate and a Markdown table header; the rate."""
+  gemm = gemm_gflops()
+  print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}; '
+        f'jit GEMM 2048^3 fp32: {gemm:.1f} GFLOP/s', flush=True)
+  print('| ' + ' | '.join(columns) + ' |')
+  print('|' + '---|' * len(columns), flush=True)
+  return gemm

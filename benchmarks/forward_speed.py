@@ -47,11 +47,8 @@ def main() -> None:
   parser.add_argument('--architectures', default=','.join(default.PAPER_SIZES))
   parser.add_argument('--variant', default='full', choices=default.VARIANTS)
   args = parser.parse_args()
-  gemm = common.gemm_gflops()
-  print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}; '
-        f'jit GEMM 2048^3 fp32: {gemm:.1f} GFLOP/s', flush=True)
-  print('| architecture | batch | compile s | GFLOP/img | img/s | GFLOP/s | % of GEMM |')
-  print('|---|---|---|---|---|---|---|', flush=True)
+  gemm = common.print_header(('architecture', 'batch', 'compile s', 'GFLOP/img', 'img/s', 'GFLOP/s',
+                              '% of GEMM'))
   cache = {}
   for architecture in args.architectures.split(','):
     for batch in map(int, args.batch_sizes.split(',')):

@@ -63,11 +63,8 @@ def main() -> None:
   parser.add_argument('--full_batch', type=int, default=8)
   parser.add_argument('--variants', default='tiny,full')
   args = parser.parse_args()
-  gemm = common.gemm_gflops()
-  print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}; '
-        f'jit GEMM 2048^3 fp32: {gemm:.1f} GFLOP/s', flush=True)
-  print('| what | variant | batch | compile s | train img/s | GFLOP/s | % of GEMM |')
-  print('|---|---|---|---|---|---|---|', flush=True)
+  gemm = common.print_header(('what', 'variant', 'batch', 'compile s', 'train img/s', 'GFLOP/s',
+                              '% of GEMM'))
   runs = [(a, 'alignment') for a in args.architectures.split(',')] + [('pose_tree_moe', 'pose')]
   for variant in args.variants.split(','):
     batch = args.tiny_batch if variant == 'tiny' else args.full_batch
