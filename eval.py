@@ -13,8 +13,10 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from treemoe_jax import cli
 from treemoe_jax import evaluate
 from treemoe_jax import protocols
+from treemoe_jax import reports
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<exp>.py[:variant] (optional)',
                                           lock_config=True)
@@ -40,7 +42,7 @@ def main(argv):
   common = dict(data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, figures=_FIGURES.value)
   if len(_WORKDIR.value) == 1:
     results = evaluate.evaluate_workdir(_WORKDIR.value[0], protocol, out=_OUT.value, **common)
-    text = evaluate.markdown(results)
+    text = reports.markdown(results)
   else:
     out = _OUT.value or f'{_WORKDIR.value[0]}/comparison'
     text = evaluate.compare(_WORKDIR.value, protocol, out=out, **common)
@@ -49,4 +51,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser)

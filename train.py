@@ -14,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from treemoe_jax import cli
 from treemoe_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<exp>.py[:variant]',
@@ -51,4 +52,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser)

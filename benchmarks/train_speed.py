@@ -19,6 +19,8 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from configs import default  # pylint: disable=g-import-not-at-top
+from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
+from treemoe_jax import tasks  # pylint: disable=g-import-not-at-top
 from treemoe_jax import train  # pylint: disable=g-import-not-at-top
 
 
@@ -33,12 +35,12 @@ def random_batch(config, batch: int, rng: np.random.Generator) -> dict[str, np.n
 
 def measure(architecture: str, variant: str, batch: int, task_name: str) -> dict:
   config = default.get_config(architecture, variant)
-  task = train.pose_task(config) if task_name == 'pose' else train.alignment_task(config)
-  mesh = train.make_mesh()
+  task = tasks.pose_task(config) if task_name == 'pose' else tasks.alignment_task(config)
+  mesh = parallel.make_mesh()
   state = train.create_train_state(task, optax.adam(1e-3), mesh, jax.random.key(0))
   step = train.make_train_step(task, mesh)
   rng = np.random.default_rng(0)
-  batches = [train.global_batch(random_batch(config, batch, rng), task.batch_keys, mesh)
+  batches = [parallel.global_batch(random_batch(config, batch, rng), task.batch_keys, mesh)
              for _ in range(2)]
   start = time.perf_counter()
   compiled = step.lower(state, batches[0]).compile()

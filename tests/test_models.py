@@ -1,6 +1,7 @@
 """The six architectures: shapes, the paper's parameter counts, gradients, clear errors."""
 
 import functools
+import re
 import subprocess
 import sys
 
@@ -199,3 +200,73 @@ def test_top1_regression_uses_the_most_weighted_expert_alone():
   best = np.argmax(np.asarray(out['gates']['regression'][0]), axis=-1)
   expected = init_shape + np.asarray(each)[np.arange(3), best].reshape(3, 68, 2) * 75.0
   np.testing.assert_allclose(out['shape'], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_top1_under_a_uniform_gate_is_one_expert_not_the_ensemble():
+  config = default.get_config('moe', 'tiny')
+  with config.unlocked():
+    config.model.num_stages = 1
+  model = models.create(config)
+  rng = np.random.default_rng(1)
+  images = jnp.asarray(rng.uniform(-1, 1, (2, 150, 150)), jnp.float32)
+  init_shape = jnp.asarray(rng.uniform(40, 110, (2, 68, 2)), jnp.float32)
+  variables = tiny_variables('moe')
+  stage = variables['params']['cascade']['stage0']
+  variables = {'params': {'cascade': {'stage0': stage}}}
+
+  @jax.jit  # one compile: eager op-by-op dispatch is slower on CPU
+  def top1_mean_and_expert0(images, init_shape):
+    top1 = model.apply(variables, images, init_shape, regression_top_k=1)['shape']
+    mean = model.apply(variables, images, init_shape)['shape']
+    # Reference: expert 0 alone (every weight ties at 1/8; ties go to the lowest index), run as a
+    # one-expert committee on its slice of the stacked parameters.
+    crops = patches.extract_patches(images, init_shape, config.model.patch_size)
+    h = experts.ExpertCNNs(1, config.model.cnn_features).apply(
+        {'params': stage['representation']}, crops)[:, 0]
+    expert0 = jax.tree.map(lambda leaf: leaf[:1], stage['regression'])
+    alone = experts.ExpertMLPs(1, 32, 136).apply({'params': expert0}, h)[:, 0]  # [B, 2P]
+    return top1, mean, alone
+
+  top1, mean, alone = top1_mean_and_expert0(images, init_shape)
+  expected = init_shape + np.asarray(alone).reshape(2, 68, 2) * 75.0
+  np.testing.assert_allclose(top1, expected, rtol=1e-4, atol=1e-3)
+  assert np.abs(np.asarray(top1 - mean)).max() > 1e-2  # not the ensemble mean
+
+
+def _traced_init(architecture, images, init_shape=jax.ShapeDtypeStruct((2, 68, 2), jnp.float32)):
+  """Trace-time input checks: `init` under eval_shape raises before any computation."""
+  model = models.create(default.get_config(architecture, 'tiny'))
+  return lambda: jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                                images, init_shape)
+
+
+@pytest.mark.parametrize('architecture', ARCHITECTURES)
+def test_images_of_the_wrong_kind_get_one_clear_error(architecture):
+  with pytest.raises(TypeError, match=r'images must be floating point.*float32 in \[-1, 1\]'
+                     r'.*normalize.*got dtype uint8'):
+    _traced_init(architecture, jax.ShapeDtypeStruct((2, 150, 150), jnp.uint8))()
+  with pytest.raises(TypeError, match='images must be floating point.*got dtype int32'):
+    _traced_init(architecture, jax.ShapeDtypeStruct((2, 150, 150), jnp.int32))()
+  for shape in [(150, 150), (2, 150, 150, 1), (2, 150, 150, 3), (2, 128, 128), (2, 150, 149)]:
+    with pytest.raises(ValueError, match=rf'images must be \[B, 150, 150\].*got shape '
+                       rf'{re.escape(str(shape))}'):
+      _traced_init(architecture, jax.ShapeDtypeStruct(shape, jnp.float32))()
+
+
+@pytest.mark.parametrize('architecture', ARCHITECTURES)
+def test_init_shape_of_the_wrong_kind_gets_a_clear_error(architecture):
+  images = jax.ShapeDtypeStruct((2, 150, 150), jnp.float32)
+  with pytest.raises(TypeError, match='init_shape must be float32.*got dtype int32'):
+    _traced_init(architecture, images, jax.ShapeDtypeStruct((2, 68, 2), jnp.int32))()
+  for shape in [(2, 68), (2, 68, 3), (3, 68, 2), (2, 29, 2)]:
+    with pytest.raises(ValueError, match=r'init_shape must be \[B, P, 2\] = \[2, 68, 2\]'):
+      _traced_init(architecture, images, jax.ShapeDtypeStruct(shape, jnp.float32))()
+
+
+def test_float_images_of_any_precision_pass_the_checks():
+  model = models.create(default.get_config('tree_moe', 'tiny'))
+  for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                               jax.ShapeDtypeStruct((2, 150, 150), dtype),
+                               jax.ShapeDtypeStruct((2, 68, 2), jnp.float32))
+    assert 'cascade' in variables['params']

@@ -385,11 +385,11 @@ def test_keras_layer_names():
 def test_training_config_initialises_the_trunk_from_the_file(tiny_file):
   """`config.resnet50_weights` reaches the pose task's init: the trunk is the converted file's."""
   from configs import default  # pylint: disable=g-import-not-at-top
-  from treemoe_jax import train  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import tasks  # pylint: disable=g-import-not-at-top
   config = default.get_config('pose_tree_moe', 'tiny')
   config.pose.stage_sizes, config.pose.base_width = TINY['stage_sizes'], TINY['base_width']
   config.resnet50_weights = str(tiny_file)
-  variables = train.pose_task(config).init(jax.random.key(0))
+  variables = tasks.pose_task(config).init(jax.random.key(0))
   params, batch_stats = pretrained.load_keras_resnet50(tiny_file)
   jax.tree.map(np.testing.assert_array_equal, variables['params']['trunk'], params)
   jax.tree.map(np.testing.assert_array_equal, variables['batch_stats']['trunk'], batch_stats)

@@ -7,6 +7,8 @@ runs are separate processes (JAX fixes its devices at start-up) compared to it.
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +24,7 @@ import input_pipeline.datasets  # pylint: disable=unused-import (registers the b
 from input_pipeline import pipeline
 from treemoe_jax import checkpointing
 from treemoe_jax import train
+from treemoe_jax import workdirs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -51,10 +54,12 @@ def flags(data_dir: str, **changes) -> list[str]:
   return out
 
 
-def run_train(workdir, data_dir, *, env=None, extra=(), **changes) -> subprocess.Popen:
-  env = {**os.environ, 'JAX_DEFAULT_PRNG_IMPL': jax.config.jax_default_prng_impl, **(env or {})}
+def run_train(workdir, data_dir, *, env=None, extra=(), script='train.py', **changes
+              ) -> subprocess.Popen:
+  env = {**os.environ, **(env or {})}
+  env.pop('JAX_DEFAULT_PRNG_IMPL', None)  # the default generator, as users run it
   return subprocess.Popen(
-      [sys.executable, str(ROOT / 'train.py'), '--workdir', str(workdir),
+      [sys.executable, str(ROOT / script), '--workdir', str(workdir),
        *flags(data_dir, **changes), *extra],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -214,3 +219,133 @@ def test_config_errors(data_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(jax, 'device_count', lambda: 8)
   with pytest.raises(ValueError, match='batch_size 12 is not divisible by the 8 devices'):
     train.validate_config(micro_config(data_dir, batch_size=12))
+
+
+# --- Multi-host: a NaN or a SIGTERM on one host stops every host at the same step. ---
+
+
+def _two_processes(tmp_path, data_dir, *, env=None, script='train.py', **changes):
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  return [run_train(tmp_path, data_dir, env=env, script=script, **changes,
+                    extra=(f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                           f'--process_id={i}'))
+          for i in range(2)]
+
+
+def test_nan_in_one_hosts_rows_stops_both_hosts(data_dir, tmp_path):
+  processes = _two_processes(tmp_path, data_dir, script='tests/poisoned_train.py',
+                             env={'POISON_PROCESS': '1', 'POISON_STEP': '5'})
+  outs = [p.communicate(timeout=300)[0] for p in processes]
+  message = "non-finite values in 'image' at step 5: stopping. The last good checkpoint (step 4)"
+  for process, out in zip(processes, outs):
+    assert process.returncode != 0, out[-3000:]
+    assert message in out, out[-3000:]
+  assert checkpoint_steps(tmp_path) == [2, 4]
+
+
+def test_sigterm_to_one_host_saves_the_same_step_on_both(data_dir, tmp_path):
+  processes = _two_processes(tmp_path, data_dir, num_train_steps=100_000,
+                             checkpoint_every_steps=1000, log_every_steps=1000)
+  deadline = time.time() + 240
+  while not (tmp_path / 'metrics.jsonl').exists() and not list(tmp_path.glob('events.*')):
+    assert all(p.poll() is None for p in processes) and time.time() < deadline
+    time.sleep(0.1)
+  time.sleep(2)  # stepping
+  processes[0].send_signal(signal.SIGTERM)
+  outs = [finish(p, timeout=180) for p in processes]
+  saved = [int(re.search(r'SIGTERM: saved step (\d+)', out).group(1)) for out in outs]
+  assert saved[0] == saved[1], saved
+  assert checkpoint_steps(tmp_path) == [saved[0]]
+  assert 0 < saved[0] < 1000  # saved because of the signal, not the schedule
+
+
+# --- The loop never waits on the host between log steps. ---
+
+
+def test_steady_state_loop_makes_no_device_to_host_transfer(data_dir, tmp_path, monkeypatch):
+  """The loop dispatches under `transfer_guard_device_to_host('disallow')` between log steps.
+
+  A run passes (the reference fixture is one); a step that reads its loss on the host, as the
+  loop once did every step, is refused by the guard.
+  """
+  original = train._compile
+
+  def reads_loss_every_step(step_fn, state, batch, name):
+    compiled = original(step_fn, state, batch, name)
+
+    def step(state, batch):
+      state, metrics = compiled(state, batch)
+      float(metrics['loss'])  # the old loop's per-step host read
+      return state, metrics
+    return step
+
+  monkeypatch.setattr(train, '_compile', reads_loss_every_step)
+  with pytest.raises(Exception, match='[Dd]isallowed device-to-host transfer'):
+    train.train_and_evaluate(micro_config(data_dir, num_train_steps=4, log_every_steps=4,
+                                          checkpoint_every_steps=4, eval_every_steps=4),
+                             str(tmp_path))
+
+
+def test_host_reads_only_at_log_checkpoint_and_eval_steps(reference):
+  # The reference run logged at steps 2, 4, 6, 8 and read nothing in between (else the guard
+  # had raised): its metrics are complete and finite.
+  records = [json.loads(line) for line in (reference / 'metrics.jsonl').read_text().splitlines()]
+  logged = [r for r in records if 'train/loss' in r]
+  assert [r['step'] for r in logged] == [2, 4, 6, 8]
+  assert all(r['train/nonfinite/image'] == 0 for r in logged)
+
+
+# --- Masked means: padding rows never reach a metric. ---
+
+
+def test_training_evaluation_on_a_split_the_batch_does_not_divide(data_dir, tmp_path):
+  # 32 test faces in batches of 12: the last batch has 4 padding rows with all-zero truth.
+  result = train.train_and_evaluate(
+      micro_config(data_dir, batch_size=12, num_train_steps=2, log_every_steps=2,
+                   checkpoint_every_steps=2, eval_every_steps=2), str(tmp_path))
+  assert result['num_examples'] == 32
+  assert all(np.isfinite(v) for v in result.values()), result
+
+
+# --- A resume keeps the record of what was trained. ---
+
+
+def _snapshot(path: pathlib.Path) -> dict:
+  return {str(p.relative_to(path)): (p.stat().st_mtime_ns, p.stat().st_size)
+          for p in sorted(path.rglob('*'))}
+
+
+def test_resume_with_another_model_is_refused_and_writes_nothing(reference, data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference, workdir)
+  before = _snapshot(workdir)
+  config = micro_config(data_dir, num_train_steps=STEPS + 2, crop_margin=0.3,
+                        **{'model.patch_size': 8})
+  with pytest.raises(workdirs.ResumeError) as error:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(error.value)
+  assert 'model.patch_size: 16 -> 8' in message and 'crop_margin: 0.25 -> 0.3' in message
+  assert 'num_train_steps' not in message.split('Use a new --workdir')[0]  # safe: not listed
+  assert 'new --workdir' in message
+  assert _snapshot(workdir) == before
+
+
+def test_resume_may_change_the_number_of_steps(reference, data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(reference, workdir)
+  mean_shape = np.load(workdir / 'mean_shape.npy')
+  train.train_and_evaluate(micro_config(data_dir, num_train_steps=STEPS + 2, log_every_steps=1),
+                           str(workdir))
+  assert checkpoint_steps(workdir)[-1] == STEPS + 2
+  assert json.loads((workdir / 'config.json').read_text())['num_train_steps'] == STEPS + 2
+  np.testing.assert_array_equal(np.load(workdir / 'mean_shape.npy'), mean_shape)
+
+
+def test_nan_before_the_first_checkpoint_says_none_exists(data_dir, tmp_path):
+  config = micro_config(data_dir, learning_rate=1e30, log_every_steps=1,
+                        checkpoint_every_steps=1000)
+  with pytest.raises(train.NonFiniteError, match='No checkpoint exists yet'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert checkpoint_steps(tmp_path) == []

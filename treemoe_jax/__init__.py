@@ -10,8 +10,9 @@ import importlib
 
 __version__ = '0.1.0'
 
-_SUBMODULES = ('cascade', 'checkpointing', 'evaluate', 'experts', 'gates', 'geometry', 'metrics',
-               'models', 'patches', 'plots', 'pose', 'pretrained', 'protocols', 'train')
+_SUBMODULES = ('cascade', 'checkpointing', 'cli', 'evaluate', 'experts', 'gates', 'geometry', 'metrics',
+               'models', 'parallel', 'patches', 'plots', 'pose', 'pretrained', 'progress',
+               'protocols', 'reports', 'tasks', 'train', 'workdirs')
 
 
 def __getattr__(name: str):

@@ -54,11 +54,18 @@ class StageSpec:
 
 
 def top_k(weights: jax.Array, k: int) -> jax.Array:
-  """Gate weights `[B, L]` with all but the k largest per row zeroed and the rest renormalised."""
-  if k <= 0 or k >= weights.shape[-1]:
+  """Gate weights `[..., L]` with all but k experts per row zeroed and the kept ones renormalised.
+
+  Exactly k experts survive, chosen by index: a threshold (`weights >= k-th largest`) would keep
+  every tied expert, so top-1 under a uniform gate would still be the whole ensemble. Ties go to
+  the lowest expert index, as `jax.lax.top_k` breaks them. k <= 0 or k >= L keeps every expert.
+  """
+  num_experts = weights.shape[-1]
+  if k <= 0 or k >= num_experts:
     return weights
-  kth = jax.lax.top_k(weights, k)[0][..., -1:]  # [B, 1] the k-th largest weight
-  kept = jnp.where(weights >= kth, weights, 0.0)
+  _, chosen = jax.lax.top_k(weights, k)  # [..., k] expert indices, largest weight first
+  mask = jax.nn.one_hot(chosen, num_experts, dtype=weights.dtype).sum(-2)  # [..., L] 0/1
+  kept = weights * mask
   return kept / kept.sum(-1, keepdims=True)
 
 
@@ -71,8 +78,9 @@ class CascadeStage(nn.Module):
                regression_top_k: int = 0):
     """images [B, H, W], shape [B, P, 2], pose [B, 3] or None -> (shape [B, P, 2], gate weights).
 
-    `regression_top_k` > 0 keeps only the k regressors the gate weighs most (renormalised), as
-    in Fig. 7's top-1 predictions; the returned gate weights are the gate's own.
+    `regression_top_k` > 0 keeps exactly the k regressors the gate weighs most (renormalised;
+    ties to the lowest index, see `top_k`), as in Fig. 7's top-1 predictions; the returned gate
+    weights are the gate's own.
     """
     spec = self.spec
     crops = patches.extract_patches(images, shape, spec.patch_size)  # [B, P, S, S]

@@ -10,9 +10,11 @@ NME, the failure rate and AUC at 0.08 and 0.10, and the CED. It writes into the 
   ced_<protocol>.png, fig5_pose_space.png (pose-gated models), fig6_gate_mass.png,
   fig7_top1_stages.png (see treemoe_jax/plots.py).
 `compare(workdirs)` evaluates several runs and puts them side by side (Table 1 is six runs).
+Tables and figures are drawn by `treemoe_jax.reports`; the mesh and global batches come from
+`treemoe_jax.parallel`: evaluation imports no training code.
 
-The metric code below is numpy on the host and pure (`subset_metrics`, `protocol_results`,
-`markdown`, `comparison_markdown`), so it is testable without a model.
+The metric code below is numpy on the host and pure (`subset_metrics`, `protocol_results`), so
+it is testable without a model.
 
 Axis legend: N faces, B batch, P = 68 landmarks, Q landmarks of a mapped markup, K stages,
 L / L' representation / regression experts.
@@ -20,7 +22,6 @@ L / L' representation / regression experts.
 
 import dataclasses
 import datetime
-import json
 import logging
 import pathlib
 import subprocess
@@ -29,7 +30,6 @@ from collections.abc import Iterator, Sequence
 
 import flax
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -38,11 +38,11 @@ import treemoe_jax
 from treemoe_jax import checkpointing
 from treemoe_jax import metrics
 from treemoe_jax import models
-from treemoe_jax import plots
+from treemoe_jax import parallel
 from treemoe_jax import protocols as protocols_lib
-from treemoe_jax import train
+from treemoe_jax import reports
+from treemoe_jax import workdirs
 
-P = jax.sharding.PartitionSpec
 Arrays = dict[str, np.ndarray]
 ProtocolsLike = str | protocols_lib.Protocol | Sequence[str | protocols_lib.Protocol]
 
@@ -69,18 +69,10 @@ class Run:
   mean_shape: np.ndarray  # [P, 2] crop pixels
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """The workdir's config.json (JSON turned tuples into lists; consumers convert where needed)."""
-  path = pathlib.Path(workdir) / 'config.json'
-  if not path.exists():
-    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
 def load_run(workdir: str | pathlib.Path, step: int | None = None) -> Run:
   """The newest (or `step`'s) checkpoint of an alignment workdir, restored to host memory."""
   workdir = pathlib.Path(workdir)
-  config = load_config(workdir)
+  config = workdirs.load_config(workdir)
   if config.task != 'alignment':
     raise ValueError(f'{workdir} trained a {config.task!r} model; evaluation needs a cascade')
   mngr = checkpointing.manager(str(workdir / 'checkpoints'), asynchronous=False)
@@ -93,7 +85,7 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None) -> Run:
   if state.get('batch_stats'):
     variables['batch_stats'] = state['batch_stats']
   return Run(workdir, config, models.create(config), variables, step,
-             np.load(workdir / 'mean_shape.npy'))
+             workdirs.load_mean_shape(workdir))
 
 
 # --- The model pass: every face of a split once, on every device. ---
@@ -111,21 +103,18 @@ def make_predict(model: models.FaceAligner, mesh, regression_top_k: int = 0):
         'gates_representation': jnp.moveaxis(out['gates']['representation'], 0, 1),
         'gates_regression': jnp.moveaxis(out['gates']['regression'], 0, 1),
         'landmarks': batch['landmarks'], 'pose_true': batch['pose'], 'mask': batch['mask'],
+        # Per face, whether its inputs are finite: gathered to every host, so all stop together.
+        'finite_inputs': jnp.all(jnp.stack([
+            jnp.all(jnp.isfinite(batch[k].reshape(batch[k].shape[0], -1)), axis=1)
+            for k in ('image', 'landmarks', 'init_shape', 'pose')]), axis=0),
     }
     if 'pose' in out:
       rows['pose'] = out['pose']
     return rows
 
-  replicated = jax.sharding.NamedSharding(mesh, P())
-  rows = train.batch_sharding(mesh)
+  replicated = parallel.replicated(mesh)
+  rows = parallel.batch_sharding(mesh)
   return jax.jit(predict, in_shardings=(replicated, rows), out_shardings=rows)
-
-
-def _to_host(tree):
-  """Global arrays -> numpy with every row, on every process."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 _BATCH_KEYS = ('image', 'landmarks', 'init_shape', 'pose', 'mask')
@@ -140,7 +129,7 @@ def _global_batches(run: Run, mesh, dataset: str, split: str, *, batch_size: int
       split=split, process_index=jax.process_index(), process_count=jax.process_count(),
       crop=crop)
   for batch in local.as_numpy_iterator():
-    yield train.global_batch(batch, _BATCH_KEYS, mesh)
+    yield parallel.global_batch(batch, _BATCH_KEYS, mesh)
 
 
 def split_size(dataset: str, split: str, data_dir: str | None) -> int:
@@ -154,8 +143,12 @@ def predict_split(run: Run, predict, variables, mesh, dataset: str, split: str, 
   chunks = []
   for batch in _global_batches(run, mesh, dataset, split, batch_size=batch_size,
                                data_dir=data_dir):
-    rows = _to_host(predict(variables, batch))
+    rows = parallel.to_host(predict(variables, batch))
     mask = np.asarray(rows.pop('mask'), bool)
+    finite = np.asarray(rows.pop('finite_inputs'), bool)
+    if not finite[mask].all():
+      raise FloatingPointError(f'{dataset}:{split}: {int((~finite[mask]).sum())} face(s) with '
+                               'NaN/inf in the image, landmarks, s(0) or pose; fix the data')
     chunks.append({k: np.asarray(v)[mask] for k, v in rows.items()})
   out = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   # Evaluation order (the split's order on one process): how figures find a face's image again.
@@ -178,7 +171,7 @@ def images_at(run: Run, mesh, dataset: str, split: str, positions: Sequence[int]
   seen = 0
   for batch in _global_batches(run, mesh, dataset, split, batch_size=batch_size,
                                data_dir=data_dir):
-    rows = _to_host({k: batch[k] for k in ('image', 'init_shape', 'mask')})
+    rows = parallel.to_host({k: batch[k] for k in ('image', 'init_shape', 'mask')})
     for row in np.flatnonzero(np.asarray(rows['mask'], bool)):
       if seen in wanted:
         for key in out:
@@ -325,108 +318,6 @@ def protocol_results(protocol: protocols_lib.Protocol, arrays_by_subset: dict[st
           'aggregates': aggregates}
 
 
-def column(results: dict, name: str) -> dict:
-  """A protocol's row for column `name`, a subset or an aggregate."""
-  return results['subsets'].get(name) or results['aggregates'][name]
-
-
-# --- Markdown. ---
-
-
-def _pct(x: float) -> str:
-  return f'{100 * x:.2f}'
-
-
-_ROWS = (('NME (%)', 'nme', _pct), ('NME std. error (%)', 'nme_std_error', _pct),
-         ('FR@0.08 (%)', 'fr@0.08', _pct),
-         ('FR@0.10 (%)', 'fr@0.10', _pct), ('AUC@0.08', 'auc@0.08', '{:.4f}'.format),
-         ('AUC@0.10', 'auc@0.10', '{:.4f}'.format), ('faces', 'num_images', str))
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  return lines + ['| ' + ' | '.join(r) + ' |' for r in rows]
-
-
-def _run_label(provenance: dict) -> str:
-  return f'{provenance["architecture"]} ({provenance["variant"]})'
-
-
-def markdown(results: dict) -> str:
-  """results.md: per protocol, the paper's table (NME in %) and the standard extras."""
-  prov = results['provenance']
-  lines = [f'# Evaluation of `{prov["workdir"]}`', '',
-           f'{_run_label(prov)} trained on `{prov["train_dataset"]}`, checkpoint step '
-           f'{prov["checkpoint_step"]}; evaluated {prov["date"]} on {prov["device"]["count"]} x '
-           f'{prov["device"]["kind"]} (jax {prov["versions"]["jax"]}) in '
-           f'{prov["seconds"]:.0f} s.', '']
-  for name, proto in results['protocols'].items():
-    cols = proto['columns']
-    rows = [[label] + [fmt(column(proto, c)[key]) for c in cols] for label, key, fmt in _ROWS]
-    rows.append(['NME s(0) > stages (%)'] + [
-        ' > '.join(_pct(x) for x in [column(proto, c)['nme_init'], *column(proto, c)[
-            'nme_per_stage']]) for c in cols])
-    if all('pose_mae_deg' in proto['subsets'].get(c, {}) for c in cols):
-      rows.append(['pose MAE y/p/r (deg)'] + [
-          '/'.join(f'{v:.1f}' for v in proto['subsets'][c]['pose_mae_deg'].values())
-          for c in cols])
-    lines += [f'## {name}', '', proto['description'] + '.', '']
-    lines += _table(['', *cols], rows)
-    lines += ['', _describe_columns(proto), '']
-  if 'top1' in results:
-    t = results['top1']
-    lines += [f'Each stage with its top-1 regressor only (Fig. 7), {t["protocol"]} '
-              f'{t["subset"]}: NME {_pct(t["nme_top1"])}% (stages: '
-              f'{" > ".join(_pct(x) for x in t["nme_top1_per_stage"])}), against '
-              f'{_pct(t["nme_all_experts"])}% with every regressor weighted by its gate.', '']
-  return '\n'.join(lines)
-
-
-def _describe_columns(proto: dict) -> str:
-  parts = []
-  for c in proto['columns']:
-    if c in proto['subsets']:
-      s = proto['subsets'][c]
-      where = f'`{s["dataset"]}:{s["split"]}`'
-      if s['abs_yaw_deg']:
-        where += f' with |yaw| in [{s["abs_yaw_deg"][0]}, {s["abs_yaw_deg"][1]}) deg'
-      if s['landmarks'] != 'ibug68':
-        where += f' on the {s["landmarks"]} points'
-      parts.append(f'{c} = {where}, {s["normalizer"]} normaliser')
-    else:
-      a = proto['aggregates'][c]
-      how = 'faces pooled' if a['kind'] == 'union' else 'mean of the columns'
-      parts.append(f'{c} = {" + ".join(a["parts"])} ({how})')
-  return 'Columns: ' + '; '.join(parts) + '.'
-
-
-def comparison_markdown(results: Sequence[dict]) -> str:
-  """Several runs side by side, one row per run, like Table 1 (NME %), then FR and AUC at 0.10."""
-  labels = _unique_labels([r['provenance'] for r in results])
-  lines = ['# Comparison', '']
-  for label, r in zip(labels, results):
-    prov = r['provenance']
-    lines.append(f'- {label}: `{prov["workdir"]}`, step {prov["checkpoint_step"]}, trained on '
-                 f'`{prov["train_dataset"]}`')
-  for name, proto in results[0]['protocols'].items():
-    cols = proto['columns']
-    lines += ['', f'## {name}', '', proto['description'] + '.']
-    for title, key, fmt in [row for row in _ROWS if row[1] in ('nme', 'fr@0.10', 'auc@0.10')]:
-      rows = [[label] + [fmt(column(r['protocols'][name], c)[key]) +
-                         (f' ± {_pct(column(r["protocols"][name], c)["nme_std_error"])}'
-                          if key == 'nme' else '') for c in cols]
-              for label, r in zip(labels, results)]
-      lines += ['', f'{title}' + (' ± its standard error' if key == 'nme' else '') + ':', '']
-      lines += _table(['method', *cols], rows)
-  return '\n'.join(lines) + '\n'
-
-
-def _unique_labels(provenances: Sequence[dict]) -> list[str]:
-  labels = [p['architecture'] for p in provenances]
-  return [label if labels.count(label) == 1 else f'{label} ({pathlib.Path(p["workdir"]).name})'
-          for label, p in zip(labels, provenances)]
-
-
 # --- Provenance and the driver. ---
 
 
@@ -494,13 +385,13 @@ def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | Non
   workdir) from process 0; every process must call this.
   """
   start = time.perf_counter()
-  chosen = _protocols_of(load_config(workdir), protocols)
+  chosen = _protocols_of(workdirs.load_config(workdir), protocols)
   check_builders(chosen)  # before restoring anything
   run = load_run(workdir)
   data_dir = data_dir or run.config.get('data_dir') or None
   batch_size = eval_batch_size(batch_size or run.config.batch_size)
-  mesh = train.make_mesh()
-  variables = jax.device_put(run.variables, jax.sharding.NamedSharding(mesh, P()))
+  mesh = parallel.make_mesh()
+  variables = jax.device_put(run.variables, parallel.replicated(mesh))
   predict = make_predict(run.model, mesh)
 
   splits, sizes = {}, {}  # (dataset, split) -> arrays; 'dataset:split' -> sizes
@@ -530,7 +421,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | Non
         run, variables=variables, mesh=mesh, by_protocol=by_protocol, batch_size=batch_size,
         data_dir=data_dir)
   if jax.process_index() == 0:
-    write_outputs(out, results, by_protocol, figure_faces, run)
+    reports.write_outputs(out, results, by_protocol, figure_faces, run)
   return results
 
 
@@ -573,67 +464,6 @@ def top1_pass(run: Run, *, variables, mesh, by_protocol, batch_size, data_dir
   return summary, faces
 
 
-def write_outputs(out: pathlib.Path, results: dict, by_protocol: dict,
-                  figure_faces: list[dict] | None, run: Run) -> None:
-  """results.json, results.md, per-face arrays and (given `figure_faces`) the figures."""
-  out.mkdir(parents=True, exist_ok=True)
-  (out / 'results.json').write_text(json.dumps(results, indent=1))
-  (out / 'results.md').write_text(markdown(results))
-  for name, (_, arrays, _) in by_protocol.items():
-    folder = out / 'predictions' / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for subset_name, a in arrays.items():
-      errors = np.asarray(results['protocols'][name]['subsets'][subset_name]['errors'])
-      np.savez_compressed(folder / f'{subset_name}.npz', errors=errors, **a)
-  if figure_faces is None:
-    return
-  label = _run_label(results['provenance'])
-  step = results['provenance']['checkpoint_step']
-  for name, proto in results['protocols'].items():
-    plots.ced(out / f'ced_{name}.png', {'': ced_curves(proto)},
-              title=f'CED, {name}: {label}, step {step}')
-  first = next(iter(results['protocols'].values()))
-  figure = first['figure_subset']
-  plots.gate_mass(out / 'fig6_gate_mass.png',
-                  {label: {layer: g['cumulative_mass_stage0']
-                           for layer, g in first['subsets'][figure]['gates'].items()}},
-                  title=f'Fig. 6: top experts\' share of the gate, stage 1, '
-                        f'{figure} ({first["subsets"][figure]["dataset"]})')
-  all_faces = _concat(list(_unique_splits(by_protocol).values()))
-  if 'pose' in all_faces:
-    plots.pose_space(out / 'fig5_pose_space.png', np.degrees(all_faces['pose']),
-                     all_faces['gates_representation'][:, 0].argmax(-1),
-                     num_experts=all_faces['gates_representation'].shape[-1],
-                     true_pose_deg=np.degrees(all_faces['pose_true']),
-                     tree=models.GATES[models.parse_architecture(
-                         run.config.model.architecture)][0].value == 'tree',
-                     title=f'Fig. 5: {len(all_faces["pose"])} test faces by their first-stage '
-                           f'representation expert, {label}')
-  plots.top1_stages(out / 'fig7_top1_stages.png', figure_faces,
-                    title=f'Fig. 7: each stage with its top-1 regressor only, {figure}, {label}')
-
-
-def ced_curves(proto: dict) -> dict[str, np.ndarray]:
-  """Per-face errors of each column that has them (subsets and pooled aggregates)."""
-  return {c: np.asarray(column(proto, c)['errors']) for c in proto['columns']
-          if 'errors' in column(proto, c)}
-
-
-def _unique_splits(by_protocol: dict) -> dict:
-  """The faces of every evaluated (dataset, split) once, for figures over all test faces."""
-  out = {}
-  for protocol, arrays, datasets in by_protocol.values():
-    for subset in protocol.subsets:
-      key = (datasets[subset.name], subset.split, subset.abs_yaw_deg)
-      out.setdefault(key, arrays[subset.name])
-  return out
-
-
-def _concat(arrays: list[Arrays]) -> Arrays:
-  keys = set.intersection(*(set(a) for a in arrays))
-  return {k: np.concatenate([a[k] for a in arrays]) for k in keys}
-
-
 def compare(workdirs: Sequence[str | pathlib.Path], protocols: ProtocolsLike | None = None, *,
             out: str | pathlib.Path, data_dir: str | None = None, batch_size: int | None = None,
             figures: bool = True) -> str:
@@ -648,26 +478,12 @@ def compare(workdirs: Sequence[str | pathlib.Path], protocols: ProtocolsLike | N
     name = f'{i}_{pathlib.Path(workdir).resolve().name}'
     results.append(evaluate_workdir(workdir, protocols, data_dir=data_dir, batch_size=batch_size,
                                     out=out / name, figures=figures))
-  text = comparison_markdown(results)
+  text = reports.comparison_markdown(results)
   if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)
     (out / 'comparison.md').write_text(text)
     if figures:
-      write_comparison_figures(out, results)
+      reports.write_comparison_figures(out, results)
   return text
 
 
-def write_comparison_figures(out: pathlib.Path, results: Sequence[dict]) -> None:
-  labels = _unique_labels([r['provenance'] for r in results])
-  for name, proto in results[0]['protocols'].items():
-    panels = {c: {label: np.asarray(column(r['protocols'][name], c)['errors'])
-                  for label, r in zip(labels, results)}
-              for c in proto['columns'] if 'errors' in column(proto, c)}
-    plots.ced(out / f'ced_comparison_{name}.png', panels, title=f'CED, {name}')
-  first = next(iter(results[0]['protocols']))
-  figure = results[0]['protocols'][first]['figure_subset']
-  curves = {label: {layer: g['cumulative_mass_stage0'] for layer, g in
-                    r['protocols'][first]['subsets'][figure]['gates'].items()}
-            for label, r in zip(labels, results)}
-  plots.gate_mass(out / 'fig6_gate_mass.png', curves,
-                  title=f'Fig. 6: top experts\' share of the gate, stage 1, {figure}')

@@ -62,12 +62,21 @@ class FaceAligner(nn.Module):
   freeze_pose: bool = False  # a trained pose estimator read as data: no gradient, BN in eval mode
 
   def _check_inputs(self, images: jax.Array, init_shape: jax.Array) -> None:
+    """Reject inputs of the wrong kind at trace time: uint8 pixels would run and give garbage."""
     size, points = self.image_size, self.stage.num_landmarks
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+      raise TypeError('images must be floating point: the model expects float32 in [-1, 1] '
+                      '(e.g. from input_pipeline.pipeline.normalize), not raw [0, 255] pixels; '
+                      f'got dtype {images.dtype}')
     if images.ndim != 3 or images.shape[1:] != (size, size):
-      raise ValueError(f'images must be [B, {size}, {size}] grayscale, got shape {images.shape}')
+      raise ValueError(f'images must be [B, {size}, {size}] grayscale float32 in [-1, 1], '
+                       f'got shape {tuple(images.shape)}')
+    if not jnp.issubdtype(init_shape.dtype, jnp.floating):
+      raise TypeError('init_shape must be float32 (x, y) pixel coordinates, '
+                      f'got dtype {init_shape.dtype}')
     if init_shape.shape != (images.shape[0], points, 2):
       raise ValueError(f'init_shape must be [B, P, 2] = [{images.shape[0]}, {points}, 2] '
-                       f'(x, y per landmark), got shape {init_shape.shape}')
+                       f'(x, y per landmark), got shape {tuple(init_shape.shape)}')
 
   @nn.compact
   def __call__(self, images: jax.Array, init_shape: jax.Array, train: bool = False,
@@ -106,7 +115,8 @@ def stage_spec(model_config: ml_collections.ConfigDict) -> cascade.StageSpec:
       regression_gate=regression_gate,
       regression_gate_depth=model_config.get('regression_gate_depth'),
   )
-  if architecture == Architecture.BASELINE and (spec.num_cnn_experts, spec.num_regression_experts) != (1, 1):
+  experts = (spec.num_cnn_experts, spec.num_regression_experts)
+  if architecture == Architecture.BASELINE and experts != (1, 1):
     raise ValueError('the baseline has one CNN and one regressor, got '
                      f'{spec.num_cnn_experts} and {spec.num_regression_experts}')
   spec.validate()

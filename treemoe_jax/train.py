@@ -1,9 +1,17 @@
-"""Training (section 3.5): one data-parallel step over every device of every host.
+"""Training (section 3.5): the state, one data-parallel step, and the loop that feeds it.
 
 `train_and_evaluate(config, workdir)` trains the head-pose estimator (`config.task == 'pose'`) or
-a cascade (`'alignment'`). The step is one `jax.jit` over a 1-D `Mesh` of all devices: the batch
-sharded on 'data', the state replicated, XLA inserting the gradient all-reduce (and BatchNorm's
-cross-device statistics, so N devices compute what one device would on the whole batch).
+a cascade (`'alignment'`); what each computes is in `treemoe_jax.tasks`, the mesh and global
+batches in `treemoe_jax.parallel`, the workdir's record and resume rules in
+`treemoe_jax.workdirs`. The step is one `jax.jit` over the mesh: the batch sharded on 'data', the
+state replicated, XLA inserting the gradient all-reduce.
+
+The loop never waits on the host between log steps: the loss and the count of non-finite inputs
+(global reductions inside the step, so every host reads the same) travel in the step's metrics
+and are read only at log, checkpoint and evaluation steps, which also stop a run that saw a NaN
+before it can save. Steps in between run under `jax.transfer_guard_device_to_host('disallow')`.
+Preemption (SIGTERM) saves the same step on every host: orbax's preemption sync point across
+hosts, a signal handler in a single process.
 
 The tf.data pipeline and the TensorBoard writer (both import TensorFlow) are imported where the
 loop needs them, so the step machinery also serves TF-free benchmarks on accelerators.
@@ -12,16 +20,13 @@ Axis legend: B global batch, P landmarks, K stages, L experts.
 """
 
 import copy
-import dataclasses
-import json
 import logging
 import pathlib
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import flax.linen as nn
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -31,13 +36,10 @@ import optax
 import orbax.checkpoint as ocp
 
 from treemoe_jax import checkpointing
-from treemoe_jax import gates
-from treemoe_jax import metrics as metrics_lib
 from treemoe_jax import models
-from treemoe_jax import pose as pose_lib
-
-P = jax.sharding.PartitionSpec
-Batch = dict[str, jax.Array]
+from treemoe_jax import parallel
+from treemoe_jax import tasks
+from treemoe_jax import workdirs
 
 
 class TrainState(train_state.TrainState):
@@ -48,111 +50,7 @@ class NonFiniteError(FloatingPointError):
   """A NaN or inf in a batch or the loss: the run stops, the last good checkpoint untouched."""
 
 
-# --- Tasks: what is trained, its loss and its evaluation. ---
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  name: str
-  model: nn.Module
-  init: Callable[[jax.Array], dict]  # rng -> variables
-  loss: Callable[..., tuple[jax.Array, tuple[Any, dict]]]  # (params, batch_stats, batch)
-  eval_sums: Callable[[dict, Batch], dict]  # (variables, batch) -> masked sums over the batch
-  batch_keys: tuple[str, ...]
-
-
-def _apply(model, params, batch_stats, *args, train: bool):
-  variables = {'params': params} | ({'batch_stats': batch_stats} if batch_stats else {})
-  if train:
-    return model.apply(variables, *args, train=True, mutable=['batch_stats'])
-  return model.apply(variables, *args, train=False), {}
-
-
-def wrap_angle(angle: jax.Array) -> jax.Array:
-  """Angle differences in (-pi, pi]: a yaw of 179 deg and one of -179 deg are 2 deg apart."""
-  return jnp.arctan2(jnp.sin(angle), jnp.cos(angle))
-
-
-def pose_task(config: ml_collections.ConfigDict) -> Task:
-  """Section 3.1: yaw, pitch and roll regressed with a periodic L2 loss."""
-  model = models.create_pose_estimator(config.pose)
-  size = config.model.image_size
-
-  def init(rng):
-    variables = model.init(rng, jnp.zeros((1, size, size), jnp.float32), train=False)
-    if config.resnet50_weights:
-      from treemoe_jax import pretrained  # pylint: disable=g-import-not-at-top (h5py, on demand)
-      variables = pretrained.init_pose_trunk(variables, config.resnet50_weights)
-    return variables
-
-  def loss(params, batch_stats, batch):
-    out, updates = _apply(model, params, batch_stats, batch['image'], train=True)
-    error = wrap_angle(out['pose'] - batch['pose'])  # [B, 3]
-    mae = jnp.degrees(jnp.abs(error)).mean(0)
-    metrics = {f'mae_deg/{a}': mae[i] for i, a in enumerate(pose_lib.ANGLES)}
-    return jnp.mean(error**2), (updates.get('batch_stats'), metrics)
-
-  def eval_sums(variables, batch):
-    out = model.apply(variables, batch['image'], train=False)
-    error = jnp.degrees(jnp.abs(wrap_angle(out['pose'] - batch['pose'])))  # [B, 3]
-    mask = batch['mask'].astype(jnp.float32)
-    sums = {f'mae_deg/{a}': jnp.sum(error[:, i] * mask) for i, a in enumerate(pose_lib.ANGLES)}
-    return sums | {'count': jnp.sum(mask)}
-
-  return Task('pose', model, init, loss, eval_sums, ('image', 'pose'))
-
-
-def alignment_task(config: ml_collections.ConfigDict) -> Task:
-  """Section 3.5: L2 on landmark positions of every stage (or the last), NME per stage logged."""
-  model = models.create(config)
-  normalizer = config.nme_normalizer
-  if config.loss_stages not in ('all', 'last'):
-    raise ValueError(f"loss_stages must be 'all' or 'last', got {config.loss_stages!r}")
-
-  def init(rng):
-    return models.init(model, rng)
-
-  def stage_nme(out, batch):  # [K, B]
-    return jax.vmap(lambda s: metrics_lib.nme_jax(s, batch['landmarks'], normalizer))(
-        out['stage_shapes'])
-
-  def loss(params, batch_stats, batch):
-    out, updates = _apply(model, params, batch_stats, batch['image'], batch['init_shape'],
-                          train=True)
-    squared = jnp.sum((out['stage_shapes'] - batch['landmarks'])**2, -1)  # [K, B, P]
-    per_stage = squared.mean((1, 2))  # [K]
-    loss = per_stage.mean() if config.loss_stages == 'all' else per_stage[-1]
-    nme = stage_nme(out, batch).mean(1)  # [K]
-    metrics = {f'nme/stage{k}': nme[k] for k in range(nme.shape[0])}
-    metrics['nme/init'] = metrics_lib.nme_jax(batch['init_shape'], batch['landmarks'],
-                                              normalizer).mean()
-    for layer, weights in out['gates'].items():  # [K, B, L]
-      entropy = gates.gate_entropy(weights).mean(1)  # [K]
-      usage = weights.mean(1)  # [K, L]: how much each expert is used on this batch
-      for k in range(weights.shape[0]):
-        metrics[f'gate_entropy/stage{k}/{layer}'] = entropy[k]
-        metrics[f'expert_usage/stage{k}/{layer}'] = usage[k]
-    return loss, (updates.get('batch_stats'), metrics)
-
-  def eval_sums(variables, batch):
-    out = model.apply(variables, batch['image'], batch['init_shape'], train=False)
-    mask = batch['mask'].astype(jnp.float32)
-    nme = stage_nme(out, batch)  # [K, B]
-    init_nme = metrics_lib.nme_jax(batch['init_shape'], batch['landmarks'], normalizer)
-    sums = {f'nme/stage{k}': jnp.sum(nme[k] * mask) for k in range(nme.shape[0])}
-    return sums | {'nme/init': jnp.sum(init_nme * mask), 'count': jnp.sum(mask)}
-
-  return Task('alignment', model, init, loss, eval_sums,
-              ('image', 'landmarks', 'init_shape'))
-
-
-# --- The data-parallel machinery. ---
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """All devices of all hosts on one 'data' axis (Auto: XLA places the collectives)."""
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+# --- The state and the step. ---
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -170,7 +68,7 @@ def make_optimizer(config: ml_collections.ConfigDict, frozen_top: tuple[str, ...
   return optax.multi_transform({'train': adam, 'frozen': optax.set_to_zero()}, labels)
 
 
-def create_train_state(task: Task, tx: optax.GradientTransformation, mesh, rng: jax.Array,
+def create_train_state(task: tasks.Task, tx: optax.GradientTransformation, mesh, rng: jax.Array,
                        overrides: dict | None = None) -> TrainState:
   """The replicated state built in place on the devices (no host copy of the parameters).
 
@@ -188,7 +86,7 @@ def create_train_state(task: Task, tx: optax.GradientTransformation, mesh, rng: 
     return TrainState.create(apply_fn=task.model.apply, params=params, tx=tx,
                              batch_stats=batch_stats)
 
-  replicated = jax.sharding.NamedSharding(mesh, P())
+  replicated = parallel.replicated(mesh)
   abstract = jax.eval_shape(init, rng, overrides)
   expected = {k: jax.tree.map(lambda x: (x.shape, x.dtype), abstract.params[k])
               for k in overrides.get('params', {})}
@@ -201,137 +99,117 @@ def create_train_state(task: Task, tx: optax.GradientTransformation, mesh, rng: 
   return jax.jit(init, out_shardings=out_shardings)(rng, overrides)
 
 
-def make_train_step(task: Task, mesh, schedule: optax.Schedule | None = None):
-  """train_step(state, batch) -> (state, metrics), jitted once, the state's buffers donated."""
+def make_train_step(task: tasks.Task, mesh, schedule: optax.Schedule | None = None):
+  """train_step(state, batch) -> (state, metrics), jitted once, the state's buffers donated.
 
-  def train_step(state: TrainState, batch: Batch):
+  The metrics hold the loss and `nonfinite/<key>`, the count of NaN/inf entries in each float
+  input over the global batch: the loop reads them at log steps, never in between.
+  """
+
+  def train_step(state: TrainState, batch: parallel.Batch):
     def loss_fn(params):
       return task.loss(params, state.batch_stats, batch)
 
     (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    metrics = metrics | {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+    metrics = metrics | tasks.nonfinite_inputs(batch) | {
+        'loss': loss, 'grad_norm': optax.tree.norm(grads)}
     if schedule is not None:
       metrics['learning_rate'] = schedule(state.step)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats or state.batch_stats)
     return state, metrics
 
-  replicated = jax.sharding.NamedSharding(mesh, P())
-  return jax.jit(train_step, in_shardings=(replicated, batch_sharding(mesh)),
+  replicated = parallel.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def batch_sharding(mesh) -> jax.sharding.NamedSharding:
-  return jax.sharding.NamedSharding(mesh, P('data'))
-
-
-def global_batch(local: dict[str, np.ndarray], keys: tuple[str, ...], mesh) -> Batch:
-  """One global array per key from this process's rows (jax.make_array_from_process_local_data)."""
-  sharding = batch_sharding(mesh)
-  out = {}
-  for key in keys:
-    value = np.asarray(local[key])
-    if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-      raise NonFiniteError(f'the input batch has non-finite values in {key!r}')
-    out[key] = jax.make_array_from_process_local_data(sharding, value)
-  return out
-
-
-def evaluate(task: Task, state: TrainState, batches: Iterator[dict], mesh) -> dict[str, float]:
+def evaluate(task: tasks.Task, state: TrainState, batches: Iterator[dict], mesh
+             ) -> dict[str, float]:
   """Means over every real example (padding rows masked out) of the task's eval metrics."""
   variables = {'params': state.params} | ({'batch_stats': state.batch_stats}
                                           if state.batch_stats else {})
-  replicated = jax.sharding.NamedSharding(mesh, P())
-  step = jax.jit(task.eval_sums, in_shardings=(replicated, batch_sharding(mesh)),
+
+  def sums(variables, batch):
+    return task.eval_sums(variables, batch) | tasks.nonfinite_inputs(batch)
+
+  replicated = parallel.replicated(mesh)
+  step = jax.jit(sums, in_shardings=(replicated, parallel.batch_sharding(mesh)),
                  out_shardings=replicated)
   totals = None
   for local in batches:
-    sums = step(variables, global_batch(local, task.batch_keys + ('mask',), mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    out = step(variables, parallel.global_batch(local, task.batch_keys + ('mask',), mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
+  bad = {k.removeprefix('nonfinite/') for k, v in totals.items()
+         if k.startswith('nonfinite/') and v}
+  if bad:
+    raise NonFiniteError(f'the evaluation data have non-finite values in {sorted(bad)}')
   count = float(totals.pop('count'))
-  return {k: float(v) / count for k, v in totals.items()} | {'num_examples': count}
+  return {k: float(v) / count for k, v in totals.items()
+          if not k.startswith('nonfinite/')} | {'num_examples': count}
 
 
-# --- Progress, preemption and the loop. ---
+# --- Health, preemption and the loop. ---
 
 
-class _Preemption:
-  """SIGTERM sets a flag; the loop saves a checkpoint at the next step and returns."""
+def first_unhealthy(pending: list[tuple[int, dict]]) -> str | None:
+  """What went wrong first among (step, metrics) not yet read, or None: one host read for all.
 
-  def __init__(self):
-    self.requested = False
+  Reads only the loss, the gradient norm and the non-finite counts, the figures that decide
+  whether a state may be saved; the step's metrics are global reductions, so every host finds the same answer.
+  """
+  if not pending:
+    return None
+  steps = [s for s, _ in pending]
+  health = jax.device_get([{k: v for k, v in m.items() if k in ('loss', 'grad_norm') or
+                            k.startswith('nonfinite/')} for _, m in pending])
+  for step, metrics in zip(steps, health):
+    bad = sorted(k.removeprefix('nonfinite/') for k, v in metrics.items()
+                 if k.startswith('nonfinite/') and v)
+    if bad:
+      return f'the input batch has non-finite values in {", ".join(repr(b) for b in bad)} ' \
+             f'at step {step}'
+    for key in ('loss', 'grad_norm'):  # a NaN gradient poisons the state as surely
+      if key in metrics and not np.isfinite(metrics[key]):
+        return f'{key.replace("_", " ")} is {float(metrics[key])} at step {step}'
+  return None
+
+
+class Preemption:
+  """SIGTERM asks the run to save and exit at a step that is the same on every host.
+
+  Several processes: JAX's coordination service catches the signal and orbax's
+  `reached_preemption` names the sync step (every host must ask at every step, which is cheap).
+  One process: a signal handler sets a flag (none outside the main thread, as in a notebook).
+  """
+
+  def __init__(self, mngr: ocp.CheckpointManager):
+    self._mngr = mngr
+    self._multihost = jax.process_count() > 1
+    self._requested = False
     self._previous = None
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, as in a notebook's worker thread
-      self._previous = None
+    if not self._multihost:  # a Python handler would replace the coordination service's
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread
+        self._previous = None
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    if self._multihost:
+      self._requested = self._requested or self._mngr.reached_preemption(step)
+    return self._requested
 
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
-
-
-def _scalars(metrics: dict) -> dict[str, float]:
-  return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-
-
-def _json_ready(metrics: dict) -> dict:
-  return {k: (np.asarray(v).round(6).tolist()) for k, v in metrics.items()}
-
-
-class _Progress:
-  """A line per log step (step, loss, img/s, ETA) and the same figures as TensorBoard + JSON."""
-
-  def __init__(self, workdir: pathlib.Path, total_steps: int, batch_size: int, first_step: int):
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top (imports TensorFlow)
-    self.lead = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(str(workdir), just_logging=not self.lead)
-    self.jsonl = workdir / 'metrics.jsonl'
-    self.total, self.batch = total_steps, batch_size
-    self.last_step, self.last_time = first_step, time.perf_counter()
-
-  def log(self, step: int, metrics: dict, kind: str = 'train') -> None:
-    now = time.perf_counter()
-    extra = {}
-    if kind == 'train':
-      rate = (step - self.last_step) * self.batch / max(now - self.last_time, 1e-9)
-      eta = (self.total - step) * self.batch / max(rate, 1e-9)
-      extra = {'img_per_s': rate}
-      self.last_step, self.last_time = step, now
-      nme = metrics.get(f'nme/stage{_last_stage(metrics)}')
-      logging.info('step %d/%d  loss %.4f%s  %.1f img/s  ETA %s', step, self.total,
-                   float(metrics['loss']), f'  nme {float(nme):.4f}' if nme is not None else '',
-                   rate, _duration(eta))
-    else:
-      logging.info('%s at step %d: %s', kind, step,
-                   '  '.join(f'{k} {v:.4f}' for k, v in sorted(_scalars(metrics).items())))
-    prefixed = {f'{kind}/{k}': v for k, v in (metrics | extra).items()}
-    self.writer.write_scalars(step, _scalars(prefixed))
-    if self.lead:
-      with self.jsonl.open('a') as f:
-        f.write(json.dumps({'step': step, **_json_ready(prefixed)}) + '\n')
-
-  def close(self):
-    self.writer.flush()
-    self.writer.close()
-
-
-def _last_stage(metrics: dict) -> int:
-  stages = [int(k.removeprefix('nme/stage')) for k in metrics if k.startswith('nme/stage')]
-  return max(stages) if stages else -1
-
-
-def _duration(seconds: float) -> str:
-  minutes, seconds = divmod(int(seconds), 60)
-  return f'{minutes // 60}h{minutes % 60:02d}m' if minutes >= 60 else f'{minutes}m{seconds:02d}s'
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -369,16 +247,17 @@ def load_pose_estimator(pose_workdir: str | pathlib.Path) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` into `workdir` (resuming from its newest checkpoint); returns the last eval.
 
-  A pose-gated cascade with no `pose_checkpoint` first trains its pose estimator into
+  A resumed run must keep what was trained (`workdirs.check_resume`; checked before anything is
+  written). A pose-gated cascade with no `pose_checkpoint` first trains its pose estimator into
   WORKDIR/pose (for `pose_train_steps`), then the cascade reading it.
   """
   validate_config(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  resuming = workdirs.check_resume(workdir, config)
   if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    workdirs.record(workdir, config)  # the same fields, or ones that are safe to change
   if config.task == 'pose':
-    return _train(config, workdir, pose_task(config))
+    return _train(config, workdir, tasks.pose_task(config), resuming)
   overrides = None
   if models.stage_spec(config.model).gates_on_pose:
     pose_dir = config.pose_checkpoint
@@ -393,17 +272,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     pose = load_pose_estimator(pose_dir)
     overrides = {'params': {'pose_estimator': pose['params']},
                  'batch_stats': {'pose_estimator': pose['batch_stats']}}
-  return _train(config, workdir, alignment_task(config), overrides)
+  return _train(config, workdir, tasks.alignment_task(config), resuming, overrides)
 
 
-def _train(config, workdir: pathlib.Path, task: Task, overrides: dict | None = None) -> dict:
+def _mean_shape(config, workdir: pathlib.Path, resuming: bool) -> np.ndarray:
+  """s(0): the record of a resumed run, else learned from the train split and recorded."""
+  if resuming and (workdir / workdirs.MEAN_SHAPE_FILE).exists():
+    return workdirs.load_mean_shape(workdir)
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
-  mesh = make_mesh()
   mean_shape = pipeline.mean_shape(config.dataset, data_dir=config.data_dir or None,
                                    split=config.train_split,
                                    crop=_data(config, config.train_split)['crop'])
   if jax.process_index() == 0:
-    np.save(workdir / 'mean_shape.npy', mean_shape)  # s(0), with the run that learned from it
+    np.save(workdir / workdirs.MEAN_SHAPE_FILE, mean_shape)
+  return mean_shape
+
+
+def _train(config, workdir: pathlib.Path, task: tasks.Task, resuming: bool,
+           overrides: dict | None = None) -> dict:
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
+  from treemoe_jax import progress as progress_lib  # pylint: disable=g-import-not-at-top (TF)
+  mesh = parallel.make_mesh()
+  mean_shape = _mean_shape(config, workdir, resuming)
   frozen = ('pose_estimator',) if task.name == 'alignment' and config.model.freeze_pose else ()
   tx = make_optimizer(config, frozen)
   state = create_train_state(task, tx, mesh, jax.random.key(config.seed), overrides)
@@ -413,10 +303,6 @@ def _train(config, workdir: pathlib.Path, task: Task, overrides: dict | None = N
   if restored is not None:
     state, data = restored
     start_step = data['step']
-    if (data['seed'], data['batch_size']) != (config.seed, config.batch_size):
-      raise ValueError(f'{workdir} was trained with seed {data["seed"]} and batch size '
-                       f'{data["batch_size"]}; resuming it with {config.seed} and '
-                       f'{config.batch_size} would not see the same data')
     logging.info('resumed %s from step %d', task.name, start_step)
   if start_step >= config.num_train_steps:
     logging.info('%s already trained for %d steps', task.name, start_step)
@@ -425,52 +311,53 @@ def _train(config, workdir: pathlib.Path, task: Task, overrides: dict | None = N
   batches = pipeline.train_dataset(
       global_batch_size=config.batch_size, seed=config.seed, mean_shape=mean_shape,
       start_step=start_step, augmentation=pipeline.AugmentConfig(**config.augment),
+      shuffle_buffer=config.get("shuffle_buffer", 1024),
       **_data(config, config.train_split)).as_numpy_iterator()
-  progress = _Progress(workdir, config.num_train_steps, config.batch_size, start_step)
+  progress = progress_lib.Progress(workdir, config.num_train_steps, config.batch_size,
+                                   start_step)
 
   def eval_batches():
     return pipeline.eval_dataset(global_batch_size=config.batch_size, mean_shape=mean_shape,
                                  **_data(config, config.eval_split)).as_numpy_iterator()
 
-  def check_loss(step, metrics):
-    loss = float(metrics['loss'])
-    if not np.isfinite(loss):
-      _stop(mngr, f'loss is {loss} at step {step}')
-
-  def checkpoint(step, metrics):
-    check_loss(step, metrics)  # never save a state that a NaN went through
-    checkpointing.save(mngr, step, state, {'step': step, 'seed': config.seed,
-                                           'batch_size': config.batch_size})
-
-  eval_metrics, metrics, previous = {}, None, None
-  with _Preemption() as preemption:
+  eval_metrics, pending, preempted = {}, [], False
+  with Preemption(mngr) as preemption:
     for step in range(start_step + 1, config.num_train_steps + 1):
-      try:
-        batch = global_batch(next(batches), task.batch_keys, mesh)
-      except NonFiniteError as e:
-        _stop(mngr, f'{e} at step {step}')
       if step == start_step + 1:
+        batch = parallel.global_batch(next(batches), task.batch_keys, mesh)
         train_step = _compile(train_step, state, batch, task.name)
-      state, metrics = train_step(state, batch)
-      if previous is not None:
-        check_loss(*previous)  # one step late, so the host never stalls the device
-      previous = (step, metrics)
+      # Dispatch only: nothing in here may wait on the device.
+      with jax.transfer_guard_device_to_host('disallow'):
+        if step > start_step + 1:
+          batch = parallel.global_batch(next(batches), task.batch_keys, mesh)
+        state, metrics = train_step(state, batch)
+        pending.append((step, metrics))
+        preempted = preemption.reached(step)
       last = step == config.num_train_steps
-      if step % config.log_every_steps == 0 or last:
-        check_loss(step, metrics)
+      log = step % config.log_every_steps == 0 or last
+      save = step % config.checkpoint_every_steps == 0 or last or preempted
+      evaluate_now = (step % config.eval_every_steps == 0 or last) and not preempted
+      if not (log or save or evaluate_now):
+        continue
+      problem = first_unhealthy(pending)  # before anything is saved or shown
+      if problem:
+        _stop(mngr, problem)
+      pending = []
+      if log:
         progress.log(step, jax.device_get(metrics))
-      if step % config.checkpoint_every_steps == 0 or last or preemption.requested:
-        checkpoint(step, metrics)
-      if preemption.requested:
+      if save:
+        checkpointing.save(mngr, step, state, {'step': step, 'seed': config.seed,
+                                               'batch_size': config.batch_size})
+      if preempted:
         logging.warning('SIGTERM: saved step %d in %s; exiting', step, workdir)
         break
-      if step % config.eval_every_steps == 0 or last:
+      if evaluate_now:
         eval_metrics = evaluate(task, state, eval_batches(), mesh)
         progress.log(step, eval_metrics, kind='eval')
   mngr.wait_until_finished()
   mngr.close()
   progress.close()
-  if not eval_metrics and not preemption.requested:  # resumed a finished run: evaluate it
+  if not eval_metrics and not preempted:  # resumed a finished run: evaluate it
     eval_metrics = evaluate(task, state, eval_batches(), mesh)
   return eval_metrics
 
@@ -490,6 +377,7 @@ def _stop(mngr: ocp.CheckpointManager, what: str):
   mngr.wait_until_finished()
   last_good = mngr.latest_step()
   mngr.close()
-  raise NonFiniteError(
-      f'{what}: stopping. The last good checkpoint (step {last_good}) is untouched; look for '
-      'NaN/inf in the data or lower the learning rate before resuming.')
+  kept = (f'The last good checkpoint (step {last_good}) is untouched' if last_good is not None
+          else 'No checkpoint exists yet, so nothing was saved')
+  raise NonFiniteError(f'{what}: stopping. {kept}; look for NaN/inf in the data or lower the '
+                       'learning rate before resuming.')

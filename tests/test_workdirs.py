@@ -1,0 +1,68 @@
+"""The workdir record and resume rules, on hand-made workdirs (no training)."""
+
+import json
+
+import ml_collections
+import pytest
+
+from configs import default
+from treemoe_jax import workdirs
+
+
+def _config(**changes) -> ml_collections.ConfigDict:
+  config = default.get_config('tree_moe', 'tiny')
+  with config.unlocked():
+    for key, value in changes.items():
+      parent, _, leaf = key.rpartition('.')
+      setattr(config[parent] if parent else config, leaf, value)
+  return config
+
+
+def _trained_workdir(tmp_path, config) -> None:
+  workdirs.record(tmp_path, config)
+  (tmp_path / 'checkpoints' / '100').mkdir(parents=True)
+
+
+def test_differences_list_every_changed_leaf_by_its_dotted_key():
+  old = {'a': 1, 'model': {'b': [1, 2], 'c': 'x'}, 'gone': 3}
+  new = {'a': 1, 'model': {'b': (1, 3), 'c': 'x'}, 'added': {'d': 0.5}}
+  assert workdirs.config_differences(old, new) == [
+      ('added.d', '<absent>', 0.5), ('gone', 3, '<absent>'), ('model.b', [1, 2], [1, 3])]
+  # A tuple and the list that JSON stored it as are the same value.
+  assert workdirs.config_differences(_config(), json.loads(_config().to_json())) == []
+
+
+def test_no_checkpoint_means_nothing_to_resume(tmp_path):
+  workdirs.record(tmp_path, _config())
+  (tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp-1').mkdir(parents=True)  # unfinished
+  assert not workdirs.check_resume(tmp_path, _config(**{'model.patch_size': 8}))
+
+
+def test_changes_to_what_is_trained_are_refused_with_every_key(tmp_path):
+  _trained_workdir(tmp_path, _config())
+  new = _config(**{'model.patch_size': 8, 'dataset': 'synthetic_faces/tiny', 'seed': 3,
+                   'batch_size': 32, 'learning_rate': 0.01, 'crop_margin': 0.3,
+                   'train_split': 'train[:50%]', 'num_train_steps': 9})
+  with pytest.raises(workdirs.ResumeError) as error:
+    workdirs.check_resume(tmp_path, new)
+  message = str(error.value)
+  for line in ("model.patch_size: 16 -> 8", "dataset: 'synthetic_faces/small' -> "
+               "'synthetic_faces/tiny'", 'seed: 0 -> 3', 'batch_size: 16 -> 32',
+               'learning_rate: 0.001 -> 0.01', 'crop_margin: 0.25 -> 0.3',
+               "train_split: 'train' -> 'train[:50%]'"):
+    assert line in message, message
+  assert 'num_train_steps: ' not in message  # safe, so not among the differences
+  assert 'new --workdir' in message
+
+
+def test_safe_changes_are_allowed(tmp_path):
+  _trained_workdir(tmp_path, _config())
+  assert workdirs.check_resume(tmp_path, _config(
+      num_train_steps=5000, log_every_steps=7, eval_every_steps=9, checkpoint_every_steps=11,
+      keep_checkpoints=1, data_dir='/elsewhere'))
+
+
+def test_checkpoints_without_a_record_are_refused(tmp_path):
+  (tmp_path / 'checkpoints' / '3').mkdir(parents=True)
+  with pytest.raises(workdirs.ResumeError, match='no config.json'):
+    workdirs.check_resume(tmp_path, _config())

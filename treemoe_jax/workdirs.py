@@ -1,0 +1,109 @@
+"""A workdir's record of what was trained: `config.json`, `mean_shape.npy`, and the resume rules.
+
+The record is written once, when a run starts from scratch, and is the truth afterwards: evaluation
+builds its model from it, and a resumed run is compared with it before anything is written. A
+change to what is trained (model, data, crop, seed, batch, optimiser, ...) would silently train
+something else or die inside orbax with a tree mismatch, so it stops with one error listing every
+difference; a change to how long or how often (`SAFE_TO_CHANGE`) is allowed and logged.
+"""
+
+import json
+import logging
+import pathlib
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+CONFIG_FILE = 'config.json'
+MEAN_SHAPE_FILE = 'mean_shape.npy'
+# Fields a resumed run may change: when to stop, how often to log, evaluate and save, where the
+# (same) data lives, what is evaluated. Everything else decides what the run trains.
+SAFE_TO_CHANGE = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
+                  'checkpoint_every_steps', 'keep_checkpoints', 'data_dir', 'eval_split',
+                  'eval_protocol')
+_ABSENT = '<absent>'
+
+
+class ResumeError(ValueError):
+  """A resumed run's config changes what was trained: use a new workdir."""
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The workdir's config.json (JSON turned tuples into lists; consumers convert where needed)."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_mean_shape(workdir: str | pathlib.Path) -> np.ndarray:
+  """s(0) before placement [P, 2], as the run learned it from its train split."""
+  path = pathlib.Path(workdir) / MEAN_SHAPE_FILE
+  if not path.exists():
+    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
+  return np.load(path)
+
+
+def has_checkpoint(workdir: str | pathlib.Path) -> bool:
+  """Whether a finished checkpoint exists (orbax names them by step; unfinished ones by *-tmp*)."""
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out |= _flatten(value, f'{prefix}{key}.')
+    return out or {prefix.rstrip('.'): {}}
+  return {prefix.rstrip('.'): tree}
+
+
+def _as_json(config: ml_collections.ConfigDict | dict) -> dict:
+  """The JSON form, so that a tuple and the list it was stored as compare equal."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json_best_effort())
+  return json.loads(json.dumps(config))
+
+
+def config_differences(stored: ml_collections.ConfigDict | dict,
+                       current: ml_collections.ConfigDict | dict) -> list[tuple[str, Any, Any]]:
+  """[(dotted key, stored value, current value)] for every field that differs, sorted by key."""
+  old, new = _flatten(_as_json(stored)), _flatten(_as_json(current))
+  return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(old.keys() | new.keys())
+          if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+
+
+def check_resume(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> bool:
+  """Whether `workdir` holds a run to resume; raises ResumeError if `config` would change it.
+
+  Reads only: a refusal leaves the workdir as it was. Allowed changes are logged.
+  """
+  workdir = pathlib.Path(workdir)
+  if not has_checkpoint(workdir):
+    return False
+  if not (workdir / CONFIG_FILE).exists():
+    raise ResumeError(f'{workdir} has checkpoints but no {CONFIG_FILE}: what it trained is '
+                      'unknown, so it cannot be resumed safely. Use a new --workdir.')
+  differences = config_differences(load_config(workdir), config)
+  unsafe = [d for d in differences if d[0] not in SAFE_TO_CHANGE]
+  if unsafe:
+    lines = '\n'.join(f'  {key}: {old!r} -> {new!r}' for key, old, new in unsafe)
+    raise ResumeError(
+        f'{workdir} holds a run trained with another config; resuming it with this one would '
+        f'train something else. Differences (stored -> now):\n{lines}\nUse a new --workdir for a '
+        f'new experiment. Only {", ".join(SAFE_TO_CHANGE)} may change on resume.')
+  for key, old, new in differences:
+    logging.info('resuming %s with %s changed: %r -> %r', workdir, key, old, new)
+  return True
+
+
+def record(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+           mean_shape: np.ndarray | None = None) -> None:
+  """Writes config.json (and mean_shape.npy) for a run that starts from scratch."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2))
+  if mean_shape is not None:
+    np.save(workdir / MEAN_SHAPE_FILE, np.asarray(mean_shape, np.float32))
