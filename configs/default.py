@@ -78,8 +78,17 @@ def _training(config: ml_collections.ConfigDict) -> None:
   config.learning_rate = 1e-3
   config.loss_stages = 'all'  # 'all': every stage's shape regressed to the truth; 'last'
   config.nme_normalizer = 'box'  # for the logged NME: 'box' suits every pose; 'inter_pupil'
+  # s(0) moved by N(0, translate_std) px and scaled by N(1, scale_std) (section 3.5); beyond the
+  # paper, the face box jittered like a detector's before cropping: shifted by N(0, box_shift_std *
+  # its longer side) per axis and scaled by exp(N(0, box_scale_std)) (pipeline.AugmentConfig says
+  # why 0.05). Eval never jitters.
   config.augment = ml_collections.ConfigDict(dict(translate_std=10.0, scale_std=0.1,
-                                                   flip_prob=0.5))
+                                                   flip_prob=0.5, box_shift_std=0.05,
+                                                   box_scale_std=0.05))
+  # Encoded training records in the shuffle buffer (every host holds one: all walk the same
+  # stream), after each epoch's record files are shuffled and 16 interleaved. 10k holds
+  # synthetic_faces' train split whole, and ~0.5 GB of 300W-LP's 122k jpgs.
+  config.shuffle_buffer = 10_000
   config.crop_margin = 0.25  # face box widened by this fraction on each side before resizing
   config.log_every_steps = 50
   config.eval_every_steps = 2_000

@@ -6,7 +6,9 @@ image uint8 [H, W, C], landmarks [P, 2], visibility [P], pose [3] and box [4] (t
 Letters: B batch (per host), P = 68 landmarks, S crop size (150), H, W, C the stored image.
 Coordinates follow SPEC: (x, y), 0-based, pixel centres at integers. A crop window is
 (left, top, side): the square [left, left + side] x [top, top + side] in those coordinates, so the
-crop's output pixel j covers input [left + j * side / S, left + (j + 1) * side / S].
+crop's output pixel j covers input [left + j * side / S, left + (j + 1) * side / S]. A crop that
+shrinks (side > S) is low-pass filtered (antialiased), so train, eval and inference see faces of
+any source size alike.
 
 Batches are dicts: image float32 [B, S, S] in [-1, 1], landmarks float32 [B, P, 2] and init_shape
 float32 [B, P, 2] (s(0)) in crop pixels, visibility bool [B, P], pose float32 [B, 3] (yaw, pitch,
@@ -29,6 +31,12 @@ Features = dict[str, tf.Tensor]
 DatasetLike = str | tfds.core.DatasetBuilder  # 'name' or 'name/config', or a builder instance.
 
 FEATURES = ('image', 'landmarks', 'visibility', 'pose', 'box')  # What every dataset provides.
+# Training reads this many record files at a time, round-robin: with files in a shuffled order,
+# a batch mixes many files even when each file stores similar records (a face's views) together.
+INTERLEAVED_FILES = 16
+# Encoded records in the shuffle buffer (per host, refilled each epoch). 10k covers synthetic_faces
+# whole and, after file shuffling, mixes ~10k of 300W-LP's 122k records (~30-60 kB jpgs: ~0.5 GB).
+SHUFFLE_BUFFER = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,13 +52,23 @@ class CropConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-  """Section 3.5: s(0) moved by t ~ N(0, translate_std) px per axis, scaled by s ~ N(1, scale_std)."""
+  """Section 3.5: s(0) moved by t ~ N(0, translate_std) px per axis, scaled by s ~ N(1, scale_std).
+
+  Beyond the paper, the face box is jittered before cropping (`jitter_box`), as a detector's box
+  would be: the face moves in the crop while s(0) stays the mean shape placed as usual.
+  """
   translate_std: float = 10.0  # Crop pixels.
   scale_std: float = 0.1
   flip_prob: float = 0.5
+  # Box shift std per axis, as a fraction of the box's longer side, and std of its log-scale.
+  # 0.05 is a detector's typical error: ~5 crop px (1/30 of the 1.5x-wide window) and +-5% in
+  # size; three sigmas (15% of the side) stay inside the 25% margin, so faces are not cut off.
+  box_shift_std: float = 0.05
+  box_scale_std: float = 0.05
 
   def validate(self) -> None:
-    if self.translate_std < 0 or self.scale_std < 0 or not 0 <= self.flip_prob <= 1:
+    stds = (self.translate_std, self.scale_std, self.box_shift_std, self.box_scale_std)
+    if min(stds) < 0 or not 0 <= self.flip_prob <= 1:
       raise ValueError(f'stds must be >= 0 and flip_prob in [0, 1], got {self}')
 
 
@@ -71,11 +89,8 @@ def crop_landmarks(landmarks: tf.Tensor, window: tf.Tensor, size: int) -> tf.Ten
   return (landmarks - window[:2]) * (size / window[2]) - 0.5
 
 
-def crop_image(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
-  """Bilinear crop-resize of [H, W, C] to float32 [S, S, C], same pixel-centre map as the points.
-
-  Output pixel j samples input x = left + (j + 0.5) * side / S; outside the image reads 0.
-  """
+def _bilinear_crop(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
+  """Output pixel j samples input x = left + (j + 0.5) * side / S bilinearly; outside reads 0."""
   hw = tf.cast(tf.shape(image)[:2], tf.float32)
   step = window[2] / size
   first = window[:2] + 0.5 * step  # (x, y) sampled by output pixel 0
@@ -84,6 +99,48 @@ def crop_image(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
   norm = tf.concat([first[::-1], last[::-1]], axis=0) / tf.tile(hw - 1, [2])
   crop = tf.image.crop_and_resize(image[None], norm[None], [0], [size, size], method='bilinear')
   return crop[0]
+
+
+def _antialiased_crop(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
+  """The same pixel-centre map through a low-pass filter: for shrinking (side > S) without aliasing.
+
+  Output pixel j is the weighted mean of the input pixels around x = left + (j + 0.5) * side / S,
+  weights a triangle of half-width side / S input px (bilinear's kernel stretched to the output
+  spacing, as PIL's and tf.image.resize's antialiased bilinear), the image extended by zeros.
+  """
+  scale = size / window[2]
+  # The input region that every output pixel's kernel lies in, `reach` px beyond the window: cut
+  # out (cheap on a big photo) and padded with zeros where it leaves the image. Fully inside it,
+  # no kernel is cut short at a border (ScaleAndTranslate would renormalise what is left).
+  reach = tf.cast(tf.math.ceil(window[2] / size), tf.int32) + 1
+  hw = tf.shape(image)[:2]
+  lo = tf.cast(tf.floor(window[1::-1]), tf.int32) - reach  # (y, x) of the region's first pixel
+  hi = tf.cast(tf.math.ceil(window[1::-1] + window[2]), tf.int32) + reach + 1
+  start, stop = tf.clip_by_value(lo, 0, hw), tf.clip_by_value(hi, 0, hw)  # Inside the image.
+  before = tf.clip_by_value(start - lo, 0, hi - lo - (stop - start))  # 0 if it all lies before
+  after = hi - lo - (stop - start) - before
+  region = tf.pad(image[start[0]:stop[0], start[1]:stop[1]],
+                  tf.concat([tf.stack([before, after], axis=1), [[0, 0]]], axis=0))
+  # ScaleAndTranslate puts pixel k's centre at k + 0.5 and maps output u to input (u - t) / scale.
+  translation = -(window[1::-1] - tf.cast(lo, tf.float32) + 0.5) * scale
+  crop = tf.raw_ops.ScaleAndTranslate(
+      images=region[None], size=[size, size], scale=tf.stack([scale, scale]),
+      translation=translation, kernel_type='triangle', antialias=True)
+  return crop[0]
+
+
+def crop_image(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
+  """Crop-resize of [H, W, C] to float32 [S, S, C], same pixel-centre map as the points.
+
+  Output pixel j is centred on input x = left + (j + 0.5) * side / S; outside the image reads 0.
+  Up to S px per side it samples there bilinearly; a larger window (a 300-1000 px face shrunk to
+  150) goes through a low-pass filter first, which bilinear sampling lacks, so fine detail (hair,
+  texture, JPEG noise) does not alias into the crop.
+  """
+  return tf.ensure_shape(
+      tf.cond(window[2] > size, lambda: _antialiased_crop(image, window, size),
+              lambda: _bilinear_crop(image, window, size)),
+      [size, size, image.shape[-1]])
 
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
@@ -134,6 +191,23 @@ def example_seed(seed: int, position: tf.Tensor) -> tf.Tensor:
   return tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), position)
 
 
+def jitter_box(box: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+  """A detector-like face box [4] (x0, y0, x1, y1), drawn from `seed` [2].
+
+  Shifted by N(0, box_shift_std * side) px per axis and scaled about its centre by
+  exp(N(0, box_scale_std)), side = the box's longer side: log-normal, so growing and shrinking by
+  the same factor are equally likely and the box never flips. Zero stds return `box` unchanged.
+  """
+  box = tf.cast(box, tf.float32)
+  shift_seed, scale_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  side = tf.reduce_max(box[2:] - box[:2])
+  shift = tf.random.stateless_normal([2], shift_seed) * (config.box_shift_std * side)
+  scale = tf.exp(tf.random.stateless_normal([], scale_seed) * config.box_scale_std)
+  centre = (box[:2] + box[2:]) / 2
+  # Written as box + change, so that a zero change leaves the box bit for bit.
+  return box + tf.tile(shift, [2]) + (box - tf.tile(centre, [2])) * (scale - 1)
+
+
 def augment(features: Features, mean_shape: tf.Tensor, seed: tf.Tensor,
             config: AugmentConfig) -> Features:
   """Section 3.5: a perturbed s(0) and a flip with probability `flip_prob`, all drawn from `seed`."""
@@ -143,6 +217,17 @@ def augment(features: Features, mean_shape: tf.Tensor, seed: tf.Tensor,
   features = tf.cond(tf.random.stateless_uniform([], flip_seed) < config.flip_prob,
                      lambda: flip(features), lambda: features)
   return features | {'init_shape': place_shape(mean_shape, translation, scale)}
+
+
+def train_example(features: Features, *, mean_shape: tf.Tensor, seed: tf.Tensor, crop: CropConfig,
+                  augmentation: AugmentConfig) -> Features:
+  """A decoded stored example -> a training example: jittered box, crop, then `augment`.
+
+  Box and augmentation draw from two halves of `seed` [2], so neither's randomness moves the other.
+  """
+  box_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  features = features | {'box': jitter_box(features['box'], box_seed, augmentation)}
+  return augment(crop_face(features, crop), mean_shape, augment_seed, augmentation)
 
 
 # --- Datasets. ---
@@ -195,20 +280,57 @@ def _decode(builder: tfds.core.DatasetBuilder, features: Features) -> Features:
   return features | {'image': builder.info.features['image'].decode_example(features['image'])}
 
 
+def _parse(builder: tfds.core.DatasetBuilder, serialized: tf.Tensor) -> Features:
+  """One serialized record -> the common features, image still encoded (as `_records` gives)."""
+  features = builder.info.features.deserialize_example(
+      serialized, decoders={'image': tfds.decode.SkipDecoding()})
+  return {k: features[k] for k in FEATURES}
+
+
+def _record_files(builder: tfds.core.DatasetBuilder, split: str) -> Features:
+  """`split`'s record files (TFDS shards) as tensors [N]: filename, skip, take (a slice reads part)."""
+  instructions = builder.info.splits[split].file_instructions
+  files = {'filename': tf.constant([i.filename for i in instructions], tf.string),
+           'skip': tf.constant([i.skip for i in instructions], tf.int64),
+           'take': tf.constant([i.take for i in instructions], tf.int64)}
+  if sum(i.take for i in instructions) != builder.info.splits[split].num_examples:
+    raise ValueError(f'The files of split {split!r} do not hold its '
+                     f'{builder.info.splits[split].num_examples} examples.')
+  return files
+
+
+def _shuffled_files(builder: tfds.core.DatasetBuilder, files: Features, seed: tf.Tensor,
+                    cycle_length: int) -> tf.data.Dataset:
+  """The serialized records of `files` (`_record_files`), in an order drawn from `seed` [2].
+
+  Files are taken in a shuffled order, `cycle_length` of them read round-robin (deterministically):
+  neighbours in the stream come from different files, whatever the order records are stored in.
+  """
+  adapter = tfds.core.file_adapters.ADAPTER_FOR_FORMAT[builder.info.file_format]
+  order = tf.random.experimental.stateless_shuffle(tf.range(tf.size(files['filename'])), seed)
+  ds = tf.data.Dataset.from_tensor_slices({k: tf.gather(v, order) for k, v in files.items()})
+  return ds.interleave(
+      lambda f: adapter.make_tf_data(f['filename']).skip(f['skip']).take(f['take']),
+      cycle_length=cycle_length, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True)
+
+
 def train_dataset(dataset: DatasetLike, *, global_batch_size: int, seed: int,
                   mean_shape: np.ndarray, data_dir: str | None = None, split: str = 'train',
                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
                   crop: CropConfig = CropConfig(), augmentation: AugmentConfig = AugmentConfig(),
-                  shuffle_buffer: int = 1024) -> tf.data.Dataset:
+                  shuffle_buffer: int = SHUFFLE_BUFFER) -> tf.data.Dataset:
   """This host's rows of an infinite stream of global batches, a pure function of (seed, step).
 
-  The global stream is epoch after epoch of the whole split, each shuffled with a seed drawn from
-  (seed, epoch); the example at stream position p = step * B + i is augmented with
-  `example_seed(seed, p)`. Every host walks the same stream of *encoded* records and decodes and
-  augments only its own rows [h * B/H, (h + 1) * B/H) of each global batch, so the global batch
-  is the same whatever the number of hosts (a run resumed on another slice sees the same data),
-  and `start_step=N` yields exactly the batches N, N+1, ... of a run from step 0 (reading, not
-  decoding, at most one epoch's records to get there).
+  The global stream is epoch after epoch of the whole split, each shuffled with seeds drawn from
+  (seed, epoch): the split's record files in a shuffled order, `INTERLEAVED_FILES` read
+  round-robin, then a `shuffle_buffer` of records (stored order, e.g. a face's views side by side,
+  does not survive into batches). The example at stream position p = step * B + i is jittered and
+  augmented with `example_seed(seed, p)` (`train_example`). Every host walks the same stream of
+  *encoded* records and parses, decodes and augments only its own rows [h * B/H, (h + 1) * B/H)
+  of each global batch, so the global batch is the same whatever the number of hosts (a run
+  resumed on another slice sees the same data), and `start_step=N` yields exactly the batches N,
+  N+1, ... of a run from step 0 (reading, not decoding, at most one epoch's records to get there).
   """
   crop.validate()
   augmentation.validate()
@@ -223,28 +345,30 @@ def train_dataset(dataset: DatasetLike, *, global_batch_size: int, seed: int,
   num = builder.info.splits[split].num_examples
   if num == 0:
     raise ValueError(f'Split {split!r} of {builder.info.full_name} is empty.')
-  records = _records(builder, split)
+  files = _record_files(builder, split)
   first_epoch, skip = divmod(start_step * global_batch_size, num)
   epoch_key = tf.constant([seed, 1], tf.int64)
 
   def epoch(e: tf.Tensor) -> tf.data.Dataset:
-    shuffle_seed = tf.random.stateless_uniform(
-        [], tf.random.experimental.stateless_fold_in(epoch_key, e), minval=None, maxval=None,
-        dtype=tf.int64)
-    shuffled = records.shuffle(min(shuffle_buffer, num), seed=shuffle_seed)
+    file_seed, buffer_key = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(epoch_key, e), 2))
+    buffer_seed = tf.random.stateless_uniform([], buffer_key, minval=None, maxval=None,
+                                              dtype=tf.int64)
+    records = _shuffled_files(builder, files, file_seed, INTERLEAVED_FILES)
+    shuffled = records.shuffle(min(shuffle_buffer, num), seed=buffer_seed)
     return shuffled.enumerate(start=e * num).skip(skip * tf.cast(e == first_epoch, tf.int64))
 
   mean = tf.constant(mean_shape, tf.float32)
 
   @tf.autograph.experimental.do_not_convert  # plain tensor code: nothing for AutoGraph to do
-  def prepare(position: tf.Tensor, features: Features) -> Features:
-    features = crop_face(_decode(builder, features), crop)
-    return augment(features, mean, example_seed(seed, position), augmentation)
+  def prepare(position: tf.Tensor, serialized: tf.Tensor) -> Features:
+    return train_example(_decode(builder, _parse(builder, serialized)), mean_shape=mean,
+                         seed=example_seed(seed, position), crop=crop, augmentation=augmentation)
 
   rows = slice(process_index * local, (process_index + 1) * local)
   ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
   ds = ds.batch(global_batch_size, drop_remainder=True)  # encoded: cheap to batch and drop
-  ds = ds.map(lambda position, features: (position[rows], {k: v[rows] for k, v in features.items()}))
+  ds = ds.map(lambda position, serialized: (position[rows], serialized[rows]))
   ds = ds.unbatch().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

@@ -123,7 +123,8 @@ def test_loss_falls(data_dir, tmp_path):
   config = micro_config(data_dir, num_train_steps=120, log_every_steps=1,
                         checkpoint_every_steps=120, eval_every_steps=120,
                         **{'augment.translate_std': 0.0, 'augment.scale_std': 0.0,
-                           'augment.flip_prob': 0.0})
+                           'augment.flip_prob': 0.0, 'augment.box_shift_std': 0.0,
+                           'augment.box_scale_std': 0.0})
   result = train.train_and_evaluate(config, str(tmp_path))
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   losses = [r['train/loss'] for r in records if 'train/loss' in r]

@@ -311,7 +311,7 @@ def _train(config, workdir: pathlib.Path, task: tasks.Task, resuming: bool,
   batches = pipeline.train_dataset(
       global_batch_size=config.batch_size, seed=config.seed, mean_shape=mean_shape,
       start_step=start_step, augmentation=pipeline.AugmentConfig(**config.augment),
-      shuffle_buffer=config.get("shuffle_buffer", 1024),
+      shuffle_buffer=config.shuffle_buffer,
       **_data(config, config.train_split)).as_numpy_iterator()
   progress = progress_lib.Progress(workdir, config.num_train_steps, config.batch_size,
                                    start_step)
