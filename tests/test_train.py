@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
+from jax._src import array
 import numpy as np
 import pytest
 
@@ -265,28 +267,59 @@ def test_sigterm_to_one_host_saves_the_same_step_on_both(data_dir, tmp_path):
 # --- The loop never waits on the host between log steps. ---
 
 
-def test_steady_state_loop_makes_no_device_to_host_transfer(data_dir, tmp_path, monkeypatch):
-  """The loop dispatches under `transfer_guard_device_to_host('disallow')` between log steps.
+def _host_reads_after_each_step(data_dir, workdir, monkeypatch, *, read_loss: bool) -> list[int]:
+  """How many device values the training thread reads on the host after each step's dispatch.
 
-  A run passes (the reference fixture is one); a step that reads its loss on the host, as the
-  loop once did every step, is refused by the guard.
+  `jax.transfer_guard_device_to_host('disallow')`, under which the loop dispatches, refuses such
+  reads on accelerators, but on the CPU an array already lives on the host and the guard stays
+  silent; so here every read of an array's value (`float`, `bool`, `device_get`, ...: all go
+  through `ArrayImpl._value`) made by the loop's thread is counted instead. `read_loss` adds the
+  old loop's per-step `float(loss)`, the control that the count sees such a read.
   """
+  events = []
+  loop_thread = threading.get_ident()
+  value = array.ArrayImpl._value
+
+  def counted(self):
+    if threading.get_ident() == loop_thread:  # not orbax's background writers
+      events.append('read')
+    return value.fget(self)
+
   original = train._compile
 
-  def reads_loss_every_step(step_fn, state, batch, name):
+  def counting(step_fn, state, batch, name):
     compiled = original(step_fn, state, batch, name)
 
     def step(state, batch):
+      events.append('step')
       state, metrics = compiled(state, batch)
-      float(metrics['loss'])  # the old loop's per-step host read
+      if read_loss:
+        float(metrics['loss'])
       return state, metrics
     return step
 
-  monkeypatch.setattr(train, '_compile', reads_loss_every_step)
-  with pytest.raises(Exception, match='[Dd]isallowed device-to-host transfer'):
-    train.train_and_evaluate(micro_config(data_dir, num_train_steps=4, log_every_steps=4,
-                                          checkpoint_every_steps=4, eval_every_steps=4),
-                             str(tmp_path))
+  monkeypatch.setattr(array.ArrayImpl, '_value', property(counted))
+  monkeypatch.setattr(train, '_compile', counting)
+  train.train_and_evaluate(micro_config(data_dir, num_train_steps=8, log_every_steps=4,
+                                        checkpoint_every_steps=4, eval_every_steps=8),
+                           str(workdir))
+  first = events.index('step')
+  reads = []
+  for event in events[first:]:
+    if event == 'step':
+      reads.append(0)
+    else:
+      reads[-1] += 1
+  return reads
+
+
+def test_steady_state_loop_reads_the_device_only_at_log_steps(data_dir, tmp_path, monkeypatch):
+  reads = _host_reads_after_each_step(data_dir, tmp_path / 'a', monkeypatch, read_loss=False)
+  assert len(reads) == 8
+  assert [i + 1 for i, n in enumerate(reads) if n] == [4, 8], reads
+  # The control: a per-step host read of the loss, as the loop once made, is counted.
+  reads = _host_reads_after_each_step(data_dir, tmp_path / 'b', monkeypatch, read_loss=True)
+  assert all(n >= 1 for n in reads), reads
 
 
 def test_host_reads_only_at_log_checkpoint_and_eval_steps(reference):
