@@ -15,6 +15,7 @@ def _micro_alignment_config():
   config = default.get_config('tree_moe', 'tiny')
   with config.unlocked():
     config.model.image_size, config.model.patch_size = 64, 8
+    config.model.num_stages = 1  # eager below: every op runs alone, so keep the model small
     config.model.cnn_features = (4, 4, 4, 4, 4)
     config.model.num_regression_experts, config.model.regression_gate_depth = 4, 2
     config.model.regression_hidden = 8
