@@ -25,6 +25,9 @@ _PROTOCOL = flags.DEFINE_string(
     'protocol', None, f'Comma-separated, of {", ".join(protocols.PROTOCOLS)}; default: '
     f'config.eval_protocol, else {",".join(protocols.DEFAULT)}.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir (default: the run\'s).')
+_MANUAL_DIR = flags.DEFINE_string(
+    'manual_dir', None, 'Where the downloaded datasets are (w300/, cofw/, aflw2000_3d/ ...; '
+    'default: TFDS\'s DATA_DIR/downloads/manual); needed once, to prepare them.')
 _OUT = flags.DEFINE_string('out', None, 'Output folder (default: the workdir; several: '
                            'WORKDIR0/comparison).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Global eval batch (default: the run\'s).')
@@ -39,7 +42,8 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   protocol = _PROTOCOL.value or (_CONFIG.value.get('eval_protocol') if _CONFIG.value else None)
-  common = dict(data_dir=_DATA_DIR.value, batch_size=_BATCH_SIZE.value, figures=_FIGURES.value)
+  common = dict(data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
+                batch_size=_BATCH_SIZE.value, figures=_FIGURES.value)
   if len(_WORKDIR.value) == 1:
     results = evaluate.evaluate_workdir(_WORKDIR.value[0], protocol, out=_OUT.value, **common)
     text = reports.markdown(results)

@@ -70,6 +70,9 @@ def _training(config: ml_collections.ConfigDict) -> None:
   """Section 3.5: L2 on landmark positions, Adam at 1e-3, the paper's augmentation."""
   config.dataset = 'synthetic_faces/default'  # any project TFDS dataset, 'name/builder_config'
   config.data_dir = ''  # '' = TFDS's default (~/tensorflow_datasets)
+  # Where downloaded datasets (w300, cofw, w300_lp, aflw2000_3d, face_folder) are read from, once,
+  # to prepare them ('' = TFDS's DATA_DIR/downloads/manual); see README "Real datasets".
+  config.manual_dir = ''
   config.train_split = 'train'
   config.eval_split = 'test'  # evaluated during training
   config.eval_protocol = 'synthetic_table1,synthetic_table3'  # eval.py's tables (protocols.py)

@@ -31,6 +31,7 @@ Features = dict[str, tf.Tensor]
 DatasetLike = str | tfds.core.DatasetBuilder  # 'name' or 'name/config', or a builder instance.
 
 FEATURES = ('image', 'landmarks', 'visibility', 'pose', 'box')  # What every dataset provides.
+EVAL_EXTRAS = ('landmarks_29',)  # What some add for evaluation in their own markup (COFW).
 # Training reads this many record files at a time, round-robin: with files in a shuffled order,
 # a batch mixes many files even when each file stores similar records (a face's views) together.
 INTERLEAVED_FILES = 16
@@ -233,15 +234,21 @@ def train_example(features: Features, *, mean_shape: tf.Tensor, seed: tf.Tensor,
 # --- Datasets. ---
 
 
-def get_builder(dataset: DatasetLike, *, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """A prepared builder of one of the project's datasets (rendered or converted here if needed)."""
+def get_builder(dataset: DatasetLike, *, data_dir: str | None = None,
+                manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """A prepared builder of one of the project's datasets (rendered or converted here if needed).
+
+  Downloaded datasets (w300, cofw, ...) are converted once from `manual_dir` (default: TFDS's
+  DATA_DIR/downloads/manual); afterwards the prepared copy in `data_dir` is read.
+  """
   if isinstance(dataset, tfds.core.DatasetBuilder):
     builder = dataset
   else:
     if dataset.split('/')[0] not in datasets.NAMES:
       raise ValueError(f'Unknown dataset {dataset!r}; the project has {", ".join(datasets.NAMES)}.')
     builder = tfds.builder(dataset, data_dir=data_dir)
-  builder.download_and_prepare()
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+  builder.download_and_prepare(download_config=config)
   return builder
 
 
@@ -269,11 +276,12 @@ def _host_split(builder: tfds.core.DatasetBuilder, split: str, process_index: in
   return host_split, builder.info.splits[host_split].num_examples
 
 
-def _records(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
+def _records(builder: tfds.core.DatasetBuilder, split: str, extras: tuple[str, ...] = ()
+             ) -> tf.data.Dataset:
   """The common features, image left encoded so that skipped or shuffled records stay cheap."""
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={'image': tfds.decode.SkipDecoding()})
-  return ds.map(lambda ex: {k: ex[k] for k in FEATURES})
+  return ds.map(lambda ex: {k: ex[k] for k in FEATURES + extras})
 
 
 def _decode(builder: tfds.core.DatasetBuilder, features: Features) -> Features:
@@ -390,12 +398,19 @@ def eval_dataset(dataset: DatasetLike, *, global_batch_size: int, mean_shape: np
   num_batches = math.ceil(largest / batch)
   mean = tf.constant(mean_shape, tf.float32)
 
+  # Evaluation-only truth some datasets add in another markup (COFW's 29 points), mapped into
+  # the same crop as the 68 points.
+  extras = tuple(k for k in EVAL_EXTRAS if k in builder.info.features)
+
   @tf.autograph.experimental.do_not_convert
   def prepare(features: Features) -> Features:
-    features = crop_face(_decode(builder, features), crop)
-    return features | {'init_shape': mean, 'mask': tf.constant(True)}
+    cropped = crop_face(_decode(builder, features), crop)
+    window = crop_window(features['box'], crop.margin)
+    for key in extras:
+      cropped[key] = crop_landmarks(tf.cast(features[key], tf.float32), window, crop.size)
+    return cropped | {'init_shape': mean, 'mask': tf.constant(True)}
 
-  ds = _records(builder, host_split).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _records(builder, host_split, extras).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_batches * batch - num))
   return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

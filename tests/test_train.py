@@ -269,7 +269,8 @@ def test_sigterm_to_one_host_saves_the_same_step_on_both(data_dir, tmp_path):
 # --- The loop never waits on the host between log steps. ---
 
 
-def _host_reads_after_each_step(data_dir, workdir, monkeypatch, *, read_loss: bool) -> list[int]:
+def _host_reads_after_each_step(data_dir, workdir, monkeypatch, *, read_loss: bool
+                                ) -> tuple[list[int], dict]:
   """How many device values the training thread reads on the host after each step's dispatch.
 
   `jax.transfer_guard_device_to_host('disallow')`, under which the loop dispatches, refuses such
@@ -302,9 +303,11 @@ def _host_reads_after_each_step(data_dir, workdir, monkeypatch, *, read_loss: bo
 
   monkeypatch.setattr(array.ArrayImpl, '_value', property(counted))
   monkeypatch.setattr(train, '_compile', counting)
-  train.train_and_evaluate(micro_config(data_dir, num_train_steps=8, log_every_steps=4,
-                                        checkpoint_every_steps=4, eval_every_steps=8),
-                           str(workdir))
+  # Batches of 12 over the 32 test faces: the evaluation's last batch is padded.
+  result = train.train_and_evaluate(
+      micro_config(data_dir, batch_size=12, num_train_steps=8, log_every_steps=4,
+                   checkpoint_every_steps=4, eval_every_steps=8), str(workdir))
+  monkeypatch.undo()
   first = events.index('step')
   reads = []
   for event in events[first:]:
@@ -312,15 +315,19 @@ def _host_reads_after_each_step(data_dir, workdir, monkeypatch, *, read_loss: bo
       reads.append(0)
     else:
       reads[-1] += 1
-  return reads
+  return reads, result
 
 
 def test_steady_state_loop_reads_the_device_only_at_log_steps(data_dir, tmp_path, monkeypatch):
-  reads = _host_reads_after_each_step(data_dir, tmp_path / 'a', monkeypatch, read_loss=False)
+  reads, result = _host_reads_after_each_step(data_dir, tmp_path / 'a', monkeypatch,
+                                              read_loss=False)
   assert len(reads) == 8
   assert [i + 1 for i, n in enumerate(reads) if n] == [4, 8], reads
+  # Training-time evaluation on a split the batch does not divide: padding masked out.
+  assert result['num_examples'] == 32
+  assert all(np.isfinite(v) for v in result.values()), result
   # The control: a per-step host read of the loss, as the loop once made, is counted.
-  reads = _host_reads_after_each_step(data_dir, tmp_path / 'b', monkeypatch, read_loss=True)
+  reads, _ = _host_reads_after_each_step(data_dir, tmp_path / 'b', monkeypatch, read_loss=True)
   assert all(n >= 1 for n in reads), reads
 
 
@@ -331,18 +338,6 @@ def test_host_reads_only_at_log_checkpoint_and_eval_steps(reference):
   logged = [r for r in records if 'train/loss' in r]
   assert [r['step'] for r in logged] == [2, 4, 6, 8]
   assert all(r['train/nonfinite/image'] == 0 for r in logged)
-
-
-# --- Masked means: padding rows never reach a metric. ---
-
-
-def test_training_evaluation_on_a_split_the_batch_does_not_divide(data_dir, tmp_path):
-  # 32 test faces in batches of 12: the last batch has 4 padding rows with all-zero truth.
-  result = train.train_and_evaluate(
-      micro_config(data_dir, batch_size=12, num_train_steps=2, log_every_steps=2,
-                   checkpoint_every_steps=2, eval_every_steps=2), str(tmp_path))
-  assert result['num_examples'] == 32
-  assert all(np.isfinite(v) for v in result.values()), result
 
 
 # --- A resume keeps the record of what was trained. ---

@@ -110,6 +110,8 @@ def make_predict(model: models.FaceAligner, mesh, regression_top_k: int = 0):
     }
     if 'pose' in out:
       rows['pose'] = out['pose']
+    if 'landmarks_29' in batch:  # COFW's own 29-point truth, for its mapped column
+      rows['landmarks_29'] = batch['landmarks_29']
     return rows
 
   replicated = parallel.replicated(mesh)
@@ -118,6 +120,7 @@ def make_predict(model: models.FaceAligner, mesh, regression_top_k: int = 0):
 
 
 _BATCH_KEYS = ('image', 'landmarks', 'init_shape', 'pose', 'mask')
+_EXTRA_KEYS = ('landmarks_29',)  # what some datasets add (COFW)
 
 
 def _global_batches(run: Run, mesh, dataset: str, split: str, *, batch_size: int,
@@ -129,7 +132,8 @@ def _global_batches(run: Run, mesh, dataset: str, split: str, *, batch_size: int
       split=split, process_index=jax.process_index(), process_count=jax.process_count(),
       crop=crop)
   for batch in local.as_numpy_iterator():
-    yield parallel.global_batch(batch, _BATCH_KEYS, mesh)
+    yield parallel.global_batch(batch, _BATCH_KEYS + tuple(k for k in _EXTRA_KEYS if k in batch),
+                                mesh)
 
 
 def split_size(dataset: str, split: str, data_dir: str | None) -> int:
@@ -256,6 +260,8 @@ def _errors_row(errors: np.ndarray, stage_errors: np.ndarray, init_errors: np.nd
 def subset_metrics(arrays: Arrays, subset: protocols_lib.Subset, mean_shape: np.ndarray) -> dict:
   """Everything reported for one subset's faces: the table row, per-stage NME, gates, pose."""
   gt = arrays['landmarks']
+  if subset.landmarks is not None and f'landmarks_{subset.landmarks.num_points}' in arrays:
+    gt = arrays[f'landmarks_{subset.landmarks.num_points}']  # the markup's own annotation
   errors = subset_errors(arrays['shape'], gt, subset)
   stage_errors = np.stack([subset_errors(arrays['stage_shapes'][:, k], gt, subset)
                            for k in range(arrays['stage_shapes'].shape[1])])
@@ -375,8 +381,19 @@ def _protocols_of(config: ml_collections.ConfigDict, protocols: ProtocolsLike | 
   return protocols_lib.parse(protocols or config.get('eval_protocol') or protocols_lib.DEFAULT)
 
 
+def prepare_datasets(protocols: Sequence[protocols_lib.Protocol], run_dataset: str, *,
+                     data_dir: str | None, manual_dir: str | None) -> None:
+  """Prepares every dataset the protocols read (from `manual_dir` for downloaded data) once."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
+  names = dict.fromkeys(protocols_lib.resolve_dataset(s.dataset, run_dataset)
+                        for p in protocols for s in p.subsets)
+  for name in names:
+    pipeline.get_builder(name, data_dir=data_dir, manual_dir=manual_dir)
+
+
 def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | None = None, *,
-                     data_dir: str | None = None, batch_size: int | None = None,
+                     data_dir: str | None = None, manual_dir: str | None = None,
+                     batch_size: int | None = None,
                      out: str | pathlib.Path | None = None, figures: bool = True) -> dict:
   """Evaluates the newest checkpoint of `workdir` on `protocols`; writes and returns the results.
 
@@ -389,6 +406,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | Non
   check_builders(chosen)  # before restoring anything
   run = load_run(workdir)
   data_dir = data_dir or run.config.get('data_dir') or None
+  prepare_datasets(chosen, run.config.dataset, data_dir=data_dir, manual_dir=manual_dir)
   batch_size = eval_batch_size(batch_size or run.config.batch_size)
   mesh = parallel.make_mesh()
   variables = jax.device_put(run.variables, parallel.replicated(mesh))
@@ -465,7 +483,8 @@ def top1_pass(run: Run, *, variables, mesh, by_protocol, batch_size, data_dir
 
 
 def compare(workdirs: Sequence[str | pathlib.Path], protocols: ProtocolsLike | None = None, *,
-            out: str | pathlib.Path, data_dir: str | None = None, batch_size: int | None = None,
+            out: str | pathlib.Path, data_dir: str | None = None, manual_dir: str | None = None,
+            batch_size: int | None = None,
             figures: bool = True) -> str:
   """Evaluates each workdir (into its own folder under `out`) and writes them side by side.
 
@@ -476,7 +495,8 @@ def compare(workdirs: Sequence[str | pathlib.Path], protocols: ProtocolsLike | N
   results = []
   for i, workdir in enumerate(workdirs):
     name = f'{i}_{pathlib.Path(workdir).resolve().name}'
-    results.append(evaluate_workdir(workdir, protocols, data_dir=data_dir, batch_size=batch_size,
+    results.append(evaluate_workdir(workdir, protocols, data_dir=data_dir, manual_dir=manual_dir,
+                                    batch_size=batch_size,
                                     out=out / name, figures=figures))
   text = reports.comparison_markdown(results)
   if jax.process_index() == 0:

@@ -277,9 +277,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _mean_shape(config, workdir: pathlib.Path, resuming: bool) -> np.ndarray:
   """s(0): the record of a resumed run, else learned from the train split and recorded."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
+  pipeline.get_builder(config.dataset, data_dir=config.data_dir or None,  # prepared once
+                       manual_dir=config.get('manual_dir') or None)
   if resuming and (workdir / workdirs.MEAN_SHAPE_FILE).exists():
     return workdirs.load_mean_shape(workdir)
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
   mean_shape = pipeline.mean_shape(config.dataset, data_dir=config.data_dir or None,
                                    split=config.train_split,
                                    crop=_data(config, config.train_split)['crop'])

@@ -20,8 +20,8 @@ MEAN_SHAPE_FILE = 'mean_shape.npy'
 # Fields a resumed run may change: when to stop, how often to log, evaluate and save, where the
 # (same) data lives, what is evaluated. Everything else decides what the run trains.
 SAFE_TO_CHANGE = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
-                  'checkpoint_every_steps', 'keep_checkpoints', 'data_dir', 'eval_split',
-                  'eval_protocol')
+                  'checkpoint_every_steps', 'keep_checkpoints', 'data_dir', 'manual_dir',
+                  'eval_split', 'eval_protocol')
 _ABSENT = '<absent>'
 
 

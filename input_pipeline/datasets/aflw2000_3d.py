@@ -154,6 +154,8 @@ class Aflw20003d(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual = manual_dir(dl_manager)
+    if (manual / NAME).is_dir():  # a shared manual dir with a folder per dataset
+      manual = manual / NAME
     root = real.dataset_dir(manual, FOLDER, (), MANUAL_DOWNLOAD_INSTRUCTIONS)
     stems = sorted({p.stem for p in root.glob('image*.jpg')} | {p.stem for p in
                                                                 root.glob('image*.mat')})

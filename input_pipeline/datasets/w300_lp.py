@@ -202,7 +202,10 @@ class W300Lp(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
     folders = SUBSETS + (tuple(f'{s}_Flip' for s in SUBSETS) if config.include_flips else ())
-    root = real.dataset_dir(manual_dir(dl_manager), FOLDER, folders + ('landmarks',),
+    manual = manual_dir(dl_manager)
+    if (manual / NAME).is_dir():  # a shared manual dir with a folder per dataset
+      manual = manual / NAME
+    root = real.dataset_dir(manual, FOLDER, folders + ('landmarks',),
                             MANUAL_DOWNLOAD_INSTRUCTIONS)
     return {'train': self._generate_examples(root)}
 
