@@ -43,7 +43,6 @@ import csv
 import dataclasses
 import logging
 import math
-import os
 import pathlib
 from collections.abc import Iterator
 
@@ -109,14 +108,6 @@ def read_pose_file(path: pathlib.Path) -> dict[str, float]:
   return yaws
 
 
-def manual_dir(dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-  """TFDS's manual dir; its "missing or empty" AssertionError becomes a MissingDataError."""
-  try:
-    return pathlib.Path(os.fspath(dl_manager.manual_dir))
-  except AssertionError as e:
-    raise real.MissingDataError(f'{NAME}: {e}') from None
-
-
 @dataclasses.dataclass(frozen=True)
 class _Face:
   stem: str
@@ -153,7 +144,7 @@ class Aflw20003d(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual = manual_dir(dl_manager)
+    manual = real.manual_dir(dl_manager, NAME)
     if (manual / NAME).is_dir():  # a shared manual dir with a folder per dataset
       manual = manual / NAME
     root = real.dataset_dir(manual, FOLDER, (), MANUAL_DOWNLOAD_INSTRUCTIONS)

@@ -39,7 +39,6 @@ fitted) stops it too by default; the 'skip_bad' config skips that face and repor
 """
 
 import logging
-import os
 import pathlib
 from collections.abc import Iterator
 from typing import Any
@@ -84,14 +83,6 @@ test_annotations/{1..507}_points.mat and cofw68_test_bboxes.mat) into the same f
 folder names: COFW68_Data, cofw68, COFW68, cofw68_benchmark, or a clone of the repository
 (cofw68-benchmark/COFW68_Data). Without it the test split has has_68 = False.
 """
-
-
-def manual_dir(dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-  """TFDS's manual dir; its "missing or empty" AssertionError becomes a MissingDataError."""
-  try:
-    return pathlib.Path(os.fspath(dl_manager.manual_dir))
-  except AssertionError as e:
-    raise real.MissingDataError(f'{NAME}: {e}') from None
 
 
 def find_cofw68(root: pathlib.Path) -> pathlib.Path | None:
@@ -148,7 +139,7 @@ class Cofw(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = real.dataset_dir(manual_dir(dl_manager), NAME, tuple(FILES.values()),
+    root = real.dataset_dir(real.manual_dir(dl_manager, NAME), NAME, tuple(FILES.values()),
                             MANUAL_DOWNLOAD_INSTRUCTIONS)
     cofw68 = find_cofw68(root)
     if cofw68 is None:

@@ -134,7 +134,7 @@ class FaceFolder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
-    root = real.dataset_dir(w300.manual_dir(dl_manager, NAME), NAME, (),
+    root = real.dataset_dir(real.manual_dir(dl_manager, NAME), NAME, (),
                             MANUAL_DOWNLOAD_INSTRUCTIONS)
     pairs, unannotated = _scan(root)
     if unannotated:

@@ -19,6 +19,7 @@ and reports their count and names (logged, and written to `bad_examples.txt` bes
 
 import dataclasses
 import logging
+import os
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -75,6 +76,14 @@ def example(image: np.ndarray, landmarks: np.ndarray, pose: np.ndarray,
 def pose_labels(landmarks: np.ndarray) -> np.ndarray:
   """(yaw, pitch, roll) inferred from annotated 2D landmarks, as the paper does for 300W / COFW."""
   return geometry.pose_from_landmarks(np.asarray(landmarks, np.float32)).astype(np.float32)
+
+
+def manual_dir(dl_manager: tfds.download.DownloadManager, name: str) -> pathlib.Path:
+  """TFDS's manual dir; its "missing or empty" AssertionError becomes a MissingDataError."""
+  try:
+    return pathlib.Path(os.fspath(dl_manager.manual_dir))
+  except AssertionError as e:  # TFDS: "Manual directory ... does not exist or is empty" + how-to.
+    raise MissingDataError(f'{name}: {e}') from None
 
 
 def dataset_dir(manual_dir: pathlib.Path | str, name: str, must_contain: tuple[str, ...],

@@ -163,14 +163,6 @@ def generate(pairs: list[Pair], root: pathlib.Path, *, skip: bool, name: str,
                      '(named in the log above and in bad_examples.txt); a split cannot be empty.')
 
 
-def manual_dir(dl_manager: tfds.download.DownloadManager, name: str) -> pathlib.Path:
-  """TFDS's manual dir, or a MissingDataError (with the download instructions) when it is absent."""
-  try:
-    return pathlib.Path(dl_manager.manual_dir)
-  except AssertionError as e:  # TFDS: "Manual directory ... does not exist or is empty" + how-to.
-    raise real.MissingDataError(f'{name}: {e}') from e
-
-
 # --- the builder ------------------------------------------------------------------------------
 
 
@@ -198,7 +190,7 @@ class W300(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = real.dataset_dir(manual_dir(dl_manager, NAME), NAME, tuple(FOLDERS),
+    root = real.dataset_dir(real.manual_dir(dl_manager, NAME), NAME, tuple(FOLDERS),
                             MANUAL_DOWNLOAD_INSTRUCTIONS)
     folders = {folder: _scan(root, folder) for folder in FOLDERS}
     private = _private_folders(root)

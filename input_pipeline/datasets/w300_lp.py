@@ -44,7 +44,6 @@ naming it: it stops the preparation by default; the 'skip_bad' config skips the 
 
 import dataclasses
 import logging
-import os
 import pathlib
 from collections.abc import Iterator
 
@@ -150,14 +149,6 @@ def is_300w_test(subset: str, stem: str) -> bool:
   return False
 
 
-def manual_dir(dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
-  """TFDS's manual dir; its "missing or empty" AssertionError becomes a MissingDataError."""
-  try:
-    return pathlib.Path(os.fspath(dl_manager.manual_dir))
-  except AssertionError as e:
-    raise real.MissingDataError(f'{NAME}: {e}') from None
-
-
 @dataclasses.dataclass(frozen=True)
 class _Item:
   subset: str
@@ -202,7 +193,7 @@ class W300Lp(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
     folders = SUBSETS + (tuple(f'{s}_Flip' for s in SUBSETS) if config.include_flips else ())
-    manual = manual_dir(dl_manager)
+    manual = real.manual_dir(dl_manager, NAME)
     if (manual / NAME).is_dir():  # a shared manual dir with a folder per dataset
       manual = manual / NAME
     root = real.dataset_dir(manual, FOLDER, folders + ('landmarks',),
