@@ -102,8 +102,10 @@ def main() -> int:
   while not steps(reference) and process.poll() is None:
     time.sleep(0.01)
   first_checkpoint = time.time()
-  finish(process)
+  while STEPS not in steps(reference) and process.poll() is None:
+    time.sleep(0.01)
   duration = time.time() - first_checkpoint  # the window a kill can land in
+  finish(process)
   expected = params(reference)
   print(f'reference: {STEPS} steps; {duration:.1f} s from its first checkpoint to its end',
         flush=True)
@@ -112,10 +114,14 @@ def main() -> int:
   for i in range(args.kills):
     workdir = root / f'killed{i}'
     # Kill moments spread over the run's training time; kill 0 lands inside a save.
-    delay = None if i == 0 else float(rng.uniform(0.0, 0.8 * duration))
-    hit = kill_once(workdir, data_dir, delay=delay)
-    if steps(workdir)[-1] == STEPS:
-      print(f'kill {i}: {hit}: the run had already finished, nothing tested', flush=True)
+    for attempt in range(3):  # a kill that lands after the last checkpoint tests nothing
+      delay = None if i == 0 else float(rng.uniform(0.0, 0.9 * duration))
+      hit = kill_once(workdir, data_dir, delay=delay)
+      if steps(workdir)[-1] < STEPS:
+        break
+      print(f'kill {i}: {hit}: the run had already finished; drawing again', flush=True)
+      shutil.rmtree(workdir)
+    else:
       continue
     finish(start(workdir, data_dir))
     tested += 1
