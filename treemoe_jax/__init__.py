@@ -10,9 +10,9 @@ import importlib
 
 __version__ = '0.1.0'
 
-_SUBMODULES = ('cascade', 'checkpointing', 'cli', 'evaluate', 'experts', 'gates', 'geometry', 'metrics',
-               'models', 'parallel', 'patches', 'plots', 'pose', 'pretrained', 'progress',
-               'protocols', 'reports', 'tasks', 'train', 'workdirs')
+_SUBMODULES = ('cascade', 'checkpointing', 'cli', 'evaluate', 'experts', 'gates', 'geometry',
+               'metrics', 'models', 'parallel', 'patches', 'plots', 'pose', 'pose_fit',
+               'pretrained', 'progress', 'protocols', 'reports', 'tasks', 'train', 'workdirs')
 
 
 def __getattr__(name: str):

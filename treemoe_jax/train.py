@@ -157,7 +157,8 @@ def first_unhealthy(pending: list[tuple[int, dict]]) -> str | None:
   """What went wrong first among (step, metrics) not yet read, or None: one host read for all.
 
   Reads only the loss, the gradient norm and the non-finite counts, the figures that decide
-  whether a state may be saved; the step's metrics are global reductions, so every host finds the same answer.
+  whether a state may be saved; the step's metrics are global reductions, so every host finds
+  the same answer.
   """
   if not pending:
     return None
@@ -168,8 +169,8 @@ def first_unhealthy(pending: list[tuple[int, dict]]) -> str | None:
     bad = sorted(k.removeprefix('nonfinite/') for k, v in metrics.items()
                  if k.startswith('nonfinite/') and v)
     if bad:
-      return f'the input batch has non-finite values in {", ".join(repr(b) for b in bad)} ' \
-             f'at step {step}'
+      return (f'the input batch has non-finite values in {", ".join(repr(b) for b in bad)} '
+              f'at step {step}')
     for key in ('loss', 'grad_norm'):  # a NaN gradient poisons the state as surely
       if key in metrics and not np.isfinite(metrics[key]):
         return f'{key.replace("_", " ")} is {float(metrics[key])} at step {step}'
