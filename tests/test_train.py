@@ -252,8 +252,8 @@ def test_sigterm_to_one_host_saves_the_same_step_on_both(data_dir, tmp_path):
 # --- The loop never waits on the host between log steps. ---
 
 
-def _host_reads_after_each_step(data_dir, workdir, monkeypatch, *, read_loss: bool
-                                ) -> tuple[list[int], dict]:
+def _host_reads_after_each_step(data_dir, workdir, monkeypatch, *, read_loss: bool,
+                                steps: int = 8) -> tuple[list[int], dict]:
   """How many device values the training thread reads on the host after each step's dispatch.
 
   `jax.transfer_guard_device_to_host('disallow')`, under which the loop dispatches, refuses such
@@ -288,7 +288,7 @@ def _host_reads_after_each_step(data_dir, workdir, monkeypatch, *, read_loss: bo
   monkeypatch.setattr(train, '_compile', counting)
   # Batches of 12 over the 32 test faces: the evaluation's last batch is padded.
   result = train.train_and_evaluate(
-      micro_config(data_dir, batch_size=12, num_train_steps=8, log_every_steps=4,
+      micro_config(data_dir, batch_size=12, num_train_steps=steps, log_every_steps=4,
                    checkpoint_every_steps=4, eval_every_steps=8), str(workdir))
   monkeypatch.undo()
   first = events.index('step')
@@ -310,8 +310,9 @@ def test_steady_state_loop_reads_the_device_only_at_log_steps(data_dir, tmp_path
   assert result['num_examples'] == 32
   assert all(np.isfinite(v) for v in result.values()), result
   # The control: a per-step host read of the loss, as the loop once made, is counted.
-  reads, _ = _host_reads_after_each_step(data_dir, tmp_path / 'b', monkeypatch, read_loss=True)
-  assert all(n >= 1 for n in reads), reads
+  reads, _ = _host_reads_after_each_step(data_dir, tmp_path / 'b', monkeypatch, read_loss=True,
+                                         steps=3)
+  assert len(reads) == 3 and all(n >= 1 for n in reads), reads
 
 
 def test_host_reads_only_at_log_checkpoint_and_eval_steps(reference):
