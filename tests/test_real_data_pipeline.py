@@ -10,6 +10,7 @@ import numpy as np
 
 from input_pipeline import pipeline
 from tests import fake_datasets
+from tests import fake_real_datasets
 
 SIZE, MARGIN = 150, 0.25
 
@@ -41,3 +42,22 @@ def test_face_folder_through_the_pipeline(tmp_path):
         assert abs(yaw) < 0.05 or np.sign(pose[0]) == np.sign(yaw), (pose, yaw)
         seen.append(match)
   assert sorted(seen) == list(range(len(faces)))  # each face once, over the splits
+
+
+def test_w300_lp_through_the_pipeline(tmp_path):
+  written = fake_real_datasets.write_w300_lp(tmp_path / 'manual')
+  builder = pipeline.get_builder('w300_lp', data_dir=str(tmp_path / 'tfds'),
+                                 manual_dir=str(tmp_path / 'manual'))
+  faces = [f for f in written['faces'].values() if not f['flipped']]  # the default: no flips
+  expected = np.stack([_crop_map(f['pts_3d']) for f in faces])
+  n = builder.info.splits['train'].num_examples
+  assert n == len(faces)
+  ds = pipeline.eval_dataset(builder, global_batch_size=n, mean_shape=np.zeros((68, 2)),
+                             split='train', crop=pipeline.CropConfig(SIZE, MARGIN))
+  seen = []
+  for batch in ds.as_numpy_iterator():
+    for landmarks in batch['landmarks'][batch['mask']]:
+      distance = np.abs(expected - landmarks).max(axis=(1, 2))
+      assert distance.min() < 1e-3, distance.min()
+      seen.append(int(distance.argmin()))
+  assert sorted(seen) == list(range(len(faces)))
