@@ -75,3 +75,35 @@ def test_patches_bad_input():
     patches.extract_patches(images, jnp.zeros((2, 5, 3)))
   with pytest.raises(ValueError, match='2 images but landmarks for 3'):
     patches.extract_patches(images, jnp.zeros((3, 5, 2)))
+
+
+@pytest.mark.parametrize('scale', [2.0, 3.0, 1.5])
+def test_scaled_patches_sample_a_ramp_at_the_stretched_grid(scale):
+  """Antialiasing preserves a linear image away from its borders, so a patch of the shrunk image
+  reads the ramp exactly at x_p + (j - S/2 + 0.5) * (W / W') (a known geometric fact)."""
+  size, side = 8, 150
+  y, x = np.mgrid[0:side, 0:side].astype(np.float64)
+  image = (0.3 * x - 0.2 * y + 5.0)[None]  # [1, H, W]
+  landmarks = np.array([[[70.3, 80.6], [60.0, 75.25], [90.8, 66.1]]])  # [1, P, 2]
+  got = np.asarray(patches.scaled_patches(jnp.asarray(image, jnp.float32),
+                                          jnp.asarray(landmarks, jnp.float32), size, scale))
+  spacing = side / round(side / scale)  # the exact ratio of the two images' pixel sizes
+  offsets = (np.arange(size) - size / 2 + 0.5) * spacing
+  for p, (lx, ly) in enumerate(landmarks[0]):
+    want = 0.3 * (lx + offsets[None, :]) - 0.2 * (ly + offsets[:, None]) + 5.0
+    # 0.015 grey levels on a 0.3/px ramp: within 0.05 px (a non-integer ratio's discrete kernel)
+    np.testing.assert_allclose(got[0, p], want, atol=0.015)
+
+
+def test_scaled_patches_average_away_a_stripe_pattern():
+  """A 1-px stripe pattern (period 2) shrunk 2x is grey: no aliasing into the patches."""
+  stripes = np.tile(np.array([0.0, 1.0], np.float32), 75)[None, None, :].repeat(150, 1)
+  crops = np.asarray(patches.scaled_patches(jnp.asarray(stripes), jnp.full((1, 1, 2), 75.5),
+                                            8, 2.0))
+  assert np.abs(crops - 0.5).max() < 0.05
+  assert patches.scaled_patches(jnp.asarray(stripes), jnp.full((1, 1, 2), 75.5), 8, 1.0).std() > 0.4
+
+
+def test_scaled_patches_refuse_magnification():
+  with pytest.raises(ValueError, match='scale must be >= 1'):
+    patches.scaled_patches(jnp.zeros((1, 20, 20)), jnp.zeros((1, 1, 2)), 4, 0.5)

@@ -32,6 +32,7 @@ class StageSpec:
   representation_gate_depth: int | None = None
   num_regression_experts: int = 64
   regression_hidden: int = 128
+  regression_output_init: str = 'lecun'  # 'zeros': a fresh stage moves nothing (experts.py)
   regression_gate: gates.GateKind = gates.GateKind.TREE
   regression_gate_depth: int | None = 6
 
@@ -70,8 +71,12 @@ def top_k(weights: jax.Array, k: int) -> jax.Array:
 
 
 class CascadeStage(nn.Module):
-  """One stage: patches at s(k) -> h = H g(pose) -> ds = dS g'(h) -> s(k) + ds."""
+  """One stage: patches at s(k) -> h = H g(pose) -> ds = dS g'(h) -> s(k) + ds.
+
+  `patch_scale` > 1 crops the patches from an image that many times smaller (patches.py).
+  """
   spec: StageSpec
+  patch_scale: float = 1.0
 
   @nn.compact
   def __call__(self, images: jax.Array, shape: jax.Array, pose: jax.Array | None,
@@ -83,7 +88,7 @@ class CascadeStage(nn.Module):
     weights are the gate's own.
     """
     spec = self.spec
-    crops = patches.extract_patches(images, shape, spec.patch_size)  # [B, P, S, S]
+    crops = patches.scaled_patches(images, shape, spec.patch_size, self.patch_scale)  # [B,P,S,S]
     features = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
                                   spec.cnn_kernel_sizes, spec.cnn_conv_impl,
                                   name='representation')(crops)  # [B, L, F]
@@ -98,7 +103,8 @@ class CascadeStage(nn.Module):
     h = experts.combine(features, rep_weights)  # [B, F]
     num_outputs = 2 * spec.num_landmarks
     displacements = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,
-                                       num_outputs, name='regression')(h)  # [B, L', 2P]
+                                       num_outputs, spec.regression_output_init,
+                                       name='regression')(h)  # [B, L', 2P]
     reg_weights = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
                                   spec.regression_gate_depth, name='regression_gate')(h)  # [B, L']
     delta = experts.combine(displacements, top_k(reg_weights, regression_top_k))  # [B, 2P]
@@ -109,21 +115,28 @@ class CascadeStage(nn.Module):
 
 
 class Cascade(nn.Module):
-  """K stages from the initial shape; returns every stage's shape and gate weights."""
+  """K stages from the initial shape; returns every stage's shape and gate weights.
+
+  `patch_scales` gives each stage's patch scale (None: all 1, the paper's fixed 32 px patches).
+  """
   spec: StageSpec
   num_stages: int = 4
   stop_gradient_between_stages: bool = False
+  patch_scales: tuple[float, ...] | None = None
 
   @nn.compact
   def __call__(self, images: jax.Array, init_shape: jax.Array, pose: jax.Array | None,
                regression_top_k: int = 0) -> dict:
+    scales = self.patch_scales or (1.0,) * self.num_stages
+    if len(scales) != self.num_stages:
+      raise ValueError(f'{len(scales)} patch scales for {self.num_stages} stages')
     shape = init_shape
     stage_shapes, rep_weights, reg_weights = [], [], []
     for k in range(self.num_stages):
       if self.stop_gradient_between_stages:
         shape = jax.lax.stop_gradient(shape)  # stage-wise training: stage k sees s(k) as data
-      shape, weights = CascadeStage(self.spec, name=f'stage{k}')(images, shape, pose,
-                                                                 regression_top_k)
+      shape, weights = CascadeStage(self.spec, float(scales[k]), name=f'stage{k}')(
+          images, shape, pose, regression_top_k)
       stage_shapes.append(shape)
       rep_weights.append(weights['representation'])
       reg_weights.append(weights['regression'])

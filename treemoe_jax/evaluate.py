@@ -96,7 +96,8 @@ def make_predict(model: models.FaceAligner, mesh, regression_top_k: int = 0):
 
   def predict(variables, batch):
     out = model.apply(variables, batch['image'], batch['init_shape'], train=False,
-                      regression_top_k=regression_top_k)
+                      regression_top_k=regression_top_k,
+                      pose=batch['pose'] if model.gate_pose == 'truth' else None)
     rows = {
         'shape': out['shape'],
         'stage_shapes': jnp.moveaxis(out['stage_shapes'], 0, 1),  # [B, K, P, 2]

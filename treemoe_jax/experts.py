@@ -96,14 +96,27 @@ class ExpertCNNs(nn.Module):
                      name='experts')(patches)
 
 
+OUTPUT_INITS = ('lecun', 'zeros')
+
+
 class RegressorMLP(nn.Module):
-  """One expert regressor r_l: ds_l = W1 relu(W0 h + b0) + b1 (eq. 6)."""
+  """One expert regressor r_l: ds_l = W1 relu(W0 h + b0) + b1 (eq. 6).
+
+  `output_init` 'zeros' starts W1 at 0, so that a fresh stage moves no landmark: with LeCun
+  initialisation each stage's first displacements are random jumps of tens of pixels that the
+  cascade must first unlearn (docs/learning.md).
+  """
   hidden: int
   outputs: int
+  output_init: str = 'lecun'
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:  # [B, F] -> [B, O]
-    return nn.Dense(self.outputs, name='out')(nn.relu(nn.Dense(self.hidden, name='hidden')(h)))
+    if self.output_init not in OUTPUT_INITS:
+      raise ValueError(f'unknown output_init {self.output_init!r}; valid: {", ".join(OUTPUT_INITS)}')
+    init = nn.initializers.zeros if self.output_init == 'zeros' else nn.initializers.lecun_normal()
+    hidden = nn.relu(nn.Dense(self.hidden, name='hidden')(h))
+    return nn.Dense(self.outputs, kernel_init=init, name='out')(hidden)
 
 
 class ExpertMLPs(nn.Module):
@@ -111,13 +124,14 @@ class ExpertMLPs(nn.Module):
   num_experts: int
   hidden: int
   outputs: int
+  output_init: str = 'lecun'
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:  # [B, F] -> [B, E, O]
     committee = nn.vmap(
         RegressorMLP, variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=None, out_axes=1, axis_size=self.num_experts)
-    return committee(self.hidden, self.outputs, name='experts')(h)
+    return committee(self.hidden, self.outputs, self.output_init, name='experts')(h)
 
 
 def combine(expert_outputs: jax.Array, weights: jax.Array) -> jax.Array:

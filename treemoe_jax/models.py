@@ -47,6 +47,9 @@ def parse_architecture(name: str) -> Architecture:
     raise ValueError(f'unknown architecture {name!r}; valid: {valid}') from None
 
 
+GATE_POSES = ('estimator', 'truth')
+
+
 class FaceAligner(nn.Module):
   """Head-pose estimator (pose-gated architectures only) + K-stage cascade.
 
@@ -60,6 +63,10 @@ class FaceAligner(nn.Module):
   stop_gradient_between_stages: bool = False
   pose_estimator: pose_lib.PoseEstimator | None = None
   freeze_pose: bool = False  # a trained pose estimator read as data: no gradient, BN in eval mode
+  patch_scales: tuple[float, ...] | None = None  # per stage; None = 1 (cascade.Cascade)
+  # 'estimator': the gate reads pose_estimator's pose (the paper). 'truth': it reads the `pose`
+  # given to __call__ (the true head pose, an upper bound on what a better estimator would give).
+  gate_pose: str = 'estimator'
 
   def _check_inputs(self, images: jax.Array, init_shape: jax.Array) -> None:
     """Reject inputs of the wrong kind at trace time: uint8 pixels would run and give garbage."""
@@ -80,17 +87,29 @@ class FaceAligner(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, init_shape: jax.Array, train: bool = False,
-               regression_top_k: int = 0) -> dict:
-    """`regression_top_k` > 0: each stage adds only its k most-weighted regressors (Fig. 7)."""
+               regression_top_k: int = 0, pose: jax.Array | None = None) -> dict:
+    """`regression_top_k` > 0: each stage adds only its k most-weighted regressors (Fig. 7).
+
+    `pose` [B, 3]: the head pose the gate reads when `gate_pose` is 'truth' (ignored otherwise).
+    """
     self._check_inputs(images, init_shape)
-    pose = None
-    if self.pose_estimator is not None:
+    if self.gate_pose not in GATE_POSES:
+      raise ValueError(f'unknown gate_pose {self.gate_pose!r}; valid: {", ".join(GATE_POSES)}')
+    if self.gate_pose == 'truth':
+      if self.stage.gates_on_pose and (pose is None or pose.shape != (images.shape[0], 3)):
+        raise ValueError("gate_pose='truth' gates on the given head pose: pass pose [B, 3] "
+                         '(yaw, pitch, roll in radians)')
+      pose = pose if self.stage.gates_on_pose else None
+    else:
+      pose = None
+    if self.pose_estimator is not None and self.gate_pose == 'estimator':
       # A submodule by attribute: its parameters live under 'pose_estimator'.
       estimate = self.pose_estimator(images, train=train and not self.freeze_pose)
       pose = estimate['pose']
       if self.freeze_pose:
         pose = jax.lax.stop_gradient(pose)
     outputs = cascade.Cascade(self.stage, self.num_stages, self.stop_gradient_between_stages,
+                              self.patch_scales,
                               name='cascade')(images, init_shape, pose, regression_top_k)
     if pose is not None:
       outputs['pose'] = pose
@@ -112,6 +131,7 @@ def stage_spec(model_config: ml_collections.ConfigDict) -> cascade.StageSpec:
       representation_gate_depth=model_config.get('representation_gate_depth'),
       num_regression_experts=model_config.num_regression_experts,
       regression_hidden=model_config.regression_hidden,
+      regression_output_init=model_config.get('regression_output_init', 'lecun'),
       regression_gate=regression_gate,
       regression_gate_depth=model_config.get('regression_gate_depth'),
   )
@@ -139,13 +159,31 @@ def create(config: ml_collections.ConfigDict) -> FaceAligner:
       num_stages=config.model.num_stages,
       image_size=config.model.image_size,
       stop_gradient_between_stages=config.model.stop_gradient_between_stages,
-      pose_estimator=create_pose_estimator(config.pose) if spec.gates_on_pose else None,
+      pose_estimator=(create_pose_estimator(config.pose)
+                      if spec.gates_on_pose and gate_pose(config) == 'estimator' else None),
+      gate_pose=gate_pose(config),
       freeze_pose=config.model.freeze_pose,
+      patch_scales=_patch_scales(config.model),
   )
+
+
+def gate_pose(config: ml_collections.ConfigDict) -> str:
+  """What a pose-gated model's gate reads: 'estimator' (the paper) or 'truth' (an oracle)."""
+  return config.model.get('gate_pose', 'estimator')
+
+
+def _patch_scales(model_config: ml_collections.ConfigDict) -> tuple[float, ...] | None:
+  """config.model.patch_scales: () = every stage at full resolution; else one per stage."""
+  scales = tuple(float(s) for s in model_config.get('patch_scales', ()))
+  if scales and len(scales) != model_config.num_stages:
+    raise ValueError(f'config.model.patch_scales has {len(scales)} entries for '
+                     f'{model_config.num_stages} stages: give one per stage, or () for none')
+  return scales or None
 
 
 def init(model: FaceAligner, rng: jax.Array, batch_size: int = 1) -> dict:
   """Variables of `model` for a dummy batch (shapes only matter)."""
   images = jnp.zeros((batch_size, model.image_size, model.image_size), jnp.float32)
   shape = jnp.zeros((batch_size, model.stage.num_landmarks, 2), jnp.float32)
-  return model.init(rng, images, shape, train=False)
+  pose = jnp.zeros((batch_size, 3), jnp.float32) if model.gate_pose == 'truth' else None
+  return model.init(rng, images, shape, train=False, pose=pose)

@@ -7,6 +7,10 @@ x = x_p - S/2 + 0.5 + j, y = y_p - S/2 + 0.5 + i (SPEC); each of the four biline
 outside the image counts as 0. Because every pixel of one patch shares the same sub-pixel
 offset, a patch is four shifted integer windows of the image blended with four scalar weights:
 one `dynamic_slice` per patch instead of S*S*4 scattered gathers.
+
+`scaled_patches` crops the same S x S grid from an antialiased, `scale` times smaller copy of the
+image: a patch then spans S * scale image pixels, so an early cascade stage, whose landmarks may
+be 20 px off, still sees the feature it must move to (coarse to fine).
 """
 
 import functools
@@ -50,3 +54,27 @@ def extract_patches(images: jax.Array, landmarks: jax.Array, size: int = 32) -> 
   top = (1 - fx) * windows[..., :-1, :-1] + fx * windows[..., :-1, 1:]
   bottom = (1 - fx) * windows[..., 1:, :-1] + fx * windows[..., 1:, 1:]
   return (1 - fy) * top + fy * bottom
+
+
+def downscale(images: jax.Array, landmarks: jax.Array, scale: float
+              ) -> tuple[jax.Array, jax.Array]:
+  """(images `[B, H', W']` antialiased to 1/scale the size, landmarks `[B, P, 2]` in their pixels).
+
+  H' = round(H / scale); pixel centres map as x' = (x + 0.5) * H' / H - 0.5 (SPEC's convention:
+  both images span the same area), which is how `jax.image.resize` places its samples.
+  """
+  height, width = images.shape[1:]
+  new_h, new_w = max(round(height / scale), 1), max(round(width / scale), 1)
+  small = jax.image.resize(images, (images.shape[0], new_h, new_w), 'linear', antialias=True)
+  factor = jnp.array([new_w / width, new_h / height], landmarks.dtype)
+  return small, (landmarks + 0.5) * factor - 0.5
+
+
+def scaled_patches(images: jax.Array, landmarks: jax.Array, size: int = 32,
+                   scale: float = 1.0) -> jax.Array:
+  """`extract_patches` on the image shrunk by `scale` (>= 1): `[B, P, S, S]` spanning S*scale px."""
+  if scale < 1:
+    raise ValueError(f'patch scale must be >= 1 (1 = full resolution), got {scale}')
+  if scale == 1:
+    return extract_patches(images, landmarks, size)
+  return extract_patches(*downscale(images, landmarks, scale), size)

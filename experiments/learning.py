@@ -1,0 +1,164 @@
+"""Where the learning gap comes from: named training variants, run and written to docs/learning.md.
+
+  python experiments/learning.py --run base,cosine,... [--jobs 2] [--out /tmp/learning]
+  python experiments/learning.py --report            # rewrite docs/learning.md from the results
+
+Each variant is `train.py` with config overrides (VARIANTS), trained from scratch in its own
+workdir under --out, with the wide synthetic test split evaluated every `eval_every` steps. A
+finished variant's learning curve and final per-stage NME go into --out/results.json (kept across
+invocations, so variants can be run a few at a time); --report draws the curves and writes the
+table. Figures come from real runs only: nothing here is typed by hand.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOC = ROOT / 'docs' / 'learning.md'
+FIGURE = ROOT / 'docs' / 'learning_curves.png'
+
+# name -> (config, what it tests, overrides). Every variant trains tree_moe:tiny on
+# synthetic_faces/default (4000 wide-pose faces) for --steps at batch 16 unless it says otherwise.
+_BASE = ('configs/tree_moe.py:tiny', ['--config.dataset=synthetic_faces/default'])
+_SG = ['--config.model.stop_gradient_between_stages=True']
+_COARSE = ['--config.model.patch_scales=(2.0,1.0)']
+_JIT3 = ['--config.augment.translate_std=3']
+VARIANTS: dict[str, tuple[str, str, list[str]]] = {
+    'base': ('the tiny config as the hardening issue left it', []),
+    'cosine_zero_init': ('cosine decay + zero-initialised regressor outputs',
+                         ['--config.lr_schedule=cosine', '--config.warmup_steps=100',
+                          '--config.model.regression_output_init=zeros']),
+    'stop_gradient': ('no gradient through the patch positions between stages',
+                      ['--config.model.stop_gradient_between_stages=True']),
+    'init_jitter_3px': ("s(0) moved by N(0, 3 px), not the paper's 10 px",
+                        ['--config.augment.translate_std=3']),
+    'coarse_patches': ('stop_gradient + the first stage cuts its patches at half resolution',
+                       [*_SG, *_COARSE]),
+    'combined': ('stop_gradient + coarse patches + 3 px s(0) jitter', [*_SG, *_COARSE, *_JIT3]),
+    'combined_hidden128': ('combined, regressors 4x wider (hidden 128)',
+                           [*_SG, *_COARSE, *_JIT3, '--config.model.regression_hidden=128']),
+}
+VARIANTS = {name: (_BASE[0], why, _BASE[1] + overrides)
+            for name, (why, overrides) in VARIANTS.items()}
+
+
+def command(name: str, workdir: pathlib.Path, steps: int, eval_every: int) -> list[str]:
+  config, _, overrides = VARIANTS[name]
+  return [sys.executable, str(ROOT / 'train.py'), f'--config={config}', f'--workdir={workdir}',
+          f'--config.num_train_steps={steps}', f'--config.eval_every_steps={eval_every}',
+          f'--config.checkpoint_every_steps={steps}', '--config.log_every_steps=250', *overrides]
+
+
+def run_variant(name: str, out: pathlib.Path, steps: int, eval_every: int) -> dict:
+  """Trains one variant from scratch; its eval curve and wall time."""
+  workdir = out / name
+  if workdir.exists():
+    subprocess.run(['rm', '-rf', str(workdir)], check=True)
+  start = time.perf_counter()
+  with open(out / f'{name}.log', 'w') as log:
+    subprocess.run(command(name, workdir, steps, eval_every), check=True, stdout=log,
+                   stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | {'PYTHONPATH': str(ROOT)})
+  return collect(name, workdir, steps, time.perf_counter() - start)
+
+
+def collect(name: str, workdir: pathlib.Path, steps: int, seconds: float) -> dict:
+  """A finished variant's record: its eval curve, and the config the workdir recorded."""
+  config, why, overrides = VARIANTS[name]
+  recorded = json.loads((workdir / 'config.json').read_text())
+  curve = []
+  for line in (workdir / 'metrics.jsonl').read_text().splitlines():
+    record = json.loads(line)
+    if 'eval/nme/init' in record:
+      stages = sorted(k for k in record if k.startswith('eval/nme/stage'))
+      curve.append({'step': record['step'], 'init': record['eval/nme/init'],
+                    'stages': [record[k] for k in stages]})
+  if not curve or curve[-1]['step'] != steps:
+    raise ValueError(f'{workdir} holds no evaluation at step {steps}')
+  return {'name': name, 'why': why, 'config': config, 'overrides': overrides, 'steps': steps,
+          'seconds': seconds, 'curve': curve, 'recorded_config': recorded}
+
+
+START, END = '<!-- learning.py table -->', '<!-- end of learning.py table -->'
+
+
+def replace_table(text: str, table: str) -> str:
+  """`text` with what lies between the START and END markers replaced by `table`."""
+  head, rest = text.split(START, 1)
+  _, tail = rest.split(END, 1)
+  return f'{head}{START}\n{table}{END}{tail}'
+
+
+def report(results: dict) -> str:
+  """docs/learning.md's table and figure from every stored result."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  lines = ['| variant | what it tests | steps | NME % per stage (last = output) | s(0) NME % | '
+           'wall |', '|---|---|---|---|---|---|']
+  for name, r in results.items():
+    last = r['curve'][-1]
+    stages = ' / '.join(f'{100 * v:.2f}' for v in last['stages'])
+    lines.append(f'| `{name}` | {r["why"]} | {r["steps"]} | {stages} | {100 * last["init"]:.1f} | '
+                 f'{r["seconds"] / 60:.1f} min |')
+    ax.plot([c['step'] for c in r['curve']], [100 * c['stages'][-1] for c in r['curve']],
+            marker='o', label=name)
+  ax.set_xlabel('training step (batch 16)')
+  ax.set_ylabel('NME % (box), wide test split')
+  ax.set_title('Learning curves of the variants')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(FIGURE, dpi=110)
+  return '\n'.join(lines) + '\n'
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--run', default='', help='comma-separated variants: ' + ', '.join(VARIANTS))
+  parser.add_argument('--steps', type=int, default=2000)
+  parser.add_argument('--eval_every', type=int, default=500)
+  parser.add_argument('--jobs', type=int, default=2, help='variants trained at once')
+  parser.add_argument('--out', default='/tmp/learning')
+  parser.add_argument('--report', action='store_true')
+  parser.add_argument('--ingest', default='', help='NAME=WORKDIR,...: record variants already '
+                      'trained by `command` (same overrides, any eval cadence) without retraining')
+  parser.add_argument('--seconds', default='', help='NAME=SECONDS,... wall times of --ingest runs')
+  args = parser.parse_args()
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  store = out / 'results.json'
+  results = json.loads(store.read_text()) if store.exists() else {}
+  names = [n for n in args.run.split(',') if n]
+  unknown = [n for n in names if n not in VARIANTS]
+  if unknown:
+    parser.error(f'unknown variants {unknown}; valid: {", ".join(VARIANTS)}')
+  seconds = dict(item.split('=') for item in args.seconds.split(',') if item)
+  for item in filter(None, args.ingest.split(',')):
+    name, workdir = item.split('=')
+    results[name] = collect(name, pathlib.Path(workdir), args.steps, float(seconds.get(name, 0)))
+    store.write_text(json.dumps(results, indent=1))
+  with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+    futures = {pool.submit(run_variant, n, out, args.steps, args.eval_every): n for n in names}
+    for future in concurrent.futures.as_completed(futures):
+      r = future.result()
+      results[r['name']] = r
+      store.write_text(json.dumps(results, indent=1))
+      print(f'{r["name"]}: NME % per stage {[round(100 * v, 2) for v in r["curve"][-1]["stages"]]}'
+            f' in {r["seconds"] / 60:.1f} min', flush=True)
+  if args.report or names or args.ingest:
+    table = report(results)
+    text = DOC.read_text() if DOC.exists() else f'# Learning\n\n{START}\n{END}\n'
+    DOC.write_text(replace_table(text, table))
+    print(table)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,89 @@
+"""The learning-quality options (docs/learning.md): schedule, output init, patch scales."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from treemoe_jax import models
+from treemoe_jax import train
+
+
+def _config(**changes):
+  config = default.get_config('tree_moe', 'tiny')
+  with config.unlocked():
+    for key, value in changes.items():
+      target = config
+      *path, last = key.split('.')
+      for part in path:
+        target = target[part]
+      target[last] = value
+  return config
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+  config = _config(lr_schedule='cosine', warmup_steps=100, num_train_steps=1100,
+                   learning_rate=2e-3)
+  schedule = train.learning_rate_schedule(config)
+  assert float(schedule(0)) == 0.0
+  np.testing.assert_allclose(float(schedule(50)), 1e-3, rtol=1e-6)  # half way up, linearly
+  np.testing.assert_allclose(float(schedule(100)), 2e-3, rtol=1e-6)
+  # cos decay: lr * (1 + cos(pi * t)) / 2 at fraction t of the 1000 decay steps
+  for step in (350, 600, 850):
+    t = (step - 100) / 1000
+    np.testing.assert_allclose(float(schedule(step)), 2e-3 * (1 + np.cos(np.pi * t)) / 2,
+                               rtol=1e-5)
+  assert abs(float(schedule(1100))) < 1e-12
+
+
+def test_constant_schedule_is_the_papers_and_unknown_is_refused():
+  schedule = train.learning_rate_schedule(_config(lr_schedule='constant'))
+  assert float(schedule(0)) == float(schedule(10_000)) == pytest.approx(1e-3)
+  with pytest.raises(ValueError, match='unknown lr_schedule'):
+    train.learning_rate_schedule(_config(lr_schedule='linear'))
+
+
+@pytest.mark.parametrize('architecture', ['baseline', 'tree_moe'])
+def test_zero_initialised_regressors_leave_every_stage_at_s0(architecture):
+  config = default.get_config(architecture, 'tiny')
+  with config.unlocked():
+    config.model.regression_output_init = 'zeros'
+  model = models.create(config)
+  variables = models.init(model, jax.random.key(3))
+  images = jax.random.uniform(jax.random.key(1), (2, 150, 150), minval=-1, maxval=1)
+  init_shape = jax.random.uniform(jax.random.key(2), (2, 68, 2), minval=40, maxval=110)
+  out = model.apply(variables, images, init_shape)
+  for stage_shape in out['stage_shapes']:
+    np.testing.assert_array_equal(stage_shape, init_shape)
+  # ...and the output layer still learns: its gradient is not zero.
+  grads = jax.grad(lambda p: jnp.sum(model.apply({'params': p}, images, init_shape)['shape']
+                                     ** 2))(variables['params'])
+  out_kernel = grads['cascade']['stage0']['regression']['experts']['out']['kernel']
+  assert float(jnp.abs(out_kernel).sum()) > 0
+
+
+def test_patch_scales_one_per_stage():
+  model = models.create(_config(**{'model.patch_scales': (2.0, 1.0)}))
+  variables = models.init(model, jax.random.key(0))
+  assert model.apply(variables, jnp.zeros((1, 150, 150)), jnp.full((1, 68, 2), 75.0))[
+      'shape'].shape == (1, 68, 2)
+  with pytest.raises(ValueError, match='patch_scales has 3 entries for 2 stages'):
+    models.create(_config(**{'model.patch_scales': (3.0, 2.0, 1.0)}))
+
+
+def _stage_params(architecture: str, variant: str) -> dict[str, int]:
+  model = models.create(default.get_config(architecture, variant))
+  params = jax.eval_shape(lambda: models.init(model, jax.random.key(0)))['params']
+  stage = params['cascade']['stage0']
+  return {part: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(stage[part]))
+          for part in ('representation', 'regression')}
+
+
+def test_small_variant_gives_every_architecture_the_same_budget_per_stage():
+  """Section 3.5: the comparison is fair only at equal parameter budgets (within 10%)."""
+  counts = {a: _stage_params(a, 'small') for a in
+            ('baseline', 'moe', 'softmax_moe', 'tree_moe', 'pose_softmax_moe', 'pose_tree_moe')}
+  for part in ('representation', 'regression'):
+    values = [c[part] for c in counts.values()]
+    assert max(values) <= 1.1 * min(values), (part, counts)
