@@ -98,7 +98,7 @@ def train_pose(out: pathlib.Path, args, timings: dict) -> dict:
                        out / 'pose.log')
       records = eval_records(workdir)
     curve = [{'step': r['step'], **{a: r[f'eval/mae_deg/{a}'] for a in ('yaw', 'pitch', 'roll')}}
-             for r in records]
+             for r in records if r['step'] <= steps]
     log(f'pose estimator at step {steps}: MAE deg ' +
         ' '.join(f'{a} {curve[-1][a]:.2f}' for a in ('yaw', 'pitch', 'roll')))
     if len(curve) >= 2:
@@ -377,10 +377,8 @@ def gate_figure(results: dict, architectures, seed: int, path: pathlib.Path) -> 
   curves = {}
   for arch in architectures:
     subset = results[(arch, seed)]['protocols']['synthetic_table1']['subsets']['large_pose']
-    gates = {layer: g['cumulative_mass_stage0'] for layer, g in subset['gates'].items()
-             if g['num_experts'] > 1}
-    if gates and arch != 'moe':
-      curves[arch] = gates
+    if arch != 'moe':  # the uniform gate is the dashed line
+      curves[arch] = {layer: g['cumulative_mass_stage0'] for layer, g in subset['gates'].items()}
   plots.gate_mass(path, curves, title='Fig. 6 analogue: top experts\' share of the gate, stage 1, '
                                       'large-pose view')
 
@@ -430,7 +428,8 @@ def main() -> int:
   peer = ({'ert': {}, 'mean_shape': {}, 'train_faces': 0} if args.no_ert
           else ert_peer(out, args, timings))
   save_timings()
-  table = summarise(results, args.architectures, args.seeds)
+  names = args.architectures + [n for n in ORACLES if (n, args.seeds[0]) in results]
+  table = summarise(results, names, args.seeds)
   doc = pathlib.Path(args.doc)
   doc.parent.mkdir(parents=True, exist_ok=True)
   gate_figure(results, args.architectures, args.seeds[0], doc.parent /

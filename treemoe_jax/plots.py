@@ -112,7 +112,8 @@ def gate_mass(path: PathLike, runs: Mapping[str, Mapping[str, Sequence[float]]],
   """Fig. 6: per layer, each run's mean cumulative gate weight of its k top experts vs k.
 
   `runs`: label -> {'representation': [L], 'regression': [L']} (`evaluate.cumulative_gate_mass`).
-  A layer whose runs all have one expert is left out (nothing to rank).
+  A layer whose runs all have one expert is left out (nothing to rank), and so is a run with one
+  expert in a layer where others have several.
   """
   layers = [layer for layer in ('representation', 'regression')
             if any(len(r.get(layer, ())) > 1 for r in runs.values())]
@@ -123,6 +124,8 @@ def gate_mass(path: PathLike, runs: Mapping[str, Mapping[str, Sequence[float]]],
   for ax, layer in zip(axes[0], layers):
     sizes = set()
     for label, curves in runs.items():
+      if len(curves.get(layer, ())) <= 1:  # one expert (or none): nothing to rank in this panel
+        continue
       curve = np.asarray(curves[layer], np.float64)
       sizes.add(len(curve))
       k = np.arange(1, len(curve) + 1)
