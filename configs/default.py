@@ -141,11 +141,13 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
   config.pose.update(dict(stage_sizes=(1, 1, 1, 1), base_width=8, head_hidden=32))
   config.dataset = 'synthetic_faces/small'
   config.batch_size = 16
-  config.num_train_steps = 600
-  config.pose_train_steps = 400
+  # 600 and 400 before docs/learning.md: the pose estimator was 22-28 deg off in yaw, the cascade
+  # far from converged; these still fit the README main job in about ten CPU minutes.
+  config.num_train_steps = 1500
+  config.pose_train_steps = 1000
   config.log_every_steps = 50
-  config.eval_every_steps = 300
-  config.checkpoint_every_steps = 100
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 250
 
 
 def _small(config: ml_collections.ConfigDict) -> None:
@@ -156,7 +158,7 @@ def _small(config: ml_collections.ConfigDict) -> None:
   config.pose.update(dict(stage_sizes=(1, 1, 1, 1), base_width=8, head_hidden=32))
   config.dataset = 'synthetic_faces/default'
   config.batch_size = 16
-  config.num_train_steps = 4000
+  config.num_train_steps = 3000
   config.pose_train_steps = 3000
   config.log_every_steps = 100
   config.eval_every_steps = 1000

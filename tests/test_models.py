@@ -117,6 +117,7 @@ def _loss_and_grads(config, batch=4):
 def test_gradients_reach_every_gate_node_and_every_expert():
   config = default.get_config('pose_tree_moe', 'tiny')
   config.model.freeze_pose = False  # fine-tuned jointly: the pose heads learn from the landmarks
+  config.model.stop_gradient_between_stages = False  # the last stage's loss reaches stage 0
   grads = _loss_and_grads(config)
   for name, stage in grads['cascade'].items():
     for committee in ('representation', 'regression'):
@@ -133,6 +134,8 @@ def test_gradients_reach_every_gate_node_and_every_expert():
 
 def test_stop_gradient_between_stages():
   config = default.get_config('tree_moe', 'tiny')
+  with config.unlocked():
+    config.model.stop_gradient_between_stages = False
   joint = _loss_and_grads(config)['cascade']['stage0']
   with config.unlocked():
     config.model.stop_gradient_between_stages = True

@@ -121,8 +121,8 @@ def test_reference_run_writes_everything(reference):
 
 
 def test_loss_falls(data_dir, tmp_path):
-  # Without augmentation the 64 faces are learnable in a hundred steps (measured: the loss
-  # falls from ~75 to ~45 px^2 by step 120, and keeps falling).
+  # Without augmentation the 64 faces are learnable in a hundred steps: the loss (mean
+  # per-landmark distance, px) falls by well over a fifth by step 120, and keeps falling.
   config = micro_config(data_dir, num_train_steps=120, log_every_steps=1,
                         checkpoint_every_steps=120, eval_every_steps=120,
                         **{'augment.translate_std': 0.0, 'augment.scale_std': 0.0,
