@@ -102,8 +102,29 @@ def test_pose_bounded_for_huge_inputs_and_params(tiny):
   variables = {**tiny.variables, 'params': params}
   pose = tiny.predict(variables, 1e3 * tiny.images[:2])['pose']
   assert np.all(np.abs(pose) <= PI32)
-  # Saturated, not collapsed: the bound is reached.
-  np.testing.assert_allclose(np.abs(pose), PI32, rtol=1e-6)
+  chex.assert_tree_all_finite(pose)
+
+
+def test_a_head_far_outside_pi_still_learns(tiny):
+  """The wrapped head's gradient never vanishes: a pi * tanh head with an output of 40 had a
+  gradient of ~1e-34 (saturated), which stopped the full-size estimator learning on a GPU."""
+  phi = jnp.ones((1, 4))
+
+  def loss(kernel):
+    head = pose_lib.AngleHead(hidden_features=0)
+    out = head.apply({'params': {'out': {'kernel': kernel, 'bias': jnp.zeros(1)}}}, phi)
+    return jnp.sum(jnp.arctan2(jnp.sin(out - 0.3), jnp.cos(out - 0.3))**2)
+
+  kernel = jnp.full((4, 1), 10.0)  # output 40 rad = 40 - 12 pi ~ 2.30 rad after wrapping
+  grad = jax.grad(loss)(kernel)
+  wrapped = np.arctan2(np.sin(40 - 0.3), np.cos(40 - 0.3))
+  np.testing.assert_allclose(np.asarray(grad), 2 * wrapped * np.ones((4, 1)), rtol=1e-4)
+
+
+def test_heads_start_near_angle_zero(tiny):
+  """Far from the wrap at +-pi, whatever the trunk's scale: the output layer starts small."""
+  pose = tiny.predict(tiny.variables, tiny.images)['pose']
+  assert np.abs(np.asarray(pose)).max() < 0.5, pose
 
 
 def test_heads_are_separate(tiny):
