@@ -184,7 +184,7 @@ def main() -> int:
                                    init[s:s + 256])['stage_shapes']))
   stages = np.concatenate(stages, axis=1)  # [K, N, P, 2]
   yaw = np.degrees(np.abs(test_data['pose'][:, 0]))
-  print('\n| |yaw| bucket | faces | mean shape NME % | ' +
+  print('\n| abs(yaw) bucket | faces | mean shape NME % | ' +
         ' | '.join(f'stage {k + 1}' for k in range(len(stages))) + ' |')
   print('|---|---|---|' + '---|' * len(stages))
   for lo, hi in ((0, 30), (30, 60), (60, 91), (0, 91)):
