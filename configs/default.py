@@ -84,7 +84,9 @@ def model_config(architecture: str) -> ml_collections.ConfigDict:
 
 def pose_config() -> ml_collections.ConfigDict:
   """The head-pose estimator: ResNet-50 trunk, three separate heads (section 3.1)."""
-  return ml_collections.ConfigDict(dict(stage_sizes=(3, 4, 6, 3), base_width=64, head_hidden=256))
+  # head_output 'wrap': angles wrapped into [-pi, pi] (pose.AngleHead says why not pi * tanh).
+  return ml_collections.ConfigDict(dict(stage_sizes=(3, 4, 6, 3), base_width=64, head_hidden=256,
+                                        head_output='wrap'))
 
 
 def _training(config: ml_collections.ConfigDict) -> None:

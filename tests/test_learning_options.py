@@ -87,3 +87,29 @@ def test_small_variant_gives_every_architecture_the_same_budget_per_stage():
   for part in ('representation', 'regression'):
     values = [c[part] for c in counts.values()]
     assert max(values) <= 1.1 * min(values), (part, counts)
+
+
+def test_legacy_pose_heads_are_read_through_tanh(tmp_path):
+  """A pose workdir from before the wrapped heads (no pose.head_output in its config.json) is
+  read through pi * tanh, by the estimator built from it and by cascades gated on it."""
+  import json  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import pose as pose_lib  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import workdirs  # pylint: disable=g-import-not-at-top
+  pose_config = default.get_config('pose_tree_moe', 'tiny')
+  record = json.loads(pose_config.to_json_best_effort())
+  del record['pose']['head_output']
+  (tmp_path / workdirs.CONFIG_FILE).write_text(json.dumps(record))
+  legacy = workdirs.load_config(tmp_path)
+  assert models.create_pose_estimator(legacy.pose).head_output == 'tanh'
+  config = _config(pose_checkpoint=str(tmp_path))
+  config.model.architecture = 'pose_tree_moe'
+  adopted = train.with_pose_heads_of(config)
+  assert adopted.pose.head_output == 'tanh' and config.pose.head_output == 'wrap'
+  # The two outputs, against their formulas.
+  phi = jnp.array([[0.5, -2.0, 3.0]])
+  kernel = jnp.array([[1.0], [2.0], [0.5]])  # out = 0.5 - 4 + 1.5 = -2.0
+  params = {'params': {'out': {'kernel': kernel, 'bias': jnp.zeros(1)}}}
+  tanh = pose_lib.AngleHead(hidden_features=0, output='tanh').apply(params, phi)
+  wrap = pose_lib.AngleHead(hidden_features=0, output='wrap').apply(params, phi)
+  np.testing.assert_allclose(tanh, [[np.pi * np.tanh(-2.0)]], rtol=1e-6)
+  np.testing.assert_allclose(wrap, [[-2.0]], rtol=1e-6)

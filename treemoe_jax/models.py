@@ -146,7 +146,13 @@ def stage_spec(model_config: ml_collections.ConfigDict) -> cascade.StageSpec:
 def create_pose_estimator(pose_config: ml_collections.ConfigDict) -> pose_lib.PoseEstimator:
   return pose_lib.PoseEstimator(stage_sizes=tuple(pose_config.stage_sizes),
                                 base_width=pose_config.base_width,
-                                head_hidden=pose_config.head_hidden)
+                                head_hidden=pose_config.head_hidden,
+                                head_output=head_output(pose_config))
+
+
+def head_output(pose_config: ml_collections.ConfigDict) -> str:
+  """The pose heads' output: a config without the field predates the wrapped heads ('tanh')."""
+  return pose_config.get('head_output', 'tanh')
 
 
 def create(config: ml_collections.ConfigDict) -> FaceAligner:

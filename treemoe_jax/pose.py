@@ -85,6 +85,9 @@ class ResNetTrunk(nn.Module):
     return jnp.mean(x, axis=(1, 2))
 
 
+HEAD_OUTPUTS = ('wrap', 'tanh')
+
+
 class AngleHead(nn.Module):
   """One angle regressor: phi [B, F] -> [B, 1] radians in [-pi, pi], the output wrapped.
 
@@ -96,14 +99,21 @@ class AngleHead(nn.Module):
   """
   hidden_features: int = 256  # 0: a linear head.
   dtype: Dtype = jnp.float32
+  # 'tanh': pi * tanh(out), the heads before the fix; kept so that estimators trained with them
+  # (their config.json has no `pose.head_output`) still read the angles they learned.
+  output: str = 'wrap'
 
   @nn.compact
   def __call__(self, phi: Array) -> Array:
+    if self.output not in HEAD_OUTPUTS:
+      raise ValueError(f'unknown head output {self.output!r}; valid: {", ".join(HEAD_OUTPUTS)}')
     if self.hidden_features:
       phi = nn.relu(nn.Dense(self.hidden_features, dtype=self.dtype, name='hidden')(phi))
     small = nn.initializers.variance_scaling(0.01, 'fan_in', 'truncated_normal')
     out = nn.Dense(1, dtype=self.dtype, kernel_init=small, name='out')(phi)
     out = out.astype(jnp.float32)
+    if self.output == 'tanh':
+      return jnp.pi * jnp.tanh(out)
     return jnp.arctan2(jnp.sin(out), jnp.cos(out))
 
 
@@ -117,6 +127,7 @@ class PoseEstimator(nn.Module):
   base_width: int = 64
   head_hidden: int = 256  # 0: linear heads.
   dtype: Dtype = jnp.float32
+  head_output: str = 'wrap'  # AngleHead.output
 
   @nn.compact
   def __call__(self, images: Array, train: bool) -> dict[str, Array]:
@@ -129,6 +140,7 @@ class PoseEstimator(nn.Module):
     x = images[..., None].astype(self.dtype)  # [B, H, W, C=1]
     phi = ResNetTrunk(self.stage_sizes, self.base_width, dtype=self.dtype, name='trunk')(x, train)
     pose = jnp.concatenate(
-        [AngleHead(self.head_hidden, dtype=self.dtype, name=f'{angle}_head')(phi)
+        [AngleHead(self.head_hidden, dtype=self.dtype, output=self.head_output,
+                   name=f'{angle}_head')(phi)
          for angle in ANGLES], axis=-1)
     return {'pose': pose, 'embedding': phi}

@@ -260,6 +260,26 @@ def load_pose_estimator(pose_workdir: str | pathlib.Path) -> dict:
   return {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
 
 
+def with_pose_heads_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with the pose heads its `pose_checkpoint` was trained with (recorded as such).
+
+  The heads' output function is not a parameter: a cascade must read a trained estimator through
+  the heads it learned with, or every angle it gates on is wrong.
+  """
+  if (config.task != 'alignment' or not config.pose_checkpoint
+      or not (pathlib.Path(config.pose_checkpoint) / workdirs.CONFIG_FILE).exists()):
+    return config
+  trained = models.head_output(workdirs.load_config(config.pose_checkpoint).pose)
+  if trained == models.head_output(config.pose):
+    return config
+  logging.warning('the pose estimator in %s has %r heads: config.pose.head_output=%r for this '
+                  'run', config.pose_checkpoint, trained, trained)
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.pose.head_output = trained
+  return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` into `workdir` (resuming from its newest checkpoint); returns the last eval.
 
@@ -268,6 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   WORKDIR/pose (for `pose_train_steps`), then the cascade reading it.
   """
   validate_config(config)
+  config = with_pose_heads_of(config)
   workdir = pathlib.Path(workdir)
   resuming = workdirs.check_resume(workdir, config)
   if jax.process_index() == 0:
