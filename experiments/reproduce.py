@@ -147,7 +147,9 @@ def evaluate_runs(runs: dict, out: pathlib.Path, timings: dict) -> dict:
     if not stored.exists():
       start = time.perf_counter()
       log(f'evaluating {arch}, seed {seed}')
-      evaluate.evaluate_workdir(workdir, PROTOCOLS, figures=True)
+      # Figures (Fig. 5 and 7, an extra top-1 pass) for the pose-gated models; the others' gate
+      # statistics for Fig. 6 come with every evaluation.
+      evaluate.evaluate_workdir(workdir, PROTOCOLS, figures=arch.startswith('pose_'))
       timings[f'eval_{arch}_seed{seed}'] = time.perf_counter() - start
     results[(arch, seed)] = json.loads(stored.read_text())
   return results
@@ -312,7 +314,9 @@ def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, 
     lines.append(f'| {arch} | ' + ' | '.join(_cell(row[v]) for v in TABLE3_VIEWS) + f' | {paper} |')
   if len(args.seeds) > 1:
     lines += ['', f'Mean ± standard deviation over seeds {seeds}.']
+  notes = path.parent / 'reproduction_notes.md'  # the why, in words, kept beside the figures
   lines += ['', '## What held', '', *reading(table, peer), '',
+            *([notes.read_text().strip(), ''] if notes.exists() else []),
             '## Learning curves', '',
             'NME of the last stage on the wide test split (1000 faces) during training, first '
             'seed.', '', '![learning curves](reproduction_curves.png)', '',
