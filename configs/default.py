@@ -74,8 +74,8 @@ def model_config(architecture: str) -> ml_collections.ConfigDict:
       freeze_pose=True,
       gate_pose='estimator',  # or 'truth': gate on the true head pose (an oracle, for analysis)
       regression_output_init='lecun',
-      # Per stage, how many times smaller the image the patches are cut from is (a patch spans
-      # patch_size * scale px); () = all 1, the paper's fixed patches.
+      # For the first stages, how many times smaller the image their patches are cut from is (a
+      # patch spans patch_size * scale px); later stages and () = 1, the paper's fixed patches.
       patch_scales=(),  # 'zeros': each fresh stage starts as the identity
   ))
   model.update(PAPER_SIZES[architecture])
@@ -139,7 +139,7 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
   config.model.update(TINY_SIZES[_size_kind(config.model.architecture)])
   config.model.num_stages = 2
   config.model.patch_size = 16  # a quarter of the CNN work: the CPU main job's budget
-  config.model.patch_scales = (2.0, 1.0)  # the first stage sees 32 px (docs/learning.md)
+  config.model.patch_scales = (2.0,)  # the first stage sees 32 px (docs/learning.md)
   config.pose.update(dict(stage_sizes=(1, 1, 1, 1), base_width=8, head_hidden=32))
   config.dataset = 'synthetic_faces/small'
   config.batch_size = 16
@@ -156,7 +156,7 @@ def _small(config: ml_collections.ConfigDict) -> None:
   config.model.update(SMALL_SIZES[_size_kind(config.model.architecture)])
   config.model.num_stages = 2
   config.model.patch_size = 16
-  config.model.patch_scales = (2.0, 1.0)
+  config.model.patch_scales = (2.0,)
   config.pose.update(dict(stage_sizes=(1, 1, 1, 1), base_width=8, head_hidden=32))
   config.dataset = 'synthetic_faces/default'
   config.batch_size = 16

@@ -63,11 +63,13 @@ def test_zero_initialised_regressors_leave_every_stage_at_s0(architecture):
   assert float(jnp.abs(out_kernel).sum()) > 0
 
 
-def test_patch_scales_one_per_stage():
-  model = models.create(_config(**{'model.patch_scales': (2.0, 1.0)}))
+def test_patch_scales_set_the_first_stages():
+  model = models.create(_config(**{'model.patch_scales': (2.0,), 'model.num_stages': 3}))
+  assert model.patch_scales == (2.0, 1.0, 1.0)
   variables = models.init(model, jax.random.key(0))
   assert model.apply(variables, jnp.zeros((1, 150, 150)), jnp.full((1, 68, 2), 75.0))[
       'shape'].shape == (1, 68, 2)
+  assert models.create(_config(**{'model.patch_scales': ()})).patch_scales is None
   with pytest.raises(ValueError, match='patch_scales has 3 entries for 2 stages'):
     models.create(_config(**{'model.patch_scales': (3.0, 2.0, 1.0)}))
 
@@ -113,3 +115,23 @@ def test_legacy_pose_heads_are_read_through_tanh(tmp_path):
   wrap = pose_lib.AngleHead(hidden_features=0, output='wrap').apply(params, phi)
   np.testing.assert_allclose(tanh, [[np.pi * np.tanh(-2.0)]], rtol=1e-6)
   np.testing.assert_allclose(wrap, [[-2.0]], rtol=1e-6)
+
+
+def test_true_pose_gate_reads_the_given_pose_and_builds_no_estimator():
+  config = default.get_config('pose_tree_moe', 'tiny')
+  config.model.gate_pose = 'truth'
+  model = models.create(config)
+  assert model.pose_estimator is None
+  variables = models.init(model, jax.random.key(0))
+  assert 'pose_estimator' not in variables['params']
+  images, init_shape = jnp.zeros((2, 150, 150)), jnp.full((2, 68, 2), 75.0)
+  pose = jnp.array([[0.0, 0.0, 0.0], [1.2, -0.3, 0.2]])
+  out = model.apply(variables, images, init_shape, pose=pose)
+  np.testing.assert_array_equal(out['pose'], pose)
+  # The representation gate is a function of the pose alone: the two faces (same image) differ.
+  gates = np.asarray(out['gates']['representation'][0])
+  assert not np.allclose(gates[0], gates[1])
+  swapped = model.apply(variables, images, init_shape, pose=pose[::-1])
+  np.testing.assert_allclose(swapped['gates']['representation'][0], gates[::-1], rtol=1e-6)
+  with pytest.raises(ValueError, match='pass pose'):
+    model.apply(variables, images, init_shape)

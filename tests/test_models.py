@@ -192,6 +192,7 @@ def test_top1_regression_uses_the_most_weighted_expert_alone():
   config = default.get_config('tree_moe', 'tiny')
   with config.unlocked():
     config.model.num_stages = 1
+    config.model.patch_scales = ()  # the reference below crops at full resolution
   model = models.create(config)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.uniform(-1, 1, (3, 150, 150)), jnp.float32)
@@ -204,7 +205,8 @@ def test_top1_regression_uses_the_most_weighted_expert_alone():
   crops = patches.extract_patches(images, init_shape, 16)
   h = experts.ExpertCNNs(1, config.model.cnn_features).apply(
       {'params': stage['representation']}, crops)[:, 0]
-  each = experts.ExpertMLPs(8, 32, 136).apply({'params': stage['regression']}, h)  # [B, E, 2P]
+  each = experts.ExpertMLPs(8, config.model.regression_hidden, 136).apply(
+      {'params': stage['regression']}, h)  # [B, E, 2P]
   best = np.argmax(np.asarray(out['gates']['regression'][0]), axis=-1)
   expected = init_shape + np.asarray(each)[np.arange(3), best].reshape(3, 68, 2) * 75.0
   np.testing.assert_allclose(out['shape'], expected, rtol=1e-4, atol=1e-3)
@@ -214,6 +216,7 @@ def test_top1_under_a_uniform_gate_is_one_expert_not_the_ensemble():
   config = default.get_config('moe', 'tiny')
   with config.unlocked():
     config.model.num_stages = 1
+    config.model.patch_scales = ()  # the reference below crops at full resolution
   model = models.create(config)
   rng = np.random.default_rng(1)
   images = jnp.asarray(rng.uniform(-1, 1, (2, 150, 150)), jnp.float32)
@@ -232,7 +235,8 @@ def test_top1_under_a_uniform_gate_is_one_expert_not_the_ensemble():
     h = experts.ExpertCNNs(1, config.model.cnn_features).apply(
         {'params': stage['representation']}, crops)[:, 0]
     expert0 = jax.tree.map(lambda leaf: leaf[:1], stage['regression'])
-    alone = experts.ExpertMLPs(1, 32, 136).apply({'params': expert0}, h)[:, 0]  # [B, 2P]
+    alone = experts.ExpertMLPs(1, config.model.regression_hidden, 136).apply(
+        {'params': expert0}, h)[:, 0]  # [B, 2P]
     return top1, mean, alone
 
   top1, mean, alone = top1_mean_and_expert0(images, init_shape)

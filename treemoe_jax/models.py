@@ -179,12 +179,18 @@ def gate_pose(config: ml_collections.ConfigDict) -> str:
 
 
 def _patch_scales(model_config: ml_collections.ConfigDict) -> tuple[float, ...] | None:
-  """config.model.patch_scales: () = every stage at full resolution; else one per stage."""
+  """config.model.patch_scales: the first stages' scales, later stages at 1 (full resolution).
+
+  So `(2,)` (tiny, small) keeps meaning "the first stage coarse" when --config.model.num_stages
+  changes; () = every stage at full resolution, the paper's patches.
+  """
   scales = tuple(float(s) for s in model_config.get('patch_scales', ()))
-  if scales and len(scales) != model_config.num_stages:
+  if len(scales) > model_config.num_stages:
     raise ValueError(f'config.model.patch_scales has {len(scales)} entries for '
-                     f'{model_config.num_stages} stages: give one per stage, or () for none')
-  return scales or None
+                     f'{model_config.num_stages} stages: give at most one per stage')
+  if not scales:
+    return None
+  return scales + (1.0,) * (model_config.num_stages - len(scales))
 
 
 def init(model: FaceAligner, rng: jax.Array, batch_size: int = 1) -> dict:
