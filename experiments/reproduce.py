@@ -159,7 +159,9 @@ def ert_peer(out: pathlib.Path, args, timings: dict) -> dict:
   """{'ert': {column: NME}, 'mean_shape': {...}}: dlib's ERT on the same train crops."""
   stored = out / 'ert.json'
   if stored.exists():
-    return json.loads(stored.read_text())
+    table = json.loads(stored.read_text())
+    timings.setdefault('ert_train', table['train_seconds'])
+    return table
   from benchmarks import ert_peer as peer  # pylint: disable=g-import-not-at-top (dlib, TF)
   from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
   from treemoe_jax import protocols  # pylint: disable=g-import-not-at-top
@@ -169,7 +171,8 @@ def ert_peer(out: pathlib.Path, args, timings: dict) -> dict:
   predictor = peer.train(images, landmarks, args.threads)
   timings['ert_train'] = time.perf_counter() - start
   mean_shape = landmarks.mean(0)
-  table = {'ert': {}, 'mean_shape': {}, 'train_faces': len(images)}
+  table = {'ert': {}, 'mean_shape': {}, 'train_faces': len(images),
+           'train_seconds': timings['ert_train'], 'threads': args.threads}
   for protocol in protocols.parse(PROTOCOLS):
     for subset in protocol.subsets:
       dataset = protocols.resolve_dataset(subset.dataset, args.dataset)
@@ -235,10 +238,15 @@ def reading(table: dict, peer: dict) -> list[str]:
     return '**held**' if ok else '**did not hold**'
 
   views = TABLE1_VIEWS + ('yaw_0_30', 'yaw_30_60', 'yaw_60_90')
-  beaten = {a: [v for v in views if table[a][v][0] >= peer['ert'][v] * 100] for a in table
-            if a in ARCHITECTURES}
+  if not peer['ert']:
+    lines.append('- The ERT peer did not run (`--no_ert`): no comparison with it.')
+    beaten = {}
+  else:
+    beaten = {a: [v for v in views if table[a][v][0] >= peer['ert'][v] * 100] for a in table
+              if a in ARCHITECTURES}
   all_beat = not any(beaten.values())
-  lines.append(f'- Every neural architecture beats ERT on every view: {verdict(all_beat)}.' + (
+  if peer['ert']:
+    lines.append(f'- Every neural architecture beats ERT on every view: {verdict(all_beat)}.' + (
       '' if all_beat else ' Not beaten: ' + '; '.join(
           f'{a} on {", ".join(v)}' for a, v in beaten.items() if v) + '.'))
   pairs = [('tree_moe', 'softmax_moe'), ('pose_tree_moe', 'pose_softmax_moe')]
@@ -297,8 +305,9 @@ def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, 
   ]
   for name in ('mean_shape', 'ert'):
     label = 'mean shape (no learning)' if name == 'mean_shape' else 'dlib ERT (same train crops)'
-    lines.append(f'| {label} | ' + ' | '.join(f'{100 * peer[name][v]:.2f}' for v in TABLE1_VIEWS)
-                 + ' | |')
+    if peer[name]:
+      lines.append(f'| {label} | ' + ' | '.join(f'{100 * peer[name][v]:.2f}'
+                                                for v in TABLE1_VIEWS) + ' | |')
   for arch, row in table.items():
     paper = ' / '.join(f'{v:.2f}' for v in PAPER_TABLE1.get(arch, ()))
     lines.append(f'| {arch} | ' + ' | '.join(_cell(row[v]) for v in TABLE1_VIEWS) + f' | {paper} |')
@@ -307,8 +316,9 @@ def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, 
             '|---|---|---|---|---|---|']
   for name in ('mean_shape', 'ert'):
     label = 'mean shape (no learning)' if name == 'mean_shape' else 'dlib ERT (same train crops)'
-    lines.append(f'| {label} | ' + ' | '.join(f'{100 * peer[name][v]:.2f}' for v in TABLE3_VIEWS)
-                 + ' | |')
+    if peer[name]:
+      lines.append(f'| {label} | ' + ' | '.join(f'{100 * peer[name][v]:.2f}'
+                                                for v in TABLE3_VIEWS) + ' | |')
   for arch, row in table.items():
     paper = ' / '.join(f'{v:.2f}' for v in PAPER_TABLE3[arch]) if arch in PAPER_TABLE3 else ''
     lines.append(f'| {arch} | ' + ' | '.join(_cell(row[v]) for v in TABLE3_VIEWS) + f' | {paper} |')
