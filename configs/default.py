@@ -153,13 +153,10 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
 
 
 def _small(config: ml_collections.ConfigDict) -> None:
+  """tiny's stages, patches and pose estimator; equal budgets, more faces, longer."""
+  _tiny(config)
   config.model.update(SMALL_SIZES[_size_kind(config.model.architecture)])
-  config.model.num_stages = 2
-  config.model.patch_size = 16
-  config.model.patch_scales = (2.0,)
-  config.pose.update(dict(stage_sizes=(1, 1, 1, 1), base_width=8, head_hidden=32))
   config.dataset = 'synthetic_faces/default'
-  config.batch_size = 16
   config.num_train_steps = 3000
   config.pose_train_steps = 3000
   config.log_every_steps = 100
