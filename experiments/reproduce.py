@@ -281,6 +281,13 @@ def reading(table: dict, peer: dict) -> list[str]:
   return lines
 
 
+def peer_rows(peer: dict, views) -> list[str]:
+  """The mean-shape and ERT rows of a table (those that ran), NME %."""
+  labels = {'mean_shape': 'mean shape (no learning)', 'ert': 'dlib ERT (same train crops)'}
+  return [f'| {label} | ' + ' | '.join(f'{100 * peer[name][v]:.2f}' for v in views) + ' | |'
+          for name, label in labels.items() if peer[name]]
+
+
 def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, timings: dict,
                  out: pathlib.Path) -> None:
   seeds = ', '.join(map(str, args.seeds))
@@ -303,22 +310,14 @@ def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, 
       '| method | frontal | large pose | occluded | paper: LFPW / HELEN / IBUG / COFW |',
       '|---|---|---|---|---|',
   ]
-  for name in ('mean_shape', 'ert'):
-    label = 'mean shape (no learning)' if name == 'mean_shape' else 'dlib ERT (same train crops)'
-    if peer[name]:
-      lines.append(f'| {label} | ' + ' | '.join(f'{100 * peer[name][v]:.2f}'
-                                                for v in TABLE1_VIEWS) + ' | |')
+  lines += peer_rows(peer, TABLE1_VIEWS)
   for arch, row in table.items():
     paper = ' / '.join(f'{v:.2f}' for v in PAPER_TABLE1.get(arch, ()))
     lines.append(f'| {arch} | ' + ' | '.join(_cell(row[v]) for v in TABLE1_VIEWS) + f' | {paper} |')
   lines += ['', '## Table 3 analogue', '',
             '| method | yaw 0-30 | yaw 30-60 | yaw 60-90 | mean | paper (AFLW2000-3D) |',
             '|---|---|---|---|---|---|']
-  for name in ('mean_shape', 'ert'):
-    label = 'mean shape (no learning)' if name == 'mean_shape' else 'dlib ERT (same train crops)'
-    if peer[name]:
-      lines.append(f'| {label} | ' + ' | '.join(f'{100 * peer[name][v]:.2f}'
-                                                for v in TABLE3_VIEWS) + ' | |')
+  lines += peer_rows(peer, TABLE3_VIEWS)
   for arch, row in table.items():
     paper = ' / '.join(f'{v:.2f}' for v in PAPER_TABLE3[arch]) if arch in PAPER_TABLE3 else ''
     lines.append(f'| {arch} | ' + ' | '.join(_cell(row[v]) for v in TABLE3_VIEWS) + f' | {paper} |')
