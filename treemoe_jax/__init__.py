@@ -12,7 +12,8 @@ __version__ = '0.1.0'
 
 _SUBMODULES = ('cascade', 'checkpointing', 'cli', 'evaluate', 'experts', 'gates', 'geometry',
                'metrics', 'models', 'parallel', 'patches', 'plots', 'pose', 'pose_fit',
-               'pretrained', 'progress', 'protocols', 'reports', 'tasks', 'train', 'workdirs')
+               'pretrained', 'progress', 'protocols', 'reports', 'routing', 'tasks', 'train',
+               'workdirs')
 
 
 def __getattr__(name: str):

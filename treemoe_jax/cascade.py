@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from treemoe_jax import experts
 from treemoe_jax import gates
 from treemoe_jax import patches
+from treemoe_jax import routing as routing_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,18 +81,16 @@ class CascadeStage(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, shape: jax.Array, pose: jax.Array | None,
-               regression_top_k: int = 0):
+               regression_top_k: int = 0, routing: routing_lib.Routing = routing_lib.DENSE):
     """images [B, H, W], shape [B, P, 2], pose [B, 3] or None -> (shape [B, P, 2], gate weights).
 
     `regression_top_k` > 0 keeps exactly the k regressors the gate weighs most (renormalised;
-    ties to the lowest index, see `top_k`), as in Fig. 7's top-1 predictions; the returned gate
-    weights are the gate's own.
+    ties to the lowest index, see `top_k`), as in Fig. 7's top-1 predictions, computing all of
+    them. `routing` (routing.py) instead runs only the selected experts of both committees. The
+    returned gate weights are the gates' own.
     """
     spec = self.spec
     crops = patches.scaled_patches(images, shape, spec.patch_size, self.patch_scale)  # [B,P,S,S]
-    features = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
-                                  spec.cnn_kernel_sizes, spec.cnn_conv_impl,
-                                  name='representation')(crops)  # [B, L, F]
     rep_gate = gates.make_gate(spec.representation_gate, spec.num_cnn_experts,
                                spec.representation_gate_depth, name='representation_gate')
     if spec.gates_on_pose and pose is None:
@@ -100,18 +99,38 @@ class CascadeStage(nn.Module):
     # A uniform gate reads nothing but the batch size.
     gate_input = pose if spec.gates_on_pose else jnp.zeros((images.shape[0], 1), images.dtype)
     rep_weights = rep_gate(gate_input)  # [B, L]
-    h = experts.combine(features, rep_weights)  # [B, F]
+    representation = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
+                                        spec.cnn_kernel_sizes, spec.cnn_conv_impl,
+                                        name='representation')
+    selected = _select(rep_gate, rep_weights, gate_input, routing)
+    if selected is None:
+      h = experts.combine(representation(crops), rep_weights)  # [B, L, F] -> [B, F]
+    else:
+      h = experts.combine(representation(crops, selected[0]), selected[1])  # [B, K, F] -> [B, F]
     num_outputs = 2 * spec.num_landmarks
-    displacements = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,
-                                       num_outputs, spec.regression_output_init,
-                                       name='regression')(h)  # [B, L', 2P]
-    reg_weights = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
-                                  spec.regression_gate_depth, name='regression_gate')(h)  # [B, L']
-    delta = experts.combine(displacements, top_k(reg_weights, regression_top_k))  # [B, 2P]
+    regression = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,
+                                    num_outputs, spec.regression_output_init, name='regression')
+    reg_gate = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
+                               spec.regression_gate_depth, name='regression_gate')
+    reg_weights = reg_gate(h)  # [B, L']
+    selected = _select(reg_gate, reg_weights, h, routing)
+    if selected is None:
+      delta = experts.combine(regression(h), top_k(reg_weights, regression_top_k))  # [B, 2P]
+    else:
+      delta = experts.combine(regression(h, selected[0]), selected[1])  # [B, K, 2P] -> [B, 2P]
     # The regressors speak in half-image units (normalised coordinates in [-1, 1]): a unit-scale
     # output is a displacement across half the face crop, so Adam at 1e-3 moves them usefully.
     new_shape = shape + delta.reshape(shape.shape) * (images.shape[-1] / 2)
     return new_shape, {'representation': rep_weights, 'regression': reg_weights}
+
+
+def _select(gate: nn.Module, weights: jax.Array, gate_input: jax.Array,
+            routing: routing_lib.Routing):
+  """routing.select for this gate; None (all experts) for a uniform gate, which prefers none."""
+  if isinstance(gate, gates.UniformGate) or routing.kind == 'dense' or gate.is_initializing():
+    return None
+  node_logits = gate.node_logits(gate_input) if isinstance(gate, gates.TreeGate) else None
+  return routing_lib.select(weights, routing, node_logits)
 
 
 class Cascade(nn.Module):
@@ -126,7 +145,8 @@ class Cascade(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, init_shape: jax.Array, pose: jax.Array | None,
-               regression_top_k: int = 0) -> dict:
+               regression_top_k: int = 0,
+               routing: routing_lib.Routing = routing_lib.DENSE) -> dict:
     scales = self.patch_scales or (1.0,) * self.num_stages
     if len(scales) != self.num_stages:
       raise ValueError(f'{len(scales)} patch scales for {self.num_stages} stages')
@@ -136,7 +156,7 @@ class Cascade(nn.Module):
       if self.stop_gradient_between_stages:
         shape = jax.lax.stop_gradient(shape)  # stage-wise training: stage k sees s(k) as data
       shape, weights = CascadeStage(self.spec, float(scales[k]), name=f'stage{k}')(
-          images, shape, pose, regression_top_k)
+          images, shape, pose, regression_top_k, routing)
       stage_shapes.append(shape)
       rep_weights.append(weights['representation'])
       reg_weights.append(weights['regression'])

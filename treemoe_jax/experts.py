@@ -9,6 +9,7 @@ Axis legend: B batch, P landmarks, S patch size, C channels, n features per land
 E experts, F = P * n representation features, O regression outputs (2P).
 """
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -80,20 +81,42 @@ class PatchCNN(nn.Module):
     return x.reshape(batch, num_patches * self.features[-1])
 
 
+def gathered(apply_one, committee_params, chosen: jax.Array, x: jax.Array) -> jax.Array:
+  """Only the chosen experts: `apply_one(params, x_b)` for each row b and its K experts.
+
+  committee_params: leaves `[E, ...]` (the committee's leading expert axis); chosen int `[B, K]`;
+  x `[B, ...]` -> `[B, K, ...]`. The K experts' parameters are gathered per example, so the work
+  is B * K expert evaluations, not B * E (routing.py).
+  """
+  picked = jax.tree.map(lambda p: p[chosen], committee_params)  # leaves [B, K, ...]
+  per_row = jax.vmap(apply_one, in_axes=(0, None))  # over K
+  return jax.vmap(per_row)(picked, x)  # over B
+
+
 class ExpertCNNs(nn.Module):
-  """The representation committee: L expert CNNs -> H `[B, E, P*n]` (eq. 3)."""
+  """The representation committee: L expert CNNs -> H `[B, E, P*n]` (eq. 3).
+
+  With `chosen` int `[B, K]`, only those experts run: `[B, K, P*n]` (routing.py).
+  """
   num_experts: int
   features: Sequence[int] = (20, 40, 80, 160, 30)
   kernel_sizes: Sequence[int] = (5, 5, 3, 3, 1)
   conv_impl: str = 'im2col'
 
   @nn.compact
-  def __call__(self, patches: jax.Array) -> jax.Array:  # [B, P, S, S] -> [B, E, P*n]
+  def __call__(self, patches: jax.Array, chosen: jax.Array | None = None
+               ) -> jax.Array:  # [B, P, S, S] -> [B, E or K, P*n]
+    expert = functools.partial(PatchCNN, tuple(self.features), tuple(self.kernel_sizes),
+                               conv_impl=self.conv_impl)
     committee = nn.vmap(
         PatchCNN, variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=None, out_axes=1, axis_size=self.num_experts)
-    return committee(tuple(self.features), tuple(self.kernel_sizes), conv_impl=self.conv_impl,
-                     name='experts')(patches)
+    committee = committee(tuple(self.features), tuple(self.kernel_sizes),
+                          conv_impl=self.conv_impl, name='experts')
+    if chosen is None or self.is_initializing():
+      return committee(patches)
+    return gathered(lambda p, x: expert().apply({'params': p}, x[None])[0],
+                    self.variables['params']['experts'], chosen, patches)
 
 
 OUTPUT_INITS = ('lecun', 'zeros')
@@ -120,18 +143,27 @@ class RegressorMLP(nn.Module):
 
 
 class ExpertMLPs(nn.Module):
-  """The regression committee: L' expert regressors -> dS `[B, E, O]` (eq. 5)."""
+  """The regression committee: L' expert regressors -> dS `[B, E, O]` (eq. 5).
+
+  With `chosen` int `[B, K]`, only those experts run: `[B, K, O]` (routing.py).
+  """
   num_experts: int
   hidden: int
   outputs: int
   output_init: str = 'lecun'
 
   @nn.compact
-  def __call__(self, h: jax.Array) -> jax.Array:  # [B, F] -> [B, E, O]
+  def __call__(self, h: jax.Array, chosen: jax.Array | None = None
+               ) -> jax.Array:  # [B, F] -> [B, E or K, O]
     committee = nn.vmap(
         RegressorMLP, variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=None, out_axes=1, axis_size=self.num_experts)
-    return committee(self.hidden, self.outputs, self.output_init, name='experts')(h)
+    committee = committee(self.hidden, self.outputs, self.output_init, name='experts')
+    if chosen is None or self.is_initializing():
+      return committee(h)
+    expert = RegressorMLP(self.hidden, self.outputs, self.output_init)
+    return gathered(lambda p, x: expert.apply({'params': p}, x),
+                    self.variables['params']['experts'], chosen, h)
 
 
 def combine(expert_outputs: jax.Array, weights: jax.Array) -> jax.Array:

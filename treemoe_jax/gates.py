@@ -60,15 +60,38 @@ def tree_leaf_probs(logits: jax.Array) -> jax.Array:
 
 
 class TreeGate(nn.Module):
-  """Soft binary neural tree of depth D (eq. 9-11): one neuron per internal node."""
+  """Soft binary neural tree of depth D (eq. 9-11): one neuron per internal node.
+
+  `node_logits` exposes z_n (d_n = sigmoid(z_n)) for greedy descent at inference (routing.py).
+  """
   depth: int
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def setup(self):
     if self.depth < 1:
       raise ValueError(f'TreeGate depth must be >= 1, got {self.depth}')
-    logits = nn.Dense(2**self.depth - 1, name='nodes')(x)  # [..., N]
-    return tree_leaf_probs(logits)
+    self.nodes = nn.Dense(2**self.depth - 1)  # params under 'nodes', as before
+
+  def node_logits(self, x: jax.Array) -> jax.Array:
+    """`[..., F]` -> z `[..., N]` in heap order."""
+    return self.nodes(x)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return tree_leaf_probs(self.node_logits(x))
+
+
+@jax.jit
+def greedy_leaf(logits: jax.Array) -> jax.Array:
+  """The leaf reached by descending from the root to the more probable child (int32 `[...]`).
+
+  Node n goes left when d_n = sigmoid(z_n) >= 1/2, i.e. z_n >= 0 (a tie goes left). Leaf index
+  bits read left (0) / right (1) from the root down, as leaves are numbered left to right.
+  """
+  depth = tree_depth(logits.shape[-1])
+  node = jnp.zeros(logits.shape[:-1], jnp.int32)  # heap index at the current level
+  for _ in range(depth):
+    go_right = (jnp.take_along_axis(logits, node[..., None], -1)[..., 0] < 0).astype(jnp.int32)
+    node = 2 * node + 1 + go_right
+  return node - (2**depth - 1)
 
 
 class SoftmaxGate(nn.Module):

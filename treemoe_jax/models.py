@@ -16,6 +16,7 @@ import ml_collections
 
 from treemoe_jax import cascade
 from treemoe_jax import pose as pose_lib
+from treemoe_jax import routing as routing_lib
 from treemoe_jax.gates import GateKind
 
 
@@ -87,8 +88,12 @@ class FaceAligner(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, init_shape: jax.Array, train: bool = False,
-               regression_top_k: int = 0, pose: jax.Array | None = None) -> dict:
+               regression_top_k: int = 0, pose: jax.Array | None = None,
+               routing: 'str | routing_lib.Routing' = 'dense') -> dict:
     """`regression_top_k` > 0: each stage adds only its k most-weighted regressors (Fig. 7).
+
+    `routing` ('dense', 'topk:K', 'greedy'; routing.py): which experts of each learned gate run
+    at inference; only those are computed.
 
     `pose` [B, 3]: the head pose the gate reads when `gate_pose` is 'truth' (ignored otherwise).
     """
@@ -110,7 +115,8 @@ class FaceAligner(nn.Module):
         pose = jax.lax.stop_gradient(pose)
     outputs = cascade.Cascade(self.stage, self.num_stages, self.stop_gradient_between_stages,
                               self.patch_scales,
-                              name='cascade')(images, init_shape, pose, regression_top_k)
+                              name='cascade')(images, init_shape, pose, regression_top_k,
+                                              routing_lib.parse(routing))
     if pose is not None:
       outputs['pose'] = pose
     return outputs

@@ -1,0 +1,174 @@
+"""Routing at inference (routing.py) against independent references: a numpy walk down the tree,
+numpy top-k, the dense committee's own outputs picked by index, XLA's FLOP count."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tree_moe, pose_tree_moe
+from treemoe_jax import cascade
+from treemoe_jax import experts
+from treemoe_jax import gates
+from treemoe_jax import models
+from treemoe_jax import routing
+
+
+def numpy_greedy_leaf(logits: np.ndarray) -> np.ndarray:
+  """Walk each row from the root, left when sigmoid(z) >= 1/2, in a Python loop."""
+  depth = int(np.log2(logits.shape[-1] + 1))
+  leaves = []
+  for row in logits.reshape(-1, logits.shape[-1]):
+    node = 0
+    for _ in range(depth):
+      node = 2 * node + (1 if 1 / (1 + np.exp(-row[node])) >= 0.5 else 2)
+    leaves.append(node - (2**depth - 1))
+  return np.array(leaves).reshape(logits.shape[:-1])
+
+
+def greedy_from_leaf_probs(mu: np.ndarray) -> np.ndarray:
+  """The same descent read from leaf probabilities: go to the child subtree of larger mass."""
+  leaves = []
+  for row in mu:
+    lo, hi = 0, len(row)
+    while hi - lo > 1:
+      mid = (lo + hi) // 2
+      lo, hi = (lo, mid) if row[lo:mid].sum() >= row[mid:hi].sum() else (mid, hi)
+    leaves.append(lo)
+  return np.array(leaves)
+
+
+def test_parse():
+  assert routing.parse('dense') == routing.DENSE
+  assert routing.parse('greedy') == routing.Routing('greedy', 1)
+  assert routing.parse('topk:4') == routing.Routing('topk', 4)
+  assert str(routing.parse('topk:4')) == 'topk:4'
+  for bad in ('topk:0', 'topk:x', 'top4', 'sparse', 'topk:-1'):
+    with pytest.raises(ValueError, match='topk:K'):
+      routing.parse(bad)
+
+
+@pytest.mark.parametrize('depth', [1, 3, 6])
+def test_greedy_leaf_equals_a_walk_down_the_tree(depth):
+  logits = np.random.default_rng(depth).normal(0, 2, (50, 2**depth - 1)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(gates.greedy_leaf(jnp.asarray(logits))),
+                                numpy_greedy_leaf(logits))
+
+
+def test_greedy_differs_from_most_probable_leaf():
+  # Root: 0.6 left. Left child 50/50 -> leaves 0.3, 0.3. Right child certainly left -> 0.4, 0.
+  logits = jnp.array([[np.log(0.6 / 0.4), 0.0, 50.0]], jnp.float32)
+  mu = np.asarray(gates.tree_leaf_probs(logits))[0]
+  np.testing.assert_allclose(mu, [0.3, 0.3, 0.4, 0.0], atol=1e-6)
+  assert int(gates.greedy_leaf(logits)[0]) == 0  # greedy commits to the left subtree
+  chosen, weights = routing.select(jnp.asarray(mu[None]), routing.parse('topk:1'))
+  assert int(chosen[0, 0]) == 2 and float(weights[0, 0]) == 1.0
+  chosen, weights = routing.select(jnp.asarray(mu[None]), routing.parse('greedy'), logits)
+  assert int(chosen[0, 0]) == 0 and float(weights[0, 0]) == 1.0
+
+
+def test_topk_selects_the_k_largest_renormalised():
+  weights = jax.nn.softmax(jax.random.normal(jax.random.key(0), (6, 16)))
+  chosen, kept = routing.select(weights, routing.parse('topk:3'))
+  expected = np.argsort(-np.asarray(weights), axis=-1, kind='stable')[:, :3]
+  np.testing.assert_array_equal(np.sort(np.asarray(chosen), -1), np.sort(expected, -1))
+  picked = np.take_along_axis(np.asarray(weights), expected, -1)
+  np.testing.assert_allclose(np.asarray(kept), picked / picked.sum(-1, keepdims=True), rtol=1e-6)
+  assert routing.select(weights, routing.parse('topk:16')) is None  # all of them: dense
+  assert routing.select(weights, routing.DENSE) is None
+
+
+def test_gathered_regressors_equal_the_dense_committee_picked_by_index():
+  committee = experts.ExpertMLPs(num_experts=8, hidden=16, outputs=10)
+  h = jax.random.normal(jax.random.key(1), (5, 12))
+  variables = committee.init(jax.random.key(2), h)
+  dense = np.asarray(committee.apply(variables, h))  # [B, E, O]
+  chosen = jnp.array([[3, 0], [7, 7], [1, 2], [5, 6], [0, 4]])
+  gathered = np.asarray(committee.apply(variables, h, chosen))  # [B, K, O]
+  np.testing.assert_allclose(gathered, np.take_along_axis(dense, np.asarray(chosen)[..., None], 1),
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('conv_impl', ['im2col', 'xla'])
+def test_gathered_cnns_equal_the_dense_committee_picked_by_index(conv_impl):
+  committee = experts.ExpertCNNs(num_experts=4, features=(4, 6, 5), kernel_sizes=(5, 3, 1),
+                                 conv_impl=conv_impl)
+  crops = jax.random.normal(jax.random.key(3), (3, 7, 16, 16))
+  variables = committee.init(jax.random.key(4), crops)
+  dense = np.asarray(committee.apply(variables, crops))  # [B, E, P*n]
+  chosen = jnp.array([[2], [0], [3]])
+  gathered = np.asarray(committee.apply(variables, crops, chosen))
+  np.testing.assert_allclose(gathered, np.take_along_axis(dense, np.asarray(chosen)[..., None], 1),
+                             rtol=1e-4, atol=1e-5)
+
+
+@functools.lru_cache(maxsize=None)
+def _model_and_inputs(module, batch=8, seed=0, num_stages=1):
+  """A tiny model of `module`'s architecture (one init per test session: init compiles slowly)."""
+  config = module.get_config('tiny')
+  config.model.num_stages = num_stages  # one stage is the unit routing acts on; compiles fast
+  config.model.patch_scales = ()
+  config.model.gate_pose = 'truth'  # the pose gate reads a given pose: no ResNet to compile
+  model = models.create(config)
+  variables = models.init(model, jax.random.key(seed), batch)
+  # Sharper gates than at init, so that routing choices matter.
+  variables = jax.tree.map(
+      lambda x: x * 4 if x.ndim == 2 and x.shape[-1] in (3, 7, 15, 63) else x, variables)
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.uniform(-1, 1, (batch, 150, 150)), jnp.float32)
+  init_shape = jnp.asarray(rng.uniform(40, 110, (batch, 68, 2)), jnp.float32)
+  pose = jnp.asarray(rng.uniform(-1.5, 1.5, (batch, 3)), jnp.float32)
+  return config, model, variables, images, init_shape, pose
+
+
+@pytest.mark.parametrize('module', [tree_moe, pose_tree_moe])
+def test_topk_of_every_expert_equals_dense(module):
+  config, model, variables, images, init_shape, pose = _model_and_inputs(module)
+  run = jax.jit(lambda r: model.apply(variables, images, init_shape, pose=pose, routing=r)['shape'],
+                static_argnums=0)
+  k = max(config.model.num_regression_experts, config.model.num_cnn_experts)
+  np.testing.assert_allclose(np.asarray(run(f'topk:{k}')), np.asarray(run('dense')),
+                             rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize('k', [1, 3])
+def test_gathered_topk_equals_masked_dense_topk(k):
+  # tree_moe: the representation gate is uniform (always dense), so routing only touches the
+  # regressors, which regression_top_k masks after computing all of them.
+  _, model, variables, images, init_shape, _ = _model_and_inputs(tree_moe, num_stages=2)
+  gathered = model.apply(variables, images, init_shape, routing=f'topk:{k}')['shape']
+  masked = model.apply(variables, images, init_shape, regression_top_k=k)['shape']
+  np.testing.assert_allclose(np.asarray(gathered), np.asarray(masked), rtol=1e-5, atol=1e-3)
+
+
+def test_greedy_equals_top1_where_the_greedy_leaf_is_the_most_probable():
+  config, _, _, images, init_shape, _ = _model_and_inputs(tree_moe, batch=64, seed=1)
+  stage = cascade.CascadeStage(models.stage_spec(config.model))
+  variables = stage.init(jax.random.key(5), images, init_shape, None)
+  variables = jax.tree.map(lambda x: x * 6 if x.ndim == 2 and x.shape[-1] == 7 else x, variables)
+  run = lambda r: stage.apply(variables, images, init_shape, None, routing=routing.parse(r))
+  greedy, weights = run('greedy')
+  top1, _ = run('topk:1')
+  mu = np.asarray(weights['regression'])
+  same = greedy_from_leaf_probs(mu) == mu.argmax(-1)
+  assert same.any() and (~same).any(), 'the seed should give both kinds of faces'
+  err = np.abs(np.asarray(greedy) - np.asarray(top1)).max(axis=(1, 2))
+  assert err[same].max() < 1e-3
+  assert err[~same].min() > 1e-3  # another expert ran
+
+
+def test_routed_regression_layer_costs_k_experts_not_all():
+  # XLA's own FLOP count of the compiled regression committee: top-1 does ~1/64 of dense.
+  committee = experts.ExpertMLPs(num_experts=64, hidden=128, outputs=136)
+  h = jnp.ones((32, 2040))
+  variables = committee.init(jax.random.key(0), h)
+  chosen = jnp.zeros((32, 1), jnp.int32)
+
+  def flops(*args):
+    compiled = jax.jit(lambda v, *a: committee.apply(v, *a)).lower(variables, *args).compile()
+    analysis = compiled.cost_analysis()
+    return (analysis[0] if isinstance(analysis, list) else analysis)['flops']
+
+  assert flops(h) / flops(h, chosen) > 30

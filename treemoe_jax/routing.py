@@ -1,0 +1,72 @@
+"""Routing at inference: which experts of a committee run (paper sections 4.4.3-4.4.4).
+
+`dense` runs every expert and weighs them by the gate (the paper). `topk:K` runs exactly the K
+experts the gate weighs most, their weights renormalised. `greedy` descends a tree gate from the
+root to the more probable child at each node (the paper's reference [4]) and runs that one leaf's
+expert; on a softmax gate, which has no tree, it is `topk:1`. Uniform gates (plain MoE, baseline)
+prefer no expert, so they always run dense.
+
+Only the selected experts are computed: `experts.ExpertCNNs` / `ExpertMLPs` gather the chosen
+experts' parameters per example and evaluate K experts, not L.
+
+Axis legend: B batch, L experts, K selected experts, N internal tree nodes.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from treemoe_jax import gates
+
+
+@dataclasses.dataclass(frozen=True)
+class Routing:
+  """kind 'dense' | 'topk' | 'greedy'; k experts for 'topk' (1 for greedy, 0 for dense)."""
+  kind: str = 'dense'
+  k: int = 0
+
+  def __str__(self) -> str:
+    return f'topk:{self.k}' if self.kind == 'topk' else self.kind
+
+
+DENSE = Routing()
+
+
+def parse(routing: 'str | Routing') -> Routing:
+  """'dense', 'greedy' or 'topk:K' (K >= 1) -> Routing; ValueError with the valid forms."""
+  if isinstance(routing, Routing):
+    return routing
+  text = str(routing).strip().lower()
+  if text == 'dense':
+    return DENSE
+  if text == 'greedy':
+    return Routing('greedy', 1)
+  if text.startswith('topk:'):
+    try:
+      k = int(text.removeprefix('topk:'))
+    except ValueError:
+      k = 0
+    if k >= 1:
+      return Routing('topk', k)
+  raise ValueError(f"unknown routing {routing!r}: use 'dense', 'greedy' or 'topk:K' with K >= 1")
+
+
+def select(weights: jax.Array, routing: Routing, node_logits: jax.Array | None = None
+           ) -> tuple[jax.Array, jax.Array] | None:
+  """The experts to run: (indices int32 `[B, K]`, weights `[B, K]` summing to 1), or None = all.
+
+  `weights` `[B, L]` are the gate's; `node_logits` `[B, N]` a tree gate's node logits (greedy).
+  K >= L selects every expert, which is dense (None). Ties go to the lowest index (lax.top_k).
+  """
+  num_experts = weights.shape[-1]
+  if routing.kind == 'dense':
+    return None
+  if routing.kind == 'greedy' and node_logits is not None:
+    leaf = gates.greedy_leaf(node_logits)[..., None]  # [B, 1]
+    return leaf, jnp.ones(leaf.shape, weights.dtype)
+  k = 1 if routing.kind == 'greedy' else routing.k
+  if k >= num_experts:
+    return None
+  kept, chosen = jax.lax.top_k(weights, k)  # [B, K], largest first
+  return chosen, kept / kept.sum(-1, keepdims=True)
