@@ -156,10 +156,23 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
+def face_image(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
+  """The model's input: [H, W, C] uint8 -> the window's grayscale crop [S, S] in [-1, 1].
+
+  The one crop of training, evaluation and inference on people's photos (treemoe_jax.aligner).
+  """
+  return normalize(to_grayscale(crop_image(image, window, size)))
+
+
+def uncrop_landmarks(points, window, size: int):
+  """Crop pixels [..., P, 2] back to the image's: the inverse of `crop_landmarks` (numpy or tf)."""
+  return (points + 0.5) * (window[2] / size) + window[:2]
+
+
 def crop_face(features: Features, crop: CropConfig) -> Features:
   """A stored example -> the face crop: image [S, S] in [-1, 1], landmarks in crop pixels."""
   window = crop_window(features['box'], crop.margin)
-  image = normalize(to_grayscale(crop_image(features['image'], window, crop.size)))
+  image = face_image(features['image'], window, crop.size)
   return {
       'image': image,
       'landmarks': crop_landmarks(tf.cast(features['landmarks'], tf.float32), window, crop.size),

@@ -15,9 +15,6 @@ Axis legend: B batch, L experts, K selected experts, N internal tree nodes.
 import dataclasses
 
 import jax
-import jax.numpy as jnp
-
-from treemoe_jax import gates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +60,9 @@ def select(weights: jax.Array, routing: Routing, node_logits: jax.Array | None =
   if routing.kind == 'dense':
     return None
   if routing.kind == 'greedy' and node_logits is not None:
+    from treemoe_jax import gates  # pylint: disable=g-import-not-at-top (Flax; parse() needs none)
     leaf = gates.greedy_leaf(node_logits)[..., None]  # [B, 1]
-    return leaf, jnp.ones(leaf.shape, weights.dtype)
+    return leaf, jax.numpy.ones(leaf.shape, weights.dtype)
   k = 1 if routing.kind == 'greedy' else routing.k
   if k >= num_experts:
     return None

@@ -1,0 +1,198 @@
+"""Aligner and export: geometry against hand-computed maps and a bright dot, the crop against the
+evaluation pipeline's, buckets, and the exported artifact against the model it came from."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tests.test_train import micro_config
+from input_pipeline import pipeline
+from treemoe_jax import aligner
+from treemoe_jax import evaluate
+from treemoe_jax import export
+from treemoe_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZE = 150
+MARGIN = 0.25
+
+
+def window_of(box, margin=MARGIN):
+  """The crop window (left, top, side) of SPEC, by hand."""
+  x0, y0, x1, y1 = box
+  side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
+  return (x0 + x1) / 2 - side / 2, (y0 + y1) / 2 - side / 2, side
+
+
+def brightest_point_forward(images, init_shape):
+  """A stand-in model: every landmark at the centroid of what is brighter than the background."""
+  images = np.asarray(images)
+  weights = np.maximum(images - np.median(images, axis=(1, 2), keepdims=True), 0)  # [n, S, S]
+  weights = weights / np.maximum(weights.sum(axis=(1, 2), keepdims=True), 1e-12)
+  rows, cols = np.mgrid[:images.shape[1], :images.shape[2]]
+  points = np.stack([(weights * cols).sum((1, 2)), (weights * rows).sum((1, 2))], -1)
+  shape = np.repeat(points[:, None].astype(np.float32), init_shape.shape[1], 1)
+  return {'shape': shape, 'stage_shapes': shape[:, None]}
+
+
+def test_buckets_cover_every_count_with_few_shapes():
+  assert aligner.buckets_for(0, (1, 8, 32)) == []
+  assert aligner.buckets_for(1, (1, 8, 32)) == [1]
+  assert aligner.buckets_for(5, (1, 8, 32)) == [8]
+  assert aligner.buckets_for(40, (1, 8, 32)) == [32, 8]
+  assert aligner.buckets_for(65, (1, 8, 32)) == [32, 32, 1]
+
+
+@pytest.mark.parametrize('image_shape', [(90, 120), (480, 640, 3), (1000, 700)])
+@pytest.mark.parametrize('box_shape', [(30, 30), (60, 40), (25, 70)])
+def test_landmarks_map_back_to_a_bright_dot(image_shape, box_shape):
+  # A 3x3 white dot in a dark image, inside a box of the given size: the crop (the training
+  # crop, shrinking or enlarging) and the map back must put the brightest point on the dot.
+  height, width = image_shape[:2]
+  scale = min(height, width) / 100  # boxes grow with the image: crops shrink and enlarge
+  box_w, box_h = box_shape[0] * scale, box_shape[1] * scale
+  rng = np.random.default_rng(int(height + box_w))
+  x0, y0 = rng.uniform(5, width - box_w - 5), rng.uniform(5, height - box_h - 5)
+  box = (x0, y0, x0 + box_w, y0 + box_h)
+  dot = np.array([x0 + box_w * rng.uniform(0.2, 0.8), y0 + box_h * rng.uniform(0.2, 0.8)])
+  image = np.full(image_shape, 20, np.uint8)
+  cx, cy = np.round(dot).astype(int)
+  image[cy - 1:cy + 2, cx - 1:cx + 2] = 250
+  model = aligner.Aligner(brightest_point_forward, mean_shape=np.zeros((68, 2)),
+                          image_size=SIZE, margin=MARGIN, buckets=(1, 4))
+  (face,) = model.align(image, [box])
+  side = window_of(box)[2]
+  # The centroid of the dot's crop lands on its centre up to a fraction of a crop pixel.
+  np.testing.assert_allclose(face.landmarks[0], (cx, cy), atol=0.5 * side / SIZE + 0.1)
+  np.testing.assert_allclose(face.box, box, rtol=1e-6)
+  assert face.pose is None and face.score is None
+
+
+def test_crop_points_map_back_by_the_windows_formula():
+  crop_points = np.random.default_rng(0).uniform(0, SIZE, (68, 2)).astype(np.float32)
+
+  def constant_forward(images, init_shape):
+    shape = np.broadcast_to(crop_points, (images.shape[0], 68, 2))
+    return {'shape': shape, 'stage_shapes': shape[:, None]}
+
+  boxes = [(10, 20, 110, 80), (0.5, 3.25, 40.5, 90.0), (200, 100, 900, 600)]
+  model = aligner.Aligner(constant_forward, mean_shape=np.zeros((68, 2)), image_size=SIZE,
+                          margin=MARGIN)
+  faces = model.align(np.zeros((700, 1000, 3), np.uint8), boxes, return_stages=True)
+  for face, box in zip(faces, boxes):
+    left, top, side = window_of(box)
+    expected = (crop_points + 0.5) * side / SIZE + (left, top)
+    np.testing.assert_allclose(face.landmarks, expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(face.stage_landmarks[0], expected, rtol=1e-5, atol=1e-3)
+
+
+def test_faces_of_many_images_share_bucketed_calls():
+  sizes = []
+
+  def recording_forward(images, init_shape):
+    sizes.append(images.shape[0])
+    return brightest_point_forward(images, init_shape)
+
+  model = aligner.Aligner(recording_forward, mean_shape=np.zeros((68, 2)), image_size=SIZE,
+                          margin=MARGIN, buckets=(1, 4))
+  images = [np.zeros((50, 60), np.uint8), np.zeros((80, 80, 3), np.uint8),
+            np.zeros((40, 40), np.uint8)]
+  boxes = [[(5, 5, 30, 30)] * 3, [], [(1, 1, 20, 20)] * 3]  # 6 faces, one image with none
+  faces = model.align_batch(images, boxes)
+  assert [len(f) for f in faces] == [3, 0, 3]
+  assert sizes == [4, 4]
+
+
+def test_bad_inputs_are_refused_in_a_sentence():
+  model = aligner.Aligner(brightest_point_forward, mean_shape=np.zeros((68, 2)),
+                          image_size=SIZE, margin=MARGIN)
+  with pytest.raises(TypeError, match='uint8'):
+    model.align(np.zeros((50, 50), np.float32), [(1, 1, 20, 20)])
+  with pytest.raises(ValueError, match=r'\[H, W, 3\]'):
+    model.align(np.zeros((50, 50, 4), np.uint8), [(1, 1, 20, 20)])
+  with pytest.raises(ValueError, match='x1 > x0'):
+    model.align(np.zeros((50, 50), np.uint8), [(20, 1, 10, 20)])
+  with pytest.raises(ValueError, match='finite'):
+    model.align(np.zeros((50, 50), np.uint8), [(1, np.nan, 10, 20)])
+  with pytest.raises(ValueError, match='boxes for'):
+    model.align_batch([np.zeros((50, 50), np.uint8)], [[], []])
+
+
+# --- A trained (micro) workdir: the same crop as evaluation, and its export. ---
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory) -> str:
+  path = str(tmp_path_factory.mktemp('tfds'))
+  pipeline.get_builder('synthetic_faces/tiny', data_dir=path)
+  return path
+
+
+@pytest.fixture(scope='module')
+def workdir(data_dir, tmp_path_factory) -> pathlib.Path:
+  path = tmp_path_factory.mktemp('pose_tree_moe')
+  config = micro_config(data_dir, num_train_steps=2, checkpoint_every_steps=2,
+                        eval_every_steps=2, log_every_steps=2, **{
+                            'model.architecture': 'pose_tree_moe', 'model.num_cnn_experts': 4,
+                            'model.representation_gate_depth': 2, 'pose_train_steps': 2,
+                            'pose.stage_sizes': (1,), 'pose.base_width': 4,
+                            'pose.head_hidden': 8})
+  train.train_and_evaluate(config, str(path))
+  return path
+
+
+def _raw_test_faces(data_dir, count=5):
+  builder = pipeline.get_builder('synthetic_faces/tiny', data_dir=data_dir)
+  return list(tfds.as_numpy(builder.as_dataset('test').take(count)))
+
+
+def test_workdir_aligner_matches_the_evaluation_crop(workdir, data_dir):
+  run = evaluate.load_run(workdir)
+  size = run.config.model.image_size
+  examples = _raw_test_faces(data_dir)
+  crop = pipeline.CropConfig(size=size, margin=run.config.crop_margin)
+  batch = next(pipeline.eval_dataset('synthetic_faces/tiny', global_batch_size=len(examples),
+                                     mean_shape=run.mean_shape, data_dir=data_dir,
+                                     crop=crop).as_numpy_iterator())
+  out = run.model.apply(run.variables, batch['image'], batch['init_shape'])
+  model = aligner.Aligner.from_workdir(workdir, buckets=(1, 8))
+  faces = model.align_batch([e['image'] for e in examples], [[e['box']] for e in examples])
+  for n, (example, (face,)) in enumerate(zip(examples, faces)):
+    left, top, side = window_of(example['box'], run.config.crop_margin)
+    expected = (np.asarray(out['shape'][n]) + 0.5) * side / size + (left, top)
+    np.testing.assert_allclose(face.landmarks, expected, atol=1e-2)
+    np.testing.assert_allclose(face.pose, np.asarray(out['pose'][n]), atol=1e-4)
+
+
+def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, data_dir,
+                                                                        tmp_path):
+  out = export.export(workdir, tmp_path / 'export', routings=('dense', 'greedy'), buckets=(1, 4))
+  examples = _raw_test_faces(data_dir)
+  images, boxes = [e['image'] for e in examples], [[e['box']] for e in examples]
+  for routing in ('dense', 'greedy'):
+    direct = aligner.Aligner.from_workdir(workdir, routing=routing, buckets=(1, 4))
+    exported = aligner.Aligner.from_export(out, routing=routing)
+    for (a,), (b,) in zip(direct.align_batch(images, boxes), exported.align_batch(images, boxes)):
+      np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+      np.testing.assert_allclose(a.pose, b.pose, atol=1e-5)
+  with pytest.raises(ValueError, match='holds routings'):
+    aligner.Aligner.from_export(out, routing='topk:2')
+  # In a fresh process, aligning from the export never imports Flax (the model's classes).
+  np.save(tmp_path / 'image.npy', images[0])
+  np.save(tmp_path / 'box.npy', boxes[0][0])
+  code = (f'import sys, numpy as np\nfrom treemoe_jax import aligner\n'
+          f'a = aligner.Aligner.from_export({str(out)!r})\n'
+          f'faces = a.align(np.load({str(tmp_path / "image.npy")!r}), '
+          f'[np.load({str(tmp_path / "box.npy")!r})])\n'
+          f'assert "flax" not in sys.modules, "flax imported"\n'
+          f'print(faces[0].landmarks[0].tolist())')
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  dense = aligner.Aligner.from_workdir(workdir).align(images[0], boxes[0])[0].landmarks[0]
+  np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), dense, atol=1e-3)
