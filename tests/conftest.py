@@ -4,6 +4,9 @@ Tests run on JAX's default PRNG, the one `train.py` uses: bitwise resume and dev
 equality must hold for what users run, not for a faster test-only generator.
 """
 
+import pathlib
+
+import pytest
 from hypothesis import settings
 
 # Fuzz tests draw the same examples on every run: CI is not where a new failure should first
@@ -11,3 +14,38 @@ from hypothesis import settings
 settings.register_profile('ci', derandomize=True, database=None, deadline=None)
 settings.register_profile('explore', database=None, deadline=None)
 settings.load_profile('ci')
+
+
+MICRO_STEPS = 10
+
+
+@pytest.fixture(scope='session')
+def micro_data_dir(tmp_path_factory) -> str:
+  """The tiny synthetic face set, rendered once per session (read-only for tests)."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
+  path = str(tmp_path_factory.mktemp('tfds'))
+  pipeline.get_builder('synthetic_faces/tiny', data_dir=path)
+  return path
+
+
+@pytest.fixture(scope='session')
+def micro_runs(micro_data_dir, tmp_path_factory) -> dict[str, pathlib.Path]:
+  """Two trained micro workdirs, tree_moe and pose_tree_moe (tests must not write into them)."""
+  from tests.test_train import micro_config  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import train  # pylint: disable=g-import-not-at-top
+
+  def trained(name, **changes):
+    workdir = tmp_path_factory.mktemp(name)
+    config = micro_config(micro_data_dir, num_train_steps=MICRO_STEPS,
+                          checkpoint_every_steps=MICRO_STEPS, eval_every_steps=MICRO_STEPS,
+                          log_every_steps=MICRO_STEPS, **changes)
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+  tree = trained('tree_moe')
+  # A one-block pose ResNet, pre-trained for 4 steps: Fig. 5 needs a pose, not a good one.
+  pose = trained('pose_tree_moe', **{
+      'model.architecture': 'pose_tree_moe', 'model.num_cnn_experts': 4,
+      'model.representation_gate_depth': 2, 'pose_train_steps': 4, 'pose.stage_sizes': (1,),
+      'pose.base_width': 4, 'pose.head_hidden': 8})
+  return {'tree_moe': tree, 'pose_tree_moe': pose}

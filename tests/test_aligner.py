@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests.test_train import micro_config
 from input_pipeline import pipeline
 from treemoe_jax import aligner
 from treemoe_jax import evaluate
 from treemoe_jax import export
-from treemoe_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 150
@@ -127,23 +125,13 @@ def test_bad_inputs_are_refused_in_a_sentence():
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory) -> str:
-  path = str(tmp_path_factory.mktemp('tfds'))
-  pipeline.get_builder('synthetic_faces/tiny', data_dir=path)
-  return path
+def data_dir(micro_data_dir) -> str:
+  return micro_data_dir
 
 
 @pytest.fixture(scope='module')
-def workdir(data_dir, tmp_path_factory) -> pathlib.Path:
-  path = tmp_path_factory.mktemp('pose_tree_moe')
-  config = micro_config(data_dir, num_train_steps=2, checkpoint_every_steps=2,
-                        eval_every_steps=2, log_every_steps=2, **{
-                            'model.architecture': 'pose_tree_moe', 'model.num_cnn_experts': 4,
-                            'model.representation_gate_depth': 2, 'pose_train_steps': 2,
-                            'pose.stage_sizes': (1,), 'pose.base_width': 4,
-                            'pose.head_hidden': 8})
-  train.train_and_evaluate(config, str(path))
-  return path
+def workdir(micro_runs) -> pathlib.Path:
+  return micro_runs['pose_tree_moe']  # conftest.py: shared with test_evaluate.py
 
 
 def _raw_test_faces(data_dir, count=5):
@@ -171,11 +159,11 @@ def test_workdir_aligner_matches_the_evaluation_crop(workdir, data_dir):
 
 def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, data_dir,
                                                                         tmp_path):
-  out = export.export(workdir, tmp_path / 'export', routings=('dense', 'greedy'), buckets=(1, 4))
+  out = export.export(workdir, tmp_path / 'export', routings=('dense', 'greedy'), buckets=(8,))
   examples = _raw_test_faces(data_dir)
   images, boxes = [e['image'] for e in examples], [[e['box']] for e in examples]
   for routing in ('dense', 'greedy'):
-    direct = aligner.Aligner.from_workdir(workdir, routing=routing, buckets=(1, 4))
+    direct = aligner.Aligner.from_workdir(workdir, routing=routing, buckets=(8,))
     exported = aligner.Aligner.from_export(out, routing=routing)
     for (a,), (b,) in zip(direct.align_batch(images, boxes), exported.align_batch(images, boxes)):
       np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
@@ -194,5 +182,5 @@ def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, 
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  dense = aligner.Aligner.from_workdir(workdir).align(images[0], boxes[0])[0].landmarks[0]
+  dense = aligner.Aligner.from_workdir(workdir, buckets=(8,)).align(images[0], boxes[0])[0].landmarks[0]
   np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), dense, atol=1e-3)

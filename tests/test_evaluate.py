@@ -14,12 +14,10 @@ import numpy as np
 import pytest
 
 from tests.test_train import micro_config
-from input_pipeline import pipeline
 from treemoe_jax import evaluate
 from treemoe_jax import geometry
 from treemoe_jax import metrics
 from treemoe_jax import protocols
-from treemoe_jax import train
 
 STEPS = 10
 PER_VIEW = 8  # synthetic_faces/tiny's faces per test view
@@ -116,28 +114,13 @@ def test_cumulative_gate_mass_against_a_loop():
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory) -> str:
-  path = str(tmp_path_factory.mktemp('tfds'))
-  pipeline.get_builder('synthetic_faces/tiny', data_dir=path)
-  return path
-
-
-def _train(data_dir, workdir, **changes) -> pathlib.Path:
-  config = micro_config(data_dir, num_train_steps=STEPS, checkpoint_every_steps=STEPS,
-                        eval_every_steps=STEPS, log_every_steps=STEPS, **changes)
-  train.train_and_evaluate(config, str(workdir))
-  return workdir
+def data_dir(micro_data_dir) -> str:
+  return micro_data_dir
 
 
 @pytest.fixture(scope='module')
-def runs(data_dir, tmp_path_factory) -> dict[str, pathlib.Path]:
-  tree = _train(data_dir, tmp_path_factory.mktemp('tree_moe'))
-  # A one-block pose ResNet, pre-trained for 4 steps: Fig. 5 needs a pose, not a good one.
-  pose = _train(data_dir, tmp_path_factory.mktemp('pose_tree_moe'), **{
-      'model.architecture': 'pose_tree_moe', 'model.num_cnn_experts': 4,
-      'model.representation_gate_depth': 2, 'pose_train_steps': 4, 'pose.stage_sizes': (1,),
-      'pose.base_width': 4, 'pose.head_hidden': 8})
-  return {'tree_moe': tree, 'pose_tree_moe': pose}
+def runs(micro_runs) -> dict[str, pathlib.Path]:
+  return micro_runs  # conftest.py: shared with test_aligner.py (training them is the slow part)
 
 
 @pytest.fixture(scope='module')

@@ -10,10 +10,10 @@ import importlib
 
 __version__ = '0.1.0'
 
-_SUBMODULES = ('cascade', 'checkpointing', 'cli', 'evaluate', 'experts', 'gates', 'geometry',
-               'metrics', 'models', 'parallel', 'patches', 'plots', 'pose', 'pose_fit',
-               'pretrained', 'progress', 'protocols', 'reports', 'routing', 'tasks', 'train',
-               'workdirs')
+_SUBMODULES = ('align_files', 'aligner', 'annotate', 'cascade', 'checkpointing', 'cli', 'detect',
+               'evaluate', 'experts', 'export', 'gates', 'geometry', 'metrics', 'models',
+               'parallel', 'patches', 'photos', 'plots', 'pose', 'pose_fit', 'pretrained',
+               'progress', 'protocols', 'reports', 'routing', 'tasks', 'train', 'workdirs')
 
 
 def __getattr__(name: str):
