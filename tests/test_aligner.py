@@ -182,5 +182,6 @@ def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, 
   result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  dense = aligner.Aligner.from_workdir(workdir, buckets=(8,)).align(images[0], boxes[0])[0].landmarks[0]
+  dense = aligner.Aligner.from_workdir(workdir, buckets=(8,)).align(images[0], boxes[0])
+  dense = dense[0].landmarks[0]
   np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), dense, atol=1e-3)
