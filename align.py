@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--routing', default='dense', help='dense, topk:K or greedy (default: dense)')
   p.add_argument('--detector', default='auto', choices=('auto', *detect.NAMES),
                  help='face detector for images without boxes (auto: dlib, else opencv)')
+  p.add_argument('--min_score', type=float, default=None,
+                 help='drop detections scoring below this (default: the detector\'s, '
+                 'treemoe_jax/detect.py DEFAULT_MIN_SCORE)')
   p.add_argument('--batch', type=int, default=8, help='images per aligner call (default: 8)')
   p.add_argument('--max_pixels', type=int, default=formats.DEFAULT_MAX_PIXELS,
                  help='refuse larger images unread (default: %(default)s)')
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
   detector = None
   if any(b is None for b in boxes):
     try:
-      detector = detect.make(args.detector)
+      detector = detect.make(args.detector, min_score=args.min_score)
     except ImportError as e:
       p.error(str(e))
   try:

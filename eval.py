@@ -32,6 +32,9 @@ _OUT = flags.DEFINE_string('out', None, 'Output folder (default: the workdir; se
                            'WORKDIR0/comparison).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Global eval batch (default: the run\'s).')
 _FIGURES = flags.DEFINE_bool('figures', True, 'Draw the CED curves and Fig. 5-7.')
+_ROUTING = flags.DEFINE_string(
+    'routing', 'dense', "Which experts run: 'dense' (the paper), 'topk:K' or 'greedy' "
+    '(only those are computed; treemoe_jax/routing.py).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'jax.distributed.initialize() from env.')
 flags.mark_flags_as_required(['workdir'])
 
@@ -43,7 +46,7 @@ def main(argv):
     jax.distributed.initialize()
   protocol = _PROTOCOL.value or (_CONFIG.value.get('eval_protocol') if _CONFIG.value else None)
   common = dict(data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
-                batch_size=_BATCH_SIZE.value, figures=_FIGURES.value)
+                batch_size=_BATCH_SIZE.value, figures=_FIGURES.value, routing=_ROUTING.value)
   if len(_WORKDIR.value) == 1:
     results = evaluate.evaluate_workdir(_WORKDIR.value[0], protocol, out=_OUT.value, **common)
     text = reports.markdown(results)

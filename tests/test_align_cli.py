@@ -76,7 +76,7 @@ def fakes(monkeypatch):
   aligner, detector = FakeAligner(), FakeDetector()
   made = []
   monkeypatch.setattr(align_files, 'load_aligner', lambda **kwargs: made.append(kwargs) or aligner)
-  monkeypatch.setattr(detect, 'make', lambda name='auto': made.append(name) or detector)
+  monkeypatch.setattr(detect, 'make', lambda name='auto', **kwargs: made.append(name) or detector)
   return aligner, detector, made
 
 
@@ -250,7 +250,7 @@ def test_bad_arguments_stop_before_anything_is_written(inputs, fakes, capsys, ar
 def test_a_missing_detector_is_a_bad_argument_naming_the_pip_command(inputs, monkeypatch, capsys):
   root, _, workdir, out = inputs
 
-  def missing(name='auto'):
+  def missing(name='auto', **kwargs):
     raise ImportError("no face detector is installed: pip install 'treemoe-jax[detect]'")
 
   monkeypatch.setattr(detect, 'make', missing)

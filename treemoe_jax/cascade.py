@@ -98,39 +98,41 @@ class CascadeStage(nn.Module):
                        'but no pose was given')
     # A uniform gate reads nothing but the batch size.
     gate_input = pose if spec.gates_on_pose else jnp.zeros((images.shape[0], 1), images.dtype)
-    rep_weights = rep_gate(gate_input)  # [B, L]
     representation = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
                                         spec.cnn_kernel_sizes, spec.cnn_conv_impl,
                                         name='representation')
-    selected = _select(rep_gate, rep_weights, gate_input, routing)
-    if selected is None:
-      h = experts.combine(representation(crops), rep_weights)  # [B, L, F] -> [B, F]
-    else:
-      h = experts.combine(representation(crops, selected[0]), selected[1])  # [B, K, F] -> [B, F]
+    h, rep_weights = gated_committee(representation, rep_gate, gate_input, crops, routing)
     num_outputs = 2 * spec.num_landmarks
     regression = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,
                                     num_outputs, spec.regression_output_init, name='regression')
     reg_gate = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
                                spec.regression_gate_depth, name='regression_gate')
-    reg_weights = reg_gate(h)  # [B, L']
-    selected = _select(reg_gate, reg_weights, h, routing)
-    if selected is None:
-      delta = experts.combine(regression(h), top_k(reg_weights, regression_top_k))  # [B, 2P]
-    else:
-      delta = experts.combine(regression(h, selected[0]), selected[1])  # [B, K, 2P] -> [B, 2P]
+    delta, reg_weights = gated_committee(regression, reg_gate, h, h, routing,
+                                         regression_top_k)  # [B, 2P], [B, L']
     # The regressors speak in half-image units (normalised coordinates in [-1, 1]): a unit-scale
     # output is a displacement across half the face crop, so Adam at 1e-3 moves them usefully.
     new_shape = shape + delta.reshape(shape.shape) * (images.shape[-1] / 2)
     return new_shape, {'representation': rep_weights, 'regression': reg_weights}
 
 
-def _select(gate: nn.Module, weights: jax.Array, gate_input: jax.Array,
-            routing: routing_lib.Routing):
-  """routing.select for this gate; None (all experts) for a uniform gate, which prefers none."""
-  if isinstance(gate, gates.UniformGate) or routing.kind == 'dense' or gate.is_initializing():
-    return None
-  node_logits = gate.node_logits(gate_input) if isinstance(gate, gates.TreeGate) else None
-  return routing_lib.select(weights, routing, node_logits)
+def gated_committee(committee: nn.Module, gate: nn.Module, gate_input: jax.Array,
+                    x: jax.Array, routing: routing_lib.Routing = routing_lib.DENSE,
+                    masked_top_k: int = 0) -> tuple[jax.Array, jax.Array]:
+  """(sum_l g_l(gate_input) E_l(x) `[B, F]`, the gate's weights `[B, L]`) (eq. 4, 7).
+
+  Under `routing` only the selected experts run (a uniform gate prefers none: always dense);
+  `masked_top_k` > 0 runs them all and keeps the k largest weights (Fig. 7, `top_k`).
+  """
+  weights = gate(gate_input)  # [B, L]
+  selected = None
+  if not (isinstance(gate, gates.UniformGate) or routing.kind == 'dense'
+          or gate.is_initializing()):
+    node_logits = gate.node_logits(gate_input) if isinstance(gate, gates.TreeGate) else None
+    selected = routing_lib.select(weights, routing, node_logits)
+  if selected is None:
+    return experts.combine(committee(x), top_k(weights, masked_top_k)), weights  # [B, L, F]
+  chosen, chosen_weights = selected  # [B, K]
+  return experts.combine(committee(x, chosen), chosen_weights), weights  # [B, K, F]
 
 
 class Cascade(nn.Module):

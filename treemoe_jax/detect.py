@@ -102,6 +102,12 @@ BOX_MAPS = {
 }
 
 
+# Detections scoring below this are dropped (a false face is a guess). dlib: the astronaut's two
+# real faces above score 1.1, its mission patch 0.12 (benchmarks/detector_calibration.py). OpenCV's
+# levelWeights were not measured against false detections: everything is kept.
+DEFAULT_MIN_SCORE = {'dlib': 0.5, 'opencv': float('-inf')}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Detection:
   """One face: `box` float32 [4] (x0, y0, x1, y1), image pixels, in the landmark-box convention
@@ -113,8 +119,9 @@ class Detection:
 class Detector:
   """A named detector: `detector(image)` -> list[Detection], best score first."""
 
-  def __init__(self, name: str, raw: RawDetector, box_map: BoxMap, max_side: int):
-    self.name, self.box_map, self.max_side = name, box_map, max_side
+  def __init__(self, name: str, raw: RawDetector, box_map: BoxMap, max_side: int,
+               min_score: float = float('-inf')):
+    self.name, self.box_map, self.max_side, self.min_score = name, box_map, max_side, min_score
     self._raw = raw
 
   def __repr__(self) -> str:
@@ -141,7 +148,8 @@ class Detector:
   def __call__(self, image: Array) -> list[Detection]:
     boxes, scores = self.raw(image)
     mapped = self.box_map(boxes)
-    return [Detection(_frozen(box), float(score)) for box, score in zip(mapped, scores)]
+    return [Detection(_frozen(box), float(score)) for box, score in zip(mapped, scores)
+            if score >= self.min_score]
 
 
 def _frozen(array: Array) -> Array:
@@ -216,8 +224,11 @@ def _dlib() -> RawDetector:
   return raw
 
 
-def make(name: str = 'auto', *, max_side: int = DEFAULT_MAX_SIDE) -> Detector:
+def make(name: str = 'auto', *, max_side: int = DEFAULT_MAX_SIDE,
+         min_score: float | None = None) -> Detector:
   """The detector `name` ('auto', 'dlib' or 'opencv'); 'auto' is the first of `NAMES` installed.
+
+  Detections below `min_score` are dropped (None: `DEFAULT_MIN_SCORE` of that detector).
 
   ImportError (with the pip command) when that detector, or for 'auto' every detector, is missing;
   ValueError for an unknown name.
@@ -238,5 +249,6 @@ def make(name: str = 'auto', *, max_side: int = DEFAULT_MAX_SIDE) -> Detector:
       raw = _opencv()
     case _:
       raise ValueError(f"unknown face detector {name!r}; valid: auto, {', '.join(NAMES)}")
-  return Detector(name, raw, BOX_MAPS[name], max_side)
+  return Detector(name, raw, BOX_MAPS[name], max_side,
+                  DEFAULT_MIN_SCORE[name] if min_score is None else min_score)
 

@@ -41,6 +41,7 @@ from treemoe_jax import models
 from treemoe_jax import parallel
 from treemoe_jax import protocols as protocols_lib
 from treemoe_jax import reports
+from treemoe_jax import routing as routing_lib
 from treemoe_jax import workdirs
 
 Arrays = dict[str, np.ndarray]
@@ -91,12 +92,16 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None) -> Run:
 # --- The model pass: every face of a split once, on every device. ---
 
 
-def make_predict(model: models.FaceAligner, mesh, regression_top_k: int = 0):
-  """predict(variables, batch) -> per-face outputs, batch-leading, sharded like the batch."""
+def make_predict(model: models.FaceAligner, mesh, regression_top_k: int = 0,
+                 routing: str = 'dense'):
+  """predict(variables, batch) -> per-face outputs, batch-leading, sharded like the batch.
+
+  `routing` (routing.py): which experts run; `regression_top_k` masks after running them all.
+  """
 
   def predict(variables, batch):
     out = model.apply(variables, batch['image'], batch['init_shape'], train=False,
-                      regression_top_k=regression_top_k,
+                      regression_top_k=regression_top_k, routing=routing,
                       pose=batch['pose'] if model.gate_pose == 'truth' else None)
     rows = {
         'shape': out['shape'],
@@ -395,8 +400,11 @@ def prepare_datasets(protocols: Sequence[protocols_lib.Protocol], run_dataset: s
 def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | None = None, *,
                      data_dir: str | None = None, manual_dir: str | None = None,
                      batch_size: int | None = None,
-                     out: str | pathlib.Path | None = None, figures: bool = True) -> dict:
+                     out: str | pathlib.Path | None = None, figures: bool = True,
+                     routing: str = 'dense') -> dict:
   """Evaluates the newest checkpoint of `workdir` on `protocols`; writes and returns the results.
+
+  `routing`: 'dense' (the paper), 'topk:K' or 'greedy': only those experts run (routing.py).
 
   `protocols`: names ('synthetic_table1,synthetic_table3'), Protocol objects, or None for the
   run's `config.eval_protocol` (else `protocols.DEFAULT`). Files go to `out` (default: the
@@ -411,7 +419,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | Non
   batch_size = eval_batch_size(batch_size or run.config.batch_size)
   mesh = parallel.make_mesh()
   variables = jax.device_put(run.variables, parallel.replicated(mesh))
-  predict = make_predict(run.model, mesh)
+  predict = make_predict(run.model, mesh, routing=routing)
 
   splits, sizes = {}, {}  # (dataset, split) -> arrays; 'dataset:split' -> sizes
   by_protocol = {}
@@ -431,7 +439,8 @@ def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | Non
   tables = {name: protocol_results(protocol, arrays, run.mean_shape, datasets)
             for name, (protocol, arrays, datasets) in by_protocol.items()}
   results = {'provenance': provenance(run, sizes=sizes, batch_size=batch_size,
-                                      seconds=time.perf_counter() - start),  # the tables' time
+                                      seconds=time.perf_counter() - start)  # the tables' time
+             | {'routing': str(routing_lib.parse(routing))},
              'protocols': tables}
   out = pathlib.Path(out) if out else run.workdir
   figure_faces = None
@@ -486,7 +495,7 @@ def top1_pass(run: Run, *, variables, mesh, by_protocol, batch_size, data_dir
 def compare(workdirs: Sequence[str | pathlib.Path], protocols: ProtocolsLike | None = None, *,
             out: str | pathlib.Path, data_dir: str | None = None, manual_dir: str | None = None,
             batch_size: int | None = None,
-            figures: bool = True) -> str:
+            figures: bool = True, routing: str = 'dense') -> str:
   """Evaluates each workdir (into its own folder under `out`) and writes them side by side.
 
   Writes out/comparison.md, out/ced_comparison_<protocol>.png and out/fig6_gate_mass.png
@@ -497,8 +506,8 @@ def compare(workdirs: Sequence[str | pathlib.Path], protocols: ProtocolsLike | N
   for i, workdir in enumerate(workdirs):
     name = f'{i}_{pathlib.Path(workdir).resolve().name}'
     results.append(evaluate_workdir(workdir, protocols, data_dir=data_dir, manual_dir=manual_dir,
-                                    batch_size=batch_size,
-                                    out=out / name, figures=figures))
+                                    batch_size=batch_size, out=out / name, figures=figures,
+                                    routing=routing))
   text = reports.comparison_markdown(results)
   if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)

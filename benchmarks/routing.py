@@ -1,0 +1,181 @@
+"""Routing at inference: what dense / top-k / greedy experts cost and what they lose (sections
+4.4.3-4.4.4).
+
+  python benchmarks/routing.py                               # speed of the full-size layer
+  python benchmarks/routing.py --tree_workdir W --softmax_workdir W2 --doc docs/routing.md
+
+1. The regression layer at the paper's size (64 regressors of 2040 -> 128 -> 136, the depth-6
+   tree gate), random weights: ms per batch, img/s and XLA's FLOPs per routing, at batch 1 and 32,
+   with the jit GEMM rate of the same run for scale.
+2. With trained workdirs: end-to-end img/s of the whole cascade per routing, and NME on the
+   synthetic Table 1 views and Table 3 yaw buckets (eval.py's protocols, `--routing`).
+3. The share of regressors holding 90% of the first stage's gate mass, tree vs softmax gate
+   (paper: 20% vs 40%).
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from experiments.reproduce import column_nme, share_for_mass  # pylint: disable=g-import-not-at-top
+from treemoe_jax import cascade, experts, gates, routing as routing_lib  # pylint: disable=g-import-not-at-top
+
+ROUTINGS = ('dense', 'topk:8', 'topk:4', 'topk:1', 'greedy')
+VIEWS = ('frontal', 'large_pose', 'occluded', 'yaw_0_30', 'yaw_30_60', 'yaw_60_90')
+PROTOCOLS = 'synthetic_table1,synthetic_table3'
+
+
+class RegressionLayer(nn.Module):
+  """One stage's regression committee and its gate, routed as the cascade routes them."""
+  num_experts: int = 64
+  hidden: int = 128
+  outputs: int = 136
+  gate: str = 'tree'
+  routing: routing_lib.Routing = routing_lib.DENSE
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> jax.Array:  # [B, F] -> [B, O]
+    committee = experts.ExpertMLPs(self.num_experts, self.hidden, self.outputs, name='regression')
+    depth = int(np.log2(self.num_experts))
+    gate = gates.make_gate(self.gate, self.num_experts, depth, name='regression_gate')
+    return cascade.gated_committee(committee, gate, h, h, self.routing)[0]
+
+
+def layer_speed(gemm: float, batches=(1, 32), features: int = 2040) -> list[dict]:
+  rows = []
+  for batch in batches:
+    h = jax.random.normal(jax.random.key(0), (batch, features))
+    variables = jax.jit(RegressionLayer().init)(jax.random.key(1, impl='rbg'), h)
+    dense_seconds = None
+    for name in ROUTINGS:
+      layer = RegressionLayer(routing=routing_lib.parse(name))
+      forward = jax.jit(layer.apply).lower(variables, h).compile()
+      seconds = common.time_call(lambda: forward(variables, h))
+      dense_seconds = dense_seconds or seconds
+      flops = common.compiled_flops(forward)
+      rows.append({'batch': batch, 'routing': name, 'ms': 1e3 * seconds,
+                   'img_per_s': batch / seconds, 'mflop_per_img': flops / batch / 1e6,
+                   'speedup': dense_seconds / seconds,
+                   'gemm_fraction': flops / seconds / 1e9 / gemm})
+      print(f'| {batch} | {name} | {1e3 * seconds:.3f} | {batch / seconds:.0f} | '
+            f'{flops / batch / 1e6:.2f} | {dense_seconds / seconds:.1f}x |', flush=True)
+  return rows
+
+
+def end_to_end_speed(workdir: str, batch: int = 32) -> dict[str, float]:
+  """img/s of the trained cascade's jitted forward per routing (the Aligner's forward)."""
+  from treemoe_jax import aligner, evaluate  # pylint: disable=g-import-not-at-top
+  run = evaluate.load_run(workdir)
+  size = run.config.model.image_size
+  images = jax.random.uniform(jax.random.key(0), (batch, size, size), minval=-1, maxval=1)
+  init = jnp.broadcast_to(jnp.asarray(run.mean_shape), (batch,) + run.mean_shape.shape)
+  variables = jax.device_put(run.variables)
+  rates = {}
+  for name in ROUTINGS:
+    forward = jax.jit(aligner.model_forward(run.model, name))
+    rates[name] = batch / common.time_call(lambda: forward(variables, images, init))
+    print(f'end to end, {run.config.model.architecture}, batch {batch}, {name}: '
+          f'{rates[name]:.1f} img/s', flush=True)
+  return rates
+
+
+def accuracy(workdir: str, names=ROUTINGS) -> dict[str, dict]:
+  """{routing: {view: NME %}} on the synthetic Table 1 / Table 3 protocols."""
+  from treemoe_jax import evaluate  # pylint: disable=g-import-not-at-top (TF)
+  out = {}
+  for name in names:
+    with tempfile.TemporaryDirectory() as tmp:
+      start = time.perf_counter()
+      results = evaluate.evaluate_workdir(workdir, PROTOCOLS, out=tmp, figures=False,
+                                          routing=name)
+    out[name] = {v: 100 * column_nme(results, v) for v in VIEWS}
+    out[name]['gate_share'] = {
+        layer: share_for_mass(g['cumulative_mass_stage0']) for layer, g in
+        results['protocols']['synthetic_table1']['subsets']['large_pose']['gates'].items()
+        if g['num_experts'] > 1}
+    print(f'NME %, {name}: ' + ' '.join(f'{v} {out[name][v]:.2f}' for v in VIEWS)
+          + f' ({time.perf_counter() - start:.0f} s)', flush=True)
+  return out
+
+
+def write_doc(path: pathlib.Path, report: dict) -> None:
+  lines = ['# Routing at inference: dense, top-k and greedy experts', '',
+           'Written by `python benchmarks/routing.py ' + ' '.join(sys.argv[1:]) + '` on '
+           f'{report["device"]}, {report["date"]}; jit GEMM {report["gemm"]:.0f} GFLOP/s in the '
+           'same run. Only the selected experts run: their parameters are gathered per face '
+           '(`treemoe_jax/routing.py`), so the saving is in FLOPs and time, not a mask.', '',
+           '## The regression layer at the paper\'s size', '',
+           '64 regressors (2040 -> 128 -> 136) and the depth-6 tree gate, random weights.', '',
+           '| batch | routing | ms | img/s | MFLOP/img (XLA) | speed-up vs dense |',
+           '|---|---|---|---|---|---|']
+  lines += [f'| {r["batch"]} | {r["routing"]} | {r["ms"]:.3f} | {r["img_per_s"]:.0f} | '
+            f'{r["mflop_per_img"]:.2f} | {r["speedup"]:.1f}x |' for r in report['layer']]
+  for kind in ('tree', 'softmax'):
+    acc = report.get(f'{kind}_accuracy')
+    if not acc:
+      continue
+    workdir = report[f'{kind}_workdir']
+    lines += ['', f'## A trained {kind}-gated cascade', '',
+              f'`{workdir}` ({report[f"{kind}_architecture"]}, {report[f"{kind}_experts"]} '
+              'regressors per stage), synthetic test views, NME % (box). End to end: the jitted '
+              'cascade at batch 32.', '',
+              '| routing | ' + ' | '.join(VIEWS) + ' | end-to-end img/s |',
+              '|---|' + '---|' * (len(VIEWS) + 1)]
+    speed = report.get(f'{kind}_speed', {})
+    for name, row in acc.items():
+      rate = f'{speed[name]:.0f}' if name in speed else '-'
+      lines.append(f'| {name} | ' + ' | '.join(f'{row[v]:.2f}' for v in VIEWS) + f' | {rate} |')
+  shares = {k: report[f'{k}_accuracy']['dense']['gate_share'].get('regression')
+            for k in ('tree', 'softmax') if report.get(f'{k}_accuracy')}
+  if shares:
+    lines += ['', '## Where the gate mass sits (Fig. 6)', '',
+              'Share of the regressors that holds 90% of the first stage\'s gate mass (sorted, '
+              'mean over the large-pose faces); the paper: tree 20%, softmax 40%.', '']
+    lines += [f'- {k} gate: {100 * v:.0f}%' for k, v in shares.items() if v is not None]
+  path.write_text('\n'.join(lines) + '\n')
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--tree_workdir', help='a trained tree-gated run (tree_moe, pose_tree_moe)')
+  parser.add_argument('--softmax_workdir', help='a trained softmax-gated run, for Fig. 6')
+  parser.add_argument('--doc', help='write the Markdown report here (e.g. docs/routing.md)')
+  parser.add_argument('--json', help='write the figures as JSON here')
+  args = parser.parse_args()
+  print('| batch | routing | ms | img/s | MFLOP/img | speed-up vs dense |')
+  print('|---|---|---|---|---|---|', flush=True)
+  gemm = common.gemm_gflops()
+  report = {'device': f'{jax.devices()[0].device_kind} x{jax.device_count()}',
+            'date': time.strftime('%Y-%m-%d'), 'gemm': gemm, 'layer': layer_speed(gemm)}
+  from treemoe_jax import workdirs  # pylint: disable=g-import-not-at-top
+  for kind in ('tree', 'softmax'):
+    workdir = getattr(args, f'{kind}_workdir')
+    if not workdir:
+      continue
+    config = workdirs.load_config(workdir)
+    report[f'{kind}_workdir'] = workdir
+    report[f'{kind}_architecture'] = config.model.architecture
+    report[f'{kind}_experts'] = config.model.num_regression_experts
+    names = ROUTINGS if kind == 'tree' else ('dense',)
+    if kind == 'tree':
+      report['tree_speed'] = end_to_end_speed(workdir)
+    report[f'{kind}_accuracy'] = accuracy(workdir, names)
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(report, indent=1))
+  if args.doc:
+    write_doc(pathlib.Path(args.doc), report)
+
+
+if __name__ == '__main__':
+  main()
