@@ -159,7 +159,9 @@ def test_workdir_aligner_matches_the_evaluation_crop(workdir, data_dir):
 
 def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, data_dir,
                                                                         tmp_path):
-  out = export.export(workdir, tmp_path / 'export', routings=('dense', 'greedy'), buckets=(8,))
+  out = tmp_path / 'export'  # through the command line users run
+  export.main(['--workdir', str(workdir), '--out', str(out), '--routings', 'dense,greedy',
+               '--buckets', '8'])
   examples = _raw_test_faces(data_dir)
   images, boxes = [e['image'] for e in examples], [[e['box']] for e in examples]
   for routing in ('dense', 'greedy'):

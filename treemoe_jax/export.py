@@ -107,3 +107,33 @@ def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
 
   return Loaded(forward, np.load(directory / 'mean_shape.npy'), int(meta['image_size']),
                 float(meta['margin']), tuple(meta['buckets']))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """python -m treemoe_jax.export --workdir DIR --out EXPORT [--routings dense,greedy] ..."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description='Serialise a trained aligner with jax.export.')
+  parser.add_argument('--workdir', required=True, help='a trained alignment workdir')
+  parser.add_argument('--out', required=True, help='the export folder (created)')
+  parser.add_argument('--routings', default='dense',
+                      help='comma-separated, e.g. dense,topk:4,greedy')
+  parser.add_argument('--buckets', default=','.join(map(str, aligner_lib.DEFAULT_BUCKETS)),
+                      help='comma-separated face counts per call, e.g. 1,8,32')
+  parser.add_argument('--platforms', default=None, help='e.g. cpu,cuda (default: this machine)')
+  args = parser.parse_args(argv)
+  try:
+    routings = [str(routing_lib.parse(r)) for r in args.routings.split(',')]
+    buckets = [int(b) for b in args.buckets.split(',')]
+    if min(buckets) < 1:
+      raise ValueError(f'--buckets must be positive face counts, got {args.buckets}')
+  except ValueError as e:
+    parser.error(str(e))
+  if not pathlib.Path(args.workdir).is_dir():
+    parser.error(f'--workdir {args.workdir}: no such folder')
+  out = export(args.workdir, args.out, routings=routings, buckets=buckets,
+               platforms=args.platforms.split(',') if args.platforms else None)
+  print(f'exported {len(routings)} routing(s) x {len(buckets)} bucket(s) to {out}')
+
+
+if __name__ == '__main__':
+  main()
