@@ -80,8 +80,9 @@ def test_topk_selects_the_k_largest_renormalised():
   assert routing.select(weights, routing.DENSE) is None
 
 
-def test_gathered_regressors_equal_the_dense_committee_picked_by_index():
-  committee = experts.ExpertMLPs(num_experts=8, hidden=16, outputs=10)
+@pytest.mark.parametrize('lowering', ['gather', 'dense', 'auto'])
+def test_gathered_regressors_equal_the_dense_committee_picked_by_index(lowering):
+  committee = experts.ExpertMLPs(num_experts=8, hidden=16, outputs=10, routed_lowering=lowering)
   h = jax.random.normal(jax.random.key(1), (5, 12))
   variables = committee.init(jax.random.key(2), h)
   dense = np.asarray(committee.apply(variables, h))  # [B, E, O]
@@ -162,7 +163,7 @@ def test_greedy_equals_top1_where_the_greedy_leaf_is_the_most_probable():
 def test_routed_regression_layer_costs_k_experts_not_all():
   # XLA's own FLOP count of the compiled regression committee: top-1 does ~1/64 of dense.
   committee = experts.ExpertMLPs(num_experts=64, hidden=128, outputs=136)
-  h = jnp.ones((32, 2040))
+  h = jnp.ones((32, 2040))  # 32 faces x top-1 < 64 experts: 'auto' gathers
   variables = committee.init(jax.random.key(0), h)
   chosen = jnp.zeros((32, 1), jnp.int32)
 

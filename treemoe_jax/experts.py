@@ -120,6 +120,7 @@ class ExpertCNNs(nn.Module):
 
 
 OUTPUT_INITS = ('lecun', 'zeros')
+ROUTED_LOWERINGS = ('auto', 'gather', 'dense')
 
 
 class RegressorMLP(nn.Module):
@@ -145,12 +146,15 @@ class RegressorMLP(nn.Module):
 class ExpertMLPs(nn.Module):
   """The regression committee: L' expert regressors -> dS `[B, E, O]` (eq. 5).
 
-  With `chosen` int `[B, K]`, only those experts run: `[B, K, O]` (routing.py).
+  With `chosen` int `[B, K]`, only those experts run: `[B, K, O]` (routing.py). How, is
+  `routed_lowering`: 'gather' their parameters per example (B * K expert evaluations), 'dense'
+  (run all E, keep K: the same result), or 'auto': gather while B * K < E.
   """
   num_experts: int
   hidden: int
   outputs: int
   output_init: str = 'lecun'
+  routed_lowering: str = 'auto'
 
   @nn.compact
   def __call__(self, h: jax.Array, chosen: jax.Array | None = None
@@ -161,6 +165,14 @@ class ExpertMLPs(nn.Module):
     committee = committee(self.hidden, self.outputs, self.output_init, name='experts')
     if chosen is None or self.is_initializing():
       return committee(h)
+    if self.routed_lowering not in ROUTED_LOWERINGS:
+      raise ValueError(f'unknown routed_lowering {self.routed_lowering!r}; valid: '
+                       f'{", ".join(ROUTED_LOWERINGS)}')
+    if self.routed_lowering == 'dense' or (self.routed_lowering == 'auto'
+                                           and chosen.size >= self.num_experts):
+      # B * K >= E: gathering would read every expert's weights more than once, while the
+      # regressors are memory-bound; running all E and keeping K is faster (docs/alignment.md).
+      return jnp.take_along_axis(committee(h), chosen[..., None], axis=1)  # [B, K, O]
     expert = RegressorMLP(self.hidden, self.outputs, self.output_init)
     return gathered(lambda p, x: expert.apply({'params': p}, x),
                     self.variables['params']['experts'], chosen, h)
