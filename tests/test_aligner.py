@@ -187,3 +187,33 @@ def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, 
   dense = aligner.Aligner.from_workdir(workdir, buckets=(8,)).align(images[0], boxes[0])
   dense = dense[0].landmarks[0]
   np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), dense, atol=1e-3)
+
+
+def test_align_py_end_to_end_on_a_trained_workdir(workdir, data_dir, tmp_path):
+  # The real model through the command line: two faces from a boxes file, a corrupt and an empty
+  # file reported, outputs inside OUTDIR, landmarks equal to the Aligner's.
+  import align  # pylint: disable=g-import-not-at-top (the script at the repository root)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  examples = _raw_test_faces(data_dir, count=2)
+  for n, example in enumerate(examples):
+    Image.fromarray(example['image'][..., 0]).save(photos / f'face{n}.png')
+  (photos / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+  (photos / 'empty.png').write_bytes(b'')
+  boxes = {f'face{n}.png': [e['box'].tolist()] for n, e in enumerate(examples)}
+  (tmp_path / 'boxes.json').write_text(json.dumps(boxes))
+  out = tmp_path / 'out'
+  assert align.main(['--workdir', str(workdir), str(photos), '--out', str(out), '--boxes',
+                     str(tmp_path / 'boxes.json'), '--no_progress']) == 0
+  direct = aligner.Aligner.from_workdir(workdir, buckets=(8,))
+  for n, example in enumerate(examples):
+    record = json.loads((out / f'face{n}.png.json').read_text())
+    assert record['status'] == 'ok' and len(record['faces']) == 1
+    (expected,) = direct.align(example['image'], [example['box']])
+    np.testing.assert_allclose(record['faces'][0]['landmarks'], expected.landmarks, atol=1e-3)
+    assert (out / f'face{n}.png.png').stat().st_size > 1000
+  problems = (out / 'problems.csv').read_text()
+  assert 'corrupt.jpg' in problems and 'empty.png' in problems
+  assert len((out / 'landmarks.csv').read_text().strip().splitlines()) == 1 + len(examples)
+  assert all(p.resolve().is_relative_to(out.resolve()) for p in out.rglob('*'))
