@@ -53,13 +53,13 @@ def test_zero_initialised_regressors_leave_every_stage_at_s0(architecture):
   variables = models.init(model, jax.random.key(3))
   images = jax.random.uniform(jax.random.key(1), (2, 150, 150), minval=-1, maxval=1)
   init_shape = jax.random.uniform(jax.random.key(2), (2, 68, 2), minval=40, maxval=110)
-  out = model.apply(variables, images, init_shape)
+  out = jax.jit(model.apply)(variables, images, init_shape)  # compiled: eager is slower here
   for stage_shape in out['stage_shapes']:
     np.testing.assert_array_equal(stage_shape, init_shape)
   # ...and the output layer still learns: its gradient is not zero (the last stage's: the loss
   # below is on the final shape, and stages are trained stage-wise by default).
-  grads = jax.grad(lambda p: jnp.sum(model.apply({'params': p}, images, init_shape)['shape']
-                                     ** 2))(variables['params'])
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({'params': p}, images, init_shape)[
+      'shape'] ** 2)))(variables['params'])
   last = f'stage{config.model.num_stages - 1}'
   out_kernel = grads['cascade'][last]['regression']['experts']['out']['kernel']
   assert float(jnp.abs(out_kernel).sum()) > 0
