@@ -24,65 +24,16 @@ pixel centres, visibility bool [68], occluded bool [68] (hidden by an external o
 pose float32 [3] (yaw, pitch, roll) radians, box float32 [4] (x0, y0, x1, y1) of the landmarks.
 """
 
-import collections
-from collections.abc import Callable, Iterator
 import dataclasses
-import multiprocessing
-import os
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import synthetic
-
-Faces = dict[str, np.ndarray]  # render_faces output, every array with a leading face axis N.
-
-OCCLUDED_MIN_POINTS = 5  # An occluder hiding fewer landmarks barely tests robustness to occlusion.
-MAX_REJECTION = 50  # A view may render at most this many times its size before giving up.
-
-
-def _abs_deg(faces: Faces, axis: int) -> np.ndarray:
-  return np.abs(np.rad2deg(faces['pose'][:, axis]))
-
-
-@dataclasses.dataclass(frozen=True)
-class View:
-  """A test view: render with `render` overrides of the test settings, keep faces passing `keep`."""
-  keep: Callable[[Faces], np.ndarray]  # Faces -> [N] bool
-  render: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def _yaw_bucket(lo: float, hi: float) -> View:
-  """|yaw| in [lo, hi) deg; rendering within +-hi deg wastes fewer faces."""
-  return View(lambda f: (_abs_deg(f, 0) >= lo) & (_abs_deg(f, 0) < hi),
-              {'yaw_range_deg': (-min(hi, 90.0), min(hi, 90.0))})
-
-
-def _frontal(f: Faces) -> np.ndarray:
-  pose_ok = (_abs_deg(f, 0) < 30) & (_abs_deg(f, 1) < 20) & (_abs_deg(f, 2) < 20)
-  return pose_ok & ~f['has_occluder']
-
-
-def _large_pose(f: Faces) -> np.ndarray:
-  return (_abs_deg(f, 0) >= 45) | (_abs_deg(f, 1) >= 30) | (_abs_deg(f, 2) >= 30)
-
-
-def _occluded(f: Faces) -> np.ndarray:
-  return f['occluded'].sum(axis=1) >= OCCLUDED_MIN_POINTS
-
-
-VIEWS: dict[str, View] = {
-    'test_yaw_0_30': _yaw_bucket(0, 30),
-    'test_yaw_30_60': _yaw_bucket(30, 60),
-    'test_yaw_60_90': _yaw_bucket(60, np.inf),  # |yaw| of exactly 90 deg belongs here.
-    'test_frontal': View(_frontal, {'pose_distribution': 'frontal', 'occlusion_fraction': 0.0}),
-    'test_large_pose': View(_large_pose),
-    'test_occluded': View(_occluded, {'pose_distribution': 'frontal', 'occlusion_fraction': 1.0}),
-}
-
-# Seed streams: distinct per split so that no two splits share faces.
-_SPLIT_IDS = {name: i for i, name in enumerate(['train', 'test', *VIEWS])}
+from input_pipeline import synthetic_splits
+# The splits' faces are defined TensorFlow-free in synthetic_splits; these names stay here too.
+from input_pipeline.synthetic_splits import MAX_REJECTION, OCCLUDED_MIN_POINTS, VIEWS, View  # pylint: disable=unused-import
 
 
 @dataclasses.dataclass(eq=False)
@@ -110,23 +61,15 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
       raise ValueError(f'seed must be >= 0, got {self.seed}.')
     if self.image_size <= 150:
       raise ValueError(f'image_size must exceed the 150 px crop, got {self.image_size}.')
-    for split in _SPLIT_IDS:
+    for split in synthetic_splits.SPLIT_IDS:
       self.render_config(split).validate()
 
   def num_examples(self, split: str) -> int:
-    return {'train': self.num_train, 'test': self.num_test}.get(split, self.num_per_view)
+    return synthetic_splits.num_examples(self, split)
 
   def render_config(self, split: str) -> synthetic.RenderConfig:
     """The renderer's settings for `split`: test and views are wide unless the view says otherwise."""
-    pose = self.train_pose_distribution if split == 'train' else 'wide'
-    config = synthetic.RenderConfig(image_size=self.image_size, pose_distribution=pose,
-                                    occlusion_fraction=self.occlusion_fraction)
-    return dataclasses.replace(config, **VIEWS[split].render) if split in VIEWS else config
-
-
-def _chunk_seed(seed: int, split: str, chunk: int) -> int:
-  """Independent seed per (dataset seed, split, chunk): re-rendering a chunk gives the same faces."""
-  return int(np.random.SeedSequence([seed, _SPLIT_IDS[split], chunk]).generate_state(1)[0])
+    return synthetic_splits.render_config(self, split)
 
 
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
@@ -168,62 +111,9 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Everything is rendered locally.
-    return {split: self._generate_examples(split) for split in _SPLIT_IDS}
+    return {split: self._generate_examples(split) for split in synthetic_splits.SPLIT_IDS}
 
   def _generate_examples(self, split: str) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Renders `split` chunk by chunk, keeping what its view keeps, until it has its size.
-
-    Chunk c holds `chunk_size` faces (fewer for a split smaller than that) from its own seed, so
-    the faces do not depend on how many worker processes render them.
-    """
-    config = self.builder_config
-    num = config.num_examples(split)
-    keep = VIEWS[split].keep if split in VIEWS else lambda f: np.ones(len(f['image']), bool)
-    oversample = 4 if split in VIEWS else 1  # Views reject some faces: render more than needed.
-    size = min(config.chunk_size, oversample * num)
-    count, rendered = 0, 0
-    for faces in _render_ahead(config, split, size):
-      if rendered >= MAX_REJECTION * num:
-        raise ValueError(f'{split}: only {count} of {rendered} rendered faces passed its predicate; '
-                         f'its render settings rarely produce such faces.')
-      for i in np.flatnonzero(keep(faces))[:num - count]:
-        yield count, {
-            'image': faces['image'][i][..., None],
-            'landmarks': faces['landmarks'][i],
-            'visibility': faces['visibility'][i],
-            'occluded': faces['occluded'][i],
-            'pose': faces['pose'][i],
-            'box': faces['box'][i],
-        }
-        count += 1
-      rendered += size
-      if count == num:
-        return
-
-
-def _render_chunk(config: SyntheticFacesConfig, split: str, size: int, chunk: int
-                  ) -> dict[str, np.ndarray]:
-  return synthetic.render_faces(size, seed=_chunk_seed(config.seed, split, chunk),
-                                config=config.render_config(split))
-
-
-def _render_ahead(config: SyntheticFacesConfig, split: str, size: int
-                  ) -> Iterator[dict[str, np.ndarray]]:
-  """Chunks 0, 1, 2, ... of `split` in order, each worker process rendering one ahead.
-
-  Spawned (not forked) workers: the parent has TensorFlow's threads, which a fork would copy
-  mid-flight. They import only numpy and the renderer (~0.2 s).
-  """
-  processes = config.processes or os.cpu_count() or 1
-  if processes == 1:
-    chunk = 0
-    while True:
-      yield _render_chunk(config, split, size, chunk)
-      chunk += 1
-  with multiprocessing.get_context('spawn').Pool(processes) as pool:
-    pending, chunk = collections.deque(), 0
-    while True:
-      while len(pending) < processes:
-        pending.append(pool.apply_async(_render_chunk, (config, split, size, chunk)))
-        chunk += 1
-      yield pending.popleft().get()
+    """The split's faces (synthetic_splits.examples), the image with its channel axis."""
+    for i, face in enumerate(synthetic_splits.examples(self.builder_config, split)):
+      yield i, face | {'image': face['image'][..., None]}

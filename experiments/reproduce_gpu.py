@@ -1,0 +1,306 @@
+"""The reproduction's comparison at the paper's sizes on one GPU, without TensorFlow.
+
+  python experiments/reproduce_gpu.py --out /tmp/repro_gpu            # full size, one GPU
+  python experiments/reproduce_gpu.py --out /tmp/r --variant tiny --num_train 256 \
+      --num_per_view 32 --pose_seconds 20 --train_seconds 40            # a CPU smoke test
+
+`experiments/reproduce.py` trains through train.py and tf.data; machines lent without TensorFlow
+(this project's GPU sessions) run this instead, on *the same faces*: the train split and the six
+test views of `synthetic_faces/default`, rendered by `input_pipeline.synthetic_splits` (the
+builder's own seeds and view predicates; each split's digest is checked against
+docs/data/synthetic_default_digests.json, written from the stored dataset by `--write_digests`).
+Faces are cropped on the device as the pipeline crops them (`experiments/full_size_gpu.py`).
+
+Order of work: the shared head-pose estimator (ResNet-50) for `--pose_seconds`, while the four
+architectures that do not read the pose already train; then the two pose-gated ones. Each
+architecture trains in its own process (the GPU is far from busy with one full-size model at
+batch 64) for at most `--max_steps`, all stopping at one deadline, and is evaluated on the views.
+The report puts the mean shape and dlib's ERT trained on the same faces (`--ert`, from the
+CPU reproduction) beside them. Simplified against train.py: no face-box jitter or flips.
+
+Axis legend: N faces, S crop size, P = 68 landmarks, L regressors.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # six processes share one GPU
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ARCHITECTURES = ('baseline', 'moe', 'softmax_moe', 'tree_moe', 'pose_softmax_moe',
+                 'pose_tree_moe')
+VIEWS = ('frontal', 'large_pose', 'occluded', 'yaw_0_30', 'yaw_30_60', 'yaw_60_90')
+DIGESTS = ROOT / 'docs' / 'data' / 'synthetic_default_digests.json'
+ERT = ROOT / 'docs' / 'data' / 'reproduction_ert.json'
+EVAL_SECONDS = 40  # reserved after the deadline for each worker's evaluation
+
+
+def log(message: str) -> None:
+  print(f'[{time.strftime("%H:%M:%S")}] {message}', flush=True)
+
+
+def digest(faces: dict) -> dict[str, str]:
+  """Order-free sha256 of a split's images and landmarks (TFDS shuffles on writing)."""
+  order = np.lexsort(np.asarray(faces['pose']).T)
+  return {k: hashlib.sha256(np.ascontiguousarray(np.asarray(faces[k])[order]).tobytes()
+                            ).hexdigest()[:16] for k in ('image', 'landmarks')}
+
+
+def write_digests() -> None:
+  """Digests of the stored synthetic_faces/default splits (needs TensorFlow and the dataset)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import input_pipeline.datasets  # pylint: disable=g-import-not-at-top,unused-import
+  out = {}
+  for split in ('train', *(f'test_{v}' for v in VIEWS)):
+    faces = tfds.as_numpy(tfds.load('synthetic_faces/default', split=split, batch_size=-1))
+    out[split] = digest({'image': faces['image'][..., 0], 'landmarks': faces['landmarks'],
+                         'pose': faces['pose']})
+    log(f'{split}: {out[split]}')
+  DIGESTS.write_text(json.dumps(out, indent=1) + '\n')
+
+
+def render(args) -> dict[str, dict]:
+  """{split: faces} of synthetic_faces/default (or smaller, for a smoke test), digests checked."""
+  from input_pipeline import synthetic_splits  # pylint: disable=g-import-not-at-top
+  settings = synthetic_splits.SplitSettings(num_train=args.num_train,
+                                            num_per_view=args.num_per_view)
+  expected = json.loads(DIGESTS.read_text()) if settings == synthetic_splits.DEFAULT else {}
+  faces = {}
+  for split in ('train', *(f'test_{v}' for v in VIEWS)):
+    faces[split] = synthetic_splits.render_split(settings, split)
+    got = digest(faces[split])
+    verdict = ('identical to the stored split' if got == expected.get(split) else
+               f'NOT the stored split ({expected.get(split)})' if split in expected else
+               'no stored digest (not the default sizes)')
+    log(f'rendered {split}: {len(faces[split]["image"])} faces, digest {got}: {verdict}')
+  return faces
+
+
+def prepare_faces(args, out: pathlib.Path) -> None:
+  from experiments import full_size_gpu  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  faces = render(args)
+  arrays = {}
+  for split, split_faces in faces.items():
+    for key, value in full_size_gpu.prepare(split_faces).items():
+      arrays[f'{split}/{key}'] = value
+  np.savez(out / 'faces.npz', **arrays)
+  log(f'rendered and cropped in {time.perf_counter() - start:.0f} s')
+
+
+def load_faces(out: pathlib.Path) -> dict[str, dict[str, np.ndarray]]:
+  faces = {}
+  with np.load(out / 'faces.npz') as data:
+    for name in data.files:
+      split, key = name.split('/')
+      faces.setdefault(split, {})[key] = data[name]
+  return faces
+
+
+def _config(architecture: str, args):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config(architecture, args.variant)
+  with config.unlocked():
+    config.batch_size = args.batch
+  return config
+
+
+def train_pose(args, out: pathlib.Path) -> None:
+  """The shared head-pose estimator, then its MAE per view; parameters to pose.msgpack."""
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  from experiments import full_size_gpu  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import parallel, tasks  # pylint: disable=g-import-not-at-top
+  faces = load_faces(out)
+  mean_shape = faces['train']['landmarks'].mean(0)
+  config = _config('pose_tree_moe', args)
+  with config.unlocked():
+    config.task = 'pose'
+  task = tasks.pose_task(config)
+  state, _ = full_size_gpu.train_for(task, config, faces['train'], parallel.make_mesh(),
+                                     args.pose_seconds / 60, mean_shape)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  (out / 'pose.msgpack').write_bytes(flax.serialization.msgpack_serialize(
+      __import__('jax').device_get(variables)))
+  mae = {}
+  for view in VIEWS:
+    data = faces[f'test_{view}']
+    predicted = np.concatenate([np.asarray(task.model.apply(
+        variables, data['image'][s:s + 256], train=False)['pose'])
+                                for s in range(0, len(data['image']), 256)])
+    error = np.degrees(np.abs(np.asarray(tasks.wrap_angle(predicted - data['pose']))))
+    mae[view] = dict(zip(('yaw', 'pitch', 'roll'), error.mean(0).tolist()))
+  (out / 'pose.json').write_text(json.dumps(mae, indent=1))
+  log('pose estimator MAE deg per view: ' + '; '.join(
+      f'{v} ' + '/'.join(f'{x:.1f}' for x in m.values()) for v, m in mae.items()))
+
+
+def worker(architecture: str, args, out: pathlib.Path) -> None:
+  """One architecture: train until --max_steps or the deadline, evaluate every view."""
+  import flax.serialization  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from experiments import full_size_gpu  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import evaluate, metrics, parallel, tasks, train  # pylint: disable=g-import-not-at-top
+  faces = load_faces(out)
+  mean_shape = faces['train']['landmarks'].mean(0)
+  config = _config(architecture, args)
+  overrides, frozen = None, ()
+  if architecture.startswith('pose_'):
+    pose = flax.serialization.msgpack_restore((out / 'pose.msgpack').read_bytes())
+    overrides = {'params': {'pose_estimator': pose['params']},
+                 'batch_stats': {'pose_estimator': pose['batch_stats']}}
+    frozen = ('pose_estimator',)
+  task = tasks.alignment_task(config)
+  mesh = parallel.make_mesh()
+  state = train.create_train_state(task, train.make_optimizer(config, frozen), mesh,
+                                   jax.random.key(config.seed), overrides)
+  step_fn = train.make_train_step(task, mesh)
+  stream = full_size_gpu.batches(faces['train'], config.batch_size, config.seed, mean_shape,
+                                 config.augment)
+  start, step, curve, compiled = time.perf_counter(), 0, [], None
+  while step < args.max_steps and time.time() < args.deadline:
+    state, metrics_out = step_fn(state, parallel.global_batch(next(stream), task.batch_keys, mesh))
+    step += 1
+    if step == 1:
+      jax.block_until_ready(metrics_out['loss'])
+      compiled = time.perf_counter()
+    if step % 250 == 0:
+      curve.append((step, float(metrics_out['loss'])))
+  jax.block_until_ready(state.params)
+  seconds = time.perf_counter() - (compiled or start)
+  log(f'{architecture}: {step} steps, {(step - 1) * config.batch_size / max(seconds, 1e-9):.0f} '
+      f'img/s after a {(compiled or start) - start:.0f} s compile')
+  variables = {'params': state.params} | ({'batch_stats': state.batch_stats}
+                                          if state.batch_stats else {})
+  apply = jax.jit(lambda v, images, init: task.model.apply(v, images, init, train=False))
+  result = {'architecture': architecture, 'steps': step, 'batch': config.batch_size,
+            'train_seconds': seconds, 'compile_seconds': (compiled or start) - start,
+            'curve': curve, 'nme': {}, 'mean_shape_nme': {}, 'stage_nme': {}}
+  regression_gates = []
+  for view in VIEWS:
+    data = faces[f'test_{view}']
+    init = np.broadcast_to(mean_shape, data['landmarks'].shape).astype(np.float32)
+    outs = [apply(variables, data['image'][s:s + 256], init[s:s + 256])
+            for s in range(0, len(init), 256)]
+    stages = np.concatenate([np.asarray(o['stage_shapes']) for o in outs], axis=1)  # [K, N, P, 2]
+    regression_gates.append(np.concatenate([np.asarray(o['gates']['regression'][0])
+                                            for o in outs]))  # [N, L] first stage
+    result['nme'][view] = float(metrics.nme(stages[-1], data['landmarks'], 'box').mean())
+    result['mean_shape_nme'][view] = float(metrics.nme(init, data['landmarks'], 'box').mean())
+    result['stage_nme'][view] = [float(metrics.nme(s, data['landmarks'], 'box').mean())
+                                 for s in stages]
+  result['cumulative_gate_mass_stage0'] = evaluate.cumulative_gate_mass(
+      np.concatenate(regression_gates)).tolist()
+  (out / f'{architecture}.json').write_text(json.dumps(result, indent=1))
+  log(f'{architecture}: NME % ' + ' '.join(f'{v} {100 * x:.2f}' for v, x in result['nme'].items()))
+
+
+def share_for_mass(cumulative: list[float], mass: float = 0.9) -> float:
+  """The fewest experts (as a share of all) whose sorted gate weights sum to `mass` on average."""
+  cumulative = np.asarray(cumulative)
+  return float((np.argmax(cumulative >= mass - 1e-9) + 1) / len(cumulative))
+
+
+def report(out: pathlib.Path, args) -> str:
+  """The Markdown table: mean shape, ERT (same faces, CPU run), the six architectures."""
+  results = {a: json.loads((out / f'{a}.json').read_text()) for a in ARCHITECTURES
+             if (out / f'{a}.json').exists()}
+  rows = []
+  if results:
+    first = next(iter(results.values()))
+    rows.append(('mean shape', first['mean_shape_nme'], ''))
+  same_faces = (args.num_train, args.num_per_view) == (4000, 300)  # the ERT's faces
+  if same_faces and args.ert and pathlib.Path(args.ert).exists():
+    rows.append(('ERT (dlib, same train faces, CPU)', json.loads(
+        pathlib.Path(args.ert).read_text())['ert'], ''))
+  for arch, r in results.items():
+    note = (f'{r["steps"]} steps x {r["batch"]}, {r["train_seconds"]:.0f} s; 90% of gate mass '
+            f'on {100 * share_for_mass(r["cumulative_gate_mass_stage0"]):.0f}% of regressors')
+    rows.append((arch, r['nme'], note))
+  lines = ['| model | ' + ' | '.join(VIEWS) + ' | training |', '|---' * (len(VIEWS) + 2) + '|']
+  for name, nme, note in rows:
+    lines.append(f'| {name} | ' + ' | '.join(f'{100 * nme[v]:.2f}' for v in VIEWS) +
+                 f' | {note} |')
+  ert = rows[1][1] if len(rows) > 1 and rows[1][0].startswith('ERT') else None
+  if ert:
+    lines.append('')
+    for arch, r in results.items():
+      worse = [v for v in VIEWS if r['nme'][v] >= ert[v]]
+      lines.append(f'- {arch} vs ERT: ' + ('ahead on every view' if not worse else
+                                           f'behind or level on {", ".join(worse)}') +
+                   ' (ratio ' + ', '.join(f'{r["nme"][v] / ert[v]:.2f}' for v in VIEWS) + ')')
+  pose = out / 'pose.json'
+  if pose.exists():
+    lines.append('- head-pose estimator MAE deg (yaw/pitch/roll): ' + '; '.join(
+        f'{v} ' + '/'.join(f'{x:.1f}' for x in m.values())
+        for v, m in json.loads(pose.read_text()).items()))
+  text = '\n'.join(lines)
+  (out / 'report.md').write_text(text + '\n')
+  return text
+
+
+def _spawn(architecture: str, args, out: pathlib.Path) -> subprocess.Popen:
+  command = [sys.executable, __file__, '--worker', architecture, '--out', str(out),
+             f'--variant={args.variant}', f'--batch={args.batch}',
+             f'--max_steps={args.max_steps}', f'--deadline={args.deadline}']
+  logfile = open(out / f'{architecture}.log', 'w')  # pylint: disable=consider-using-with
+  path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))
+  return subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT,
+                          env=os.environ | {'PYTHONPATH': path, 'PYTHONUNBUFFERED': '1'})
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--out', default='/tmp/repro_gpu')
+  parser.add_argument('--variant', default='full', help="the configs' size; 'tiny' on a CPU")
+  parser.add_argument('--num_train', type=int, default=4000)
+  parser.add_argument('--num_per_view', type=int, default=300)
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--pose_seconds', type=float, default=45)
+  parser.add_argument('--train_seconds', type=float, default=150,
+                      help='wall seconds from the pose-gated models\' start to the deadline')
+  parser.add_argument('--max_steps', type=int, default=3000)
+  parser.add_argument('--ert', default=str(ERT))
+  parser.add_argument('--worker', help=argparse.SUPPRESS)
+  parser.add_argument('--deadline', type=float, default=0.0, help=argparse.SUPPRESS)
+  parser.add_argument('--write_digests', action='store_true')
+  args = parser.parse_args()
+  if args.write_digests:
+    write_digests()
+    return 0
+  out = pathlib.Path(args.out)
+  if args.worker:
+    worker(args.worker, args, out)
+    return 0
+  out.mkdir(parents=True, exist_ok=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  log(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, '
+      f'{os.cpu_count()} CPU cores')
+  prepare_faces(args, out)
+  # The pose-free architectures start now; all share the deadline set when the pose is ready.
+  args.deadline = time.time() + args.pose_seconds + 60 + args.train_seconds
+  early = [_spawn(a, args, out) for a in ARCHITECTURES if not a.startswith('pose_')]
+  train_pose(args, out)
+  args.deadline = time.time() + args.train_seconds
+  late = [_spawn(a, args, out) for a in ARCHITECTURES if a.startswith('pose_')]
+  failed = [p.args[3] for p in early + late if p.wait() != 0]
+  for arch in ARCHITECTURES:
+    print(f'--- {arch}.log (tail)\n' + ''.join((out / f'{arch}.log').read_text().splitlines(True)[-4:]),
+          flush=True)
+  print(report(out, args), flush=True)
+  if failed:
+    log(f'failed: {", ".join(failed)}')
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
