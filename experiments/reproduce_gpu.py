@@ -2,7 +2,7 @@
 
   python experiments/reproduce_gpu.py --out /tmp/repro_gpu            # full size, one GPU
   python experiments/reproduce_gpu.py --out /tmp/r --variant tiny --num_train 256 \
-      --num_per_view 32 --pose_seconds 20 --train_seconds 40            # a CPU smoke test
+      --num_per_view 32 --pose_seconds 20 --budget_seconds 240          # a CPU smoke test
 
 `experiments/reproduce.py` trains through train.py and tf.data; machines lent without TensorFlow
 (this project's GPU sessions) run this instead, on *the same faces*: the train split and the six
@@ -42,7 +42,8 @@ ARCHITECTURES = ('baseline', 'moe', 'softmax_moe', 'tree_moe', 'pose_softmax_moe
 VIEWS = ('frontal', 'large_pose', 'occluded', 'yaw_0_30', 'yaw_30_60', 'yaw_60_90')
 DIGESTS = ROOT / 'docs' / 'data' / 'synthetic_default_digests.json'
 ERT = ROOT / 'docs' / 'data' / 'reproduction_ert.json'
-EVAL_SECONDS = 40  # reserved after the deadline for each worker's evaluation
+EVAL_SECONDS = 50  # reserved before --budget_seconds ends for each worker's evaluation
+THREAD_VARIABLES = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')
 
 
 def log(message: str) -> None:
@@ -71,18 +72,30 @@ def write_digests() -> None:
 
 def render(args) -> dict[str, dict]:
   """{split: faces} of synthetic_faces/default (or smaller, for a smoke test), digests checked."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
   from input_pipeline import synthetic_splits  # pylint: disable=g-import-not-at-top
   settings = synthetic_splits.SplitSettings(num_train=args.num_train,
                                             num_per_view=args.num_per_view)
   expected = json.loads(DIGESTS.read_text()) if settings == synthetic_splits.DEFAULT else {}
+  # One numpy thread per render process: 16 processes x 16 BLAS threads rendered 5x slower.
+  saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+  os.environ.update({k: '1' for k in THREAD_VARIABLES})
   faces = {}
-  for split in ('train', *(f'test_{v}' for v in VIEWS)):
-    faces[split] = synthetic_splits.render_split(settings, split)
-    got = digest(faces[split])
-    verdict = ('identical to the stored split' if got == expected.get(split) else
-               f'NOT the stored split ({expected.get(split)})' if split in expected else
-               'no stored digest (not the default sizes)')
-    log(f'rendered {split}: {len(faces[split]["image"])} faces, digest {got}: {verdict}')
+  try:
+    with multiprocessing.get_context('spawn').Pool(os.cpu_count()) as pool:
+      for split in ('train', *(f'test_{v}' for v in VIEWS)):
+        faces[split] = synthetic_splits.render_split(settings, split, pool)
+        got = digest(faces[split])
+        verdict = ('identical to the stored split' if got == expected.get(split) else
+                   f'NOT the stored split ({expected.get(split)})' if split in expected else
+                   'no stored digest (not the default sizes)')
+        log(f'rendered {split}: {len(faces[split]["image"])} faces, digest {got}: {verdict}')
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
   return faces
 
 
@@ -134,12 +147,10 @@ def train_pose(args, out: pathlib.Path) -> None:
   mae = {}
   for view in VIEWS:
     data = faces[f'test_{view}']
-    predicted = np.concatenate([np.asarray(task.model.apply(
-        variables, data['image'][s:s + 256], train=False)['pose'])
-                                for s in range(0, len(data['image']), 256)])
+    predicted = np.asarray(task.model.apply(variables, data['image'], train=False)['pose'])
     error = np.degrees(np.abs(np.asarray(tasks.wrap_angle(predicted - data['pose']))))
     mae[view] = dict(zip(('yaw', 'pitch', 'roll'), error.mean(0).tolist()))
-  (out / 'pose.json').write_text(json.dumps(mae, indent=1))
+  (results_dir(args) / 'pose.json').write_text(json.dumps(mae, indent=1))
   log('pose estimator MAE deg per view: ' + '; '.join(
       f'{v} ' + '/'.join(f'{x:.1f}' for x in m.values()) for v, m in mae.items()))
 
@@ -177,7 +188,7 @@ def worker(architecture: str, args, out: pathlib.Path) -> None:
       curve.append((step, float(metrics_out['loss'])))
   jax.block_until_ready(state.params)
   seconds = time.perf_counter() - (compiled or start)
-  log(f'{architecture}: {step} steps, {(step - 1) * config.batch_size / max(seconds, 1e-9):.0f} '
+  log(f'{architecture}: {step} steps, {max(step - 1, 0) * config.batch_size / max(seconds, 1e-9):.0f} '
       f'img/s after a {(compiled or start) - start:.0f} s compile')
   variables = {'params': state.params} | ({'batch_stats': state.batch_stats}
                                           if state.batch_stats else {})
@@ -189,8 +200,7 @@ def worker(architecture: str, args, out: pathlib.Path) -> None:
   for view in VIEWS:
     data = faces[f'test_{view}']
     init = np.broadcast_to(mean_shape, data['landmarks'].shape).astype(np.float32)
-    outs = [apply(variables, data['image'][s:s + 256], init[s:s + 256])
-            for s in range(0, len(init), 256)]
+    outs = [apply(variables, data['image'], init)]  # one shape for every view: one compile
     stages = np.concatenate([np.asarray(o['stage_shapes']) for o in outs], axis=1)  # [K, N, P, 2]
     regression_gates.append(np.concatenate([np.asarray(o['gates']['regression'][0])
                                             for o in outs]))  # [N, L] first stage
@@ -200,7 +210,7 @@ def worker(architecture: str, args, out: pathlib.Path) -> None:
                                  for s in stages]
   result['cumulative_gate_mass_stage0'] = evaluate.cumulative_gate_mass(
       np.concatenate(regression_gates)).tolist()
-  (out / f'{architecture}.json').write_text(json.dumps(result, indent=1))
+  (results_dir(args) / f'{architecture}.json').write_text(json.dumps(result, indent=1))
   log(f'{architecture}: NME % ' + ' '.join(f'{v} {100 * x:.2f}' for v, x in result['nme'].items()))
 
 
@@ -210,8 +220,13 @@ def share_for_mass(cumulative: list[float], mass: float = 0.9) -> float:
   return float((np.argmax(cumulative >= mass - 1e-9) + 1) / len(cumulative))
 
 
-def report(out: pathlib.Path, args) -> str:
+def results_dir(args) -> pathlib.Path:
+  return pathlib.Path(args.results_dir or args.out)
+
+
+def report(args) -> str:
   """The Markdown table: mean shape, ERT (same faces, CPU run), the six architectures."""
+  out = results_dir(args)
   results = {a: json.loads((out / f'{a}.json').read_text()) for a in ARCHITECTURES
              if (out / f'{a}.json').exists()}
   rows = []
@@ -243,15 +258,14 @@ def report(out: pathlib.Path, args) -> str:
     lines.append('- head-pose estimator MAE deg (yaw/pitch/roll): ' + '; '.join(
         f'{v} ' + '/'.join(f'{x:.1f}' for x in m.values())
         for v, m in json.loads(pose.read_text()).items()))
-  text = '\n'.join(lines)
-  (out / 'report.md').write_text(text + '\n')
-  return text
+  return '\n'.join(lines)
 
 
 def _spawn(architecture: str, args, out: pathlib.Path) -> subprocess.Popen:
   command = [sys.executable, __file__, '--worker', architecture, '--out', str(out),
              f'--variant={args.variant}', f'--batch={args.batch}',
-             f'--max_steps={args.max_steps}', f'--deadline={args.deadline}']
+             f'--max_steps={args.max_steps}', f'--deadline={args.deadline}',
+             f'--results_dir={results_dir(args)}']
   logfile = open(out / f'{architecture}.log', 'w')  # pylint: disable=consider-using-with
   path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))
   return subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT,
@@ -266,10 +280,13 @@ def main() -> int:
   parser.add_argument('--num_per_view', type=int, default=300)
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--pose_seconds', type=float, default=45)
-  parser.add_argument('--train_seconds', type=float, default=150,
-                      help='wall seconds from the pose-gated models\' start to the deadline')
+  parser.add_argument('--budget_seconds', type=float, default=600,
+                      help='wall seconds for everything: training stops EVAL_SECONDS before')
   parser.add_argument('--max_steps', type=int, default=3000)
   parser.add_argument('--ert', default=str(ERT))
+  parser.add_argument('--results_dir', default='',
+                      help='where the JSON results go (default --out; faces and logs stay there)')
+  parser.add_argument('--report_only', action='store_true', help='print the table of --results_dir')
   parser.add_argument('--worker', help=argparse.SUPPRESS)
   parser.add_argument('--deadline', type=float, default=0.0, help=argparse.SUPPRESS)
   parser.add_argument('--write_digests', action='store_true')
@@ -277,26 +294,37 @@ def main() -> int:
   if args.write_digests:
     write_digests()
     return 0
+  if args.report_only:
+    print(report(args))
+    return 0
   out = pathlib.Path(args.out)
   if args.worker:
     worker(args.worker, args, out)
     return 0
+  start = time.time()
   out.mkdir(parents=True, exist_ok=True)
+  results_dir(args).mkdir(parents=True, exist_ok=True)
   import jax  # pylint: disable=g-import-not-at-top
   log(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, '
       f'{os.cpu_count()} CPU cores')
   prepare_faces(args, out)
-  # The pose-free architectures start now; all share the deadline set when the pose is ready.
-  args.deadline = time.time() + args.pose_seconds + 60 + args.train_seconds
+  # The pose-free architectures start now, the pose-gated ones once the pose estimator is
+  # trained; all stop training at one deadline and are evaluated before the budget ends.
+  args.deadline = start + args.budget_seconds - EVAL_SECONDS
   early = [_spawn(a, args, out) for a in ARCHITECTURES if not a.startswith('pose_')]
   train_pose(args, out)
-  args.deadline = time.time() + args.train_seconds
   late = [_spawn(a, args, out) for a in ARCHITECTURES if a.startswith('pose_')]
-  failed = [p.args[3] for p in early + late if p.wait() != 0]
-  for arch in ARCHITECTURES:
-    print(f'--- {arch}.log (tail)\n' + ''.join((out / f'{arch}.log').read_text().splitlines(True)[-4:]),
-          flush=True)
-  print(report(out, args), flush=True)
+  running, failed = {p.args[3]: p for p in early + late}, []
+  while running:  # each worker's last lines as it finishes: a cut-off run still shows them
+    for arch, process in list(running.items()):
+      if process.poll() is not None:
+        del running[arch]
+        if process.returncode:
+          failed.append(arch)
+        tail = (out / f'{arch}.log').read_text().splitlines()[-3:]
+        print(f'--- {arch} (exit {process.returncode}):\n' + '\n'.join(tail), flush=True)
+    time.sleep(1)
+  print(report(args), flush=True)
   if failed:
     log(f'failed: {", ".join(failed)}')
   return 1 if failed else 0

@@ -127,28 +127,32 @@ def render_chunk(settings: Settings, split: str, size: int, chunk: int) -> Faces
                                 config=render_config(settings, split))
 
 
-def render_ahead(settings: Settings, split: str, size: int) -> Iterator[Faces]:
+def render_ahead(settings: Settings, split: str, size: int, pool=None) -> Iterator[Faces]:
   """Chunks 0, 1, 2, ... of `split` in order, each worker process rendering one ahead.
 
   Spawned (not forked) workers: a parent with TensorFlow's or JAX's threads would be copied
-  mid-flight by a fork. They import only numpy and the renderer (~0.2 s).
+  mid-flight by a fork. They import only numpy and the renderer (~0.2 s). `pool`: a
+  multiprocessing pool to render in (one for many splits saves its start-up each time).
   """
   processes = settings.processes or os.cpu_count() or 1
-  if processes == 1:
+  if pool is None and processes == 1:
     chunk = 0
     while True:
       yield render_chunk(settings, split, size, chunk)
       chunk += 1
-  with multiprocessing.get_context('spawn').Pool(processes) as pool:
-    pending, chunk = collections.deque(), 0
-    while True:
-      while len(pending) < processes:
-        pending.append(pool.apply_async(render_chunk, (settings, split, size, chunk)))
-        chunk += 1
-      yield pending.popleft().get()
+  if pool is None:
+    with multiprocessing.get_context('spawn').Pool(processes) as own_pool:
+      yield from render_ahead(settings, split, size, own_pool)
+    return
+  pending, chunk = collections.deque(), 0
+  while True:
+    while len(pending) < processes:
+      pending.append(pool.apply_async(render_chunk, (settings, split, size, chunk)))
+      chunk += 1
+    yield pending.popleft().get()
 
 
-def examples(settings: Settings, split: str) -> Iterator[dict[str, np.ndarray]]:
+def examples(settings: Settings, split: str, pool=None) -> Iterator[dict[str, np.ndarray]]:
   """The split's faces in order, one dict of FEATURES each (image [S, S] uint8).
 
   Chunk c holds `chunk_size` faces from its own seed, so the faces do not depend on how many
@@ -158,7 +162,7 @@ def examples(settings: Settings, split: str) -> Iterator[dict[str, np.ndarray]]:
   keep = VIEWS[split].keep if split in VIEWS else lambda f: np.ones(len(f['image']), bool)
   size = chunk_size(settings, split)
   count, rendered = 0, 0
-  for faces in render_ahead(settings, split, size):
+  for faces in render_ahead(settings, split, size, pool):
     if rendered >= MAX_REJECTION * num:
       raise ValueError(f'{split}: only {count} of {rendered} rendered faces passed its predicate; '
                        f'its render settings rarely produce such faces.')
@@ -170,7 +174,7 @@ def examples(settings: Settings, split: str) -> Iterator[dict[str, np.ndarray]]:
       return
 
 
-def render_split(settings: Settings, split: str) -> Faces:
+def render_split(settings: Settings, split: str, pool=None) -> Faces:
   """A whole split as arrays with a leading face axis N, exactly the faces the builder stores."""
-  faces = list(examples(settings, split))
+  faces = list(examples(settings, split, pool))
   return {k: np.stack([f[k] for f in faces]) for k in FEATURES}
