@@ -64,6 +64,11 @@ def model_config(architecture: str) -> ml_collections.ConfigDict:
       num_stages=4,
       cnn_kernel_sizes=(5, 5, 3, 3, 1),
       cnn_conv_impl='im2col',  # or 'xla' (nn.Conv): same parameters and outputs, other speed
+      # How the CNN committee is computed: 'auto' (per backend, measured), 'vmap' or 'merged'.
+      cnn_lowering='auto',
+      # 'bfloat16': the committees and the pose estimator compute in bf16; parameters, patch
+      # coordinates, gates, displacements and the loss stay float32 (docs/benchmarks.md).
+      dtype='float32',
       representation_gate_depth=3,
       regression_gate_depth=6,
       # True = each stage trained on s(k) as data: no gradient through the patch positions into

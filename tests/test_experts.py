@@ -82,3 +82,50 @@ def test_conv_impls_share_parameters_and_outputs():
                              rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="unknown conv_impl 'cudnn'"):
     experts.ExpertCNNs(1, conv_impl='cudnn').init(jax.random.key(0), crops)
+
+
+@pytest.mark.parametrize('num_experts,features,kernels,patch', [
+    (8, (3, 4, 5, 6, 3), (5, 5, 3, 3, 1), 32),  # pose experts, the paper's 1x1 last map
+    (1, (4, 6, 8, 8, 5), (5, 5, 3, 3, 1), 16),  # one CNN, a 16 px patch: the last map pooled
+    (3, (4,), (3,), 8),  # a single layer: no ReLU anywhere
+])
+def test_merged_lowering_equals_vmap(num_experts, features, kernels, patch):
+  """The 'merged' committee (one conv for the shared first layer, then per expert) is the plain
+  nn.vmap committee: outputs and parameter gradients, from the same [E, ...] parameters."""
+  crops = jax.random.normal(jax.random.key(0), (2, 5, patch, patch))
+  plain = experts.ExpertCNNs(num_experts, features, kernels, lowering='vmap')
+  merged = experts.ExpertCNNs(num_experts, features, kernels, lowering='merged')
+  variables = jax.jit(plain.init)(jax.random.key(1), crops)
+  np.testing.assert_allclose(jax.jit(merged.apply)(variables, crops),
+                             jax.jit(plain.apply)(variables, crops), rtol=1e-4, atol=1e-5)
+  grads = [jax.jit(jax.grad(lambda v, m=m: jnp.sum(m.apply(v, crops) ** 2)))(variables)
+           for m in (plain, merged)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+
+
+def test_cnn_lowering_per_backend():
+  assert experts.resolve_cnn_lowering('auto', 'cpu') == 'merged'
+  assert experts.resolve_cnn_lowering('auto', 'gpu') == 'vmap'
+  assert experts.resolve_cnn_lowering('vmap', 'cpu') == 'vmap'
+  with pytest.raises(ValueError, match="unknown CNN committee lowering 'grouped'"):
+    experts.resolve_cnn_lowering('grouped')
+
+
+@pytest.mark.parametrize('lowering', ['vmap', 'merged'])
+def test_bfloat16_committees_keep_float32_parameters_and_outputs(lowering):
+  crops = jax.random.normal(jax.random.key(0), (2, 5, 16, 16))
+  cnns = experts.ExpertCNNs(4, (4, 6, 8, 8, 5), lowering=lowering, dtype=jnp.bfloat16)
+  reference = experts.ExpertCNNs(4, (4, 6, 8, 8, 5), lowering=lowering)
+  variables = jax.jit(cnns.init)(jax.random.key(1), crops)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+  h = jax.jit(cnns.apply)(variables, crops)
+  assert h.dtype == jnp.float32
+  expected = jax.jit(reference.apply)(variables, crops)
+  assert not np.array_equal(h, expected)  # it did compute in bf16
+  np.testing.assert_allclose(h, expected, rtol=0.05, atol=0.05 * float(jnp.abs(expected).max()))
+  mlps = experts.ExpertMLPs(4, 16, 6, dtype=jnp.bfloat16)
+  mlp_vars = mlps.init(jax.random.key(2), h[:, 0])
+  out = mlps.apply(mlp_vars, h[:, 0])
+  assert out.dtype == jnp.float32
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(mlp_vars))

@@ -20,6 +20,9 @@ from treemoe_jax import patches
 from treemoe_jax import routing as routing_lib
 
 
+DTYPES = ('float32', 'bfloat16')
+
+
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
   """Everything that sizes one cascade stage (the rows of SPEC's architecture table)."""
@@ -29,6 +32,10 @@ class StageSpec:
   cnn_kernel_sizes: tuple[int, ...] = (5, 5, 3, 3, 1)
   num_cnn_experts: int = 1
   cnn_conv_impl: str = 'im2col'  # how the expert convolutions are computed (experts.CONV_IMPLS)
+  cnn_lowering: str = 'auto'  # how the CNN committee is computed (experts.CNN_LOWERINGS)
+  # Computation dtype of the committees ('float32' or 'bfloat16'); parameters, patch coordinates,
+  # gates, displacements and the loss stay float32 (a bfloat16 landmark is off by up to 0.5 px).
+  dtype: str = 'float32'
   representation_gate: gates.GateKind = gates.GateKind.UNIFORM
   representation_gate_depth: int | None = None
   num_regression_experts: int = 64
@@ -53,6 +60,8 @@ class StageSpec:
     # make_gate checks that a tree has one leaf per expert.
     gates.make_gate(self.representation_gate, self.num_cnn_experts, self.representation_gate_depth)
     gates.make_gate(self.regression_gate, self.num_regression_experts, self.regression_gate_depth)
+    if self.dtype not in DTYPES:
+      raise ValueError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
 
 
 def top_k(weights: jax.Array, k: int) -> jax.Array:
@@ -100,11 +109,13 @@ class CascadeStage(nn.Module):
     gate_input = pose if spec.gates_on_pose else jnp.zeros((images.shape[0], 1), images.dtype)
     representation = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
                                         spec.cnn_kernel_sizes, spec.cnn_conv_impl,
+                                        spec.cnn_lowering, jnp.dtype(spec.dtype),
                                         name='representation')
     h, rep_weights = gated_committee(representation, rep_gate, gate_input, crops, routing)
     num_outputs = 2 * spec.num_landmarks
     regression = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,
-                                    num_outputs, spec.regression_output_init, name='regression')
+                                    num_outputs, spec.regression_output_init,
+                                    dtype=jnp.dtype(spec.dtype), name='regression')
     reg_gate = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
                                spec.regression_gate_depth, name='regression_gate')
     delta, reg_weights = gated_committee(regression, reg_gate, h, h, routing,

@@ -11,13 +11,29 @@ E experts, F = P * n representation features, O regression outputs (2P).
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+Dtype = Any
 
 CONV_IMPLS = ('im2col', 'xla')
+# How a committee of expert CNNs is computed (the parameters are the same): 'vmap' is nn.vmap of
+# one expert, which XLA lowers to grouped convolutions; 'merged' is `merged_committee`; 'auto'
+# picks per backend what benchmarks/cnn_lowering.py measured faster: 'merged' on CPU (4.3x the
+# forward, 1.2x the gradient of 8 pose experts at batch 32), 'vmap' elsewhere (not yet measured).
+CNN_LOWERINGS = ('auto', 'vmap', 'merged')
+
+
+def resolve_cnn_lowering(lowering: str, backend: str | None = None) -> str:
+  """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend)."""
+  if lowering not in CNN_LOWERINGS:
+    raise ValueError(f'unknown CNN committee lowering {lowering!r}; valid: {", ".join(CNN_LOWERINGS)}')
+  if lowering != 'auto':
+    return lowering
+  return 'merged' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
 
 
 class Im2colConv(nn.Module):
@@ -30,6 +46,7 @@ class Im2colConv(nn.Module):
   features: int
   kernel_size: int
   stride: int = 2
+  dtype: Dtype = jnp.float32  # computation; the parameters stay float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, C] -> [N, H/s, W/s, F]
@@ -44,8 +61,9 @@ class Im2colConv(nn.Module):
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (k, k, channels, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    return jnp.einsum('nhwtc,tcf->nhwf', columns,
-                      kernel.reshape(k * k, channels, self.features)) + bias
+    return jnp.einsum('nhwtc,tcf->nhwf', columns.astype(self.dtype),
+                      kernel.reshape(k * k, channels, self.features).astype(self.dtype)
+                      ) + bias.astype(self.dtype)
 
 
 class PatchCNN(nn.Module):
@@ -59,6 +77,7 @@ class PatchCNN(nn.Module):
   kernel_sizes: Sequence[int] = (5, 5, 3, 3, 1)
   stride: int = 2
   conv_impl: str = 'im2col'
+  dtype: Dtype = jnp.float32  # computation; parameters and the returned features are float32
 
   @nn.compact
   def __call__(self, patches: jax.Array) -> jax.Array:  # [B, P, S, S] -> [B, P*n]
@@ -67,18 +86,57 @@ class PatchCNN(nn.Module):
     if self.conv_impl not in CONV_IMPLS:
       raise ValueError(f'unknown conv_impl {self.conv_impl!r}; valid: {", ".join(CONV_IMPLS)}')
     batch, num_patches, size, _ = patches.shape
-    x = patches.reshape(batch * num_patches, size, size, 1)  # [B*P, S, S, C=1]
+    x = patches.reshape(batch * num_patches, size, size, 1).astype(self.dtype)  # [B*P, S, S, 1]
     last = len(self.features) - 1
     for i, (width, kernel) in enumerate(zip(self.features, self.kernel_sizes)):
       if self.conv_impl == 'im2col':
-        x = Im2colConv(width, kernel, self.stride, name=f'conv{i}')(x)
+        x = Im2colConv(width, kernel, self.stride, self.dtype, name=f'conv{i}')(x)
       else:
         x = nn.Conv(width, (kernel, kernel), strides=self.stride, padding='SAME',
-                    name=f'conv{i}')(x)
+                    dtype=self.dtype, name=f'conv{i}')(x)
       if i < last:
         x = nn.relu(x)
-    x = x.mean(axis=(1, 2))  # [B*P, n]; a no-op on the paper's 1x1 map
+    x = x.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, n]; a no-op on the paper's 1x1 map
     return x.reshape(batch, num_patches * self.features[-1])
+
+
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
+  """nn.Conv's 'SAME' strided convolution: x [N, H, W, C], kernel [k, k, C, F] -> [N, H', W', F]."""
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+
+
+def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
+                     dtype: Dtype = jnp.float32) -> jax.Array:
+  """The committee nn.vmap(PatchCNN) computes, from its parameters `[E, ...]`: `[B, E, P*n]`.
+
+  Every expert's first convolution reads the same patch, so the E of them are one dense
+  convolution with E x F0 outputs; each expert's later layers are plain convolutions on its own
+  channels. On XLA:CPU this avoids the grouped convolutions nn.vmap lowers to (2-3% of the GEMM
+  rate; benchmarks/cnn_lowering.py). `params` is the committee's {'conv{i}': {'kernel' [E, k, k,
+  C, F], 'bias' [E, F]}}; patches [B, P, S, S].
+  """
+  batch, num_patches, size, _ = patches.shape
+  layers = [params[f'conv{i}'] for i in range(len(params))]
+  last = len(layers) - 1
+  kernel0 = layers[0]['kernel'].astype(dtype)  # [E, k, k, C, F0]
+  num_experts, k, _, channels, width = kernel0.shape
+  merged = jnp.moveaxis(kernel0, 0, -2).reshape(k, k, channels, num_experts * width)  # e-major
+  x = patches.reshape(batch * num_patches, size, size, 1).astype(dtype)
+  x = _conv(x, merged, layers[0]['bias'].astype(dtype).reshape(-1), stride)  # [B*P, H, W, E*F0]
+  if last > 0:
+    x = nn.relu(x)
+  x = x.reshape(x.shape[:3] + (num_experts, width))  # [B*P, H, W, E, F0]
+  outputs = []
+  for e in range(num_experts):
+    y = x[..., e, :]
+    for i, layer in enumerate(layers[1:], start=1):
+      y = _conv(y, layer['kernel'][e].astype(dtype), layer['bias'][e].astype(dtype), stride)
+      if i < last:
+        y = nn.relu(y)
+    features = y.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, n]
+    outputs.append(features.reshape(batch, num_patches * features.shape[-1]))
+  return jnp.stack(outputs, axis=1)  # [B, E, P*n]
 
 
 def gathered(apply_one, committee_params, chosen: jax.Array, x: jax.Array) -> jax.Array:
@@ -102,18 +160,24 @@ class ExpertCNNs(nn.Module):
   features: Sequence[int] = (20, 40, 80, 160, 30)
   kernel_sizes: Sequence[int] = (5, 5, 3, 3, 1)
   conv_impl: str = 'im2col'
+  lowering: str = 'auto'  # CNN_LOWERINGS: how the dense committee is computed, not what
+  dtype: Dtype = jnp.float32  # computation; parameters and outputs are float32
 
   @nn.compact
   def __call__(self, patches: jax.Array, chosen: jax.Array | None = None
                ) -> jax.Array:  # [B, P, S, S] -> [B, E or K, P*n]
     expert = functools.partial(PatchCNN, tuple(self.features), tuple(self.kernel_sizes),
-                               conv_impl=self.conv_impl)
+                               conv_impl=self.conv_impl, dtype=self.dtype)
     committee = nn.vmap(
         PatchCNN, variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=None, out_axes=1, axis_size=self.num_experts)
     committee = committee(tuple(self.features), tuple(self.kernel_sizes),
-                          conv_impl=self.conv_impl, name='experts')
-    if chosen is None or self.is_initializing():
+                          conv_impl=self.conv_impl, dtype=self.dtype, name='experts')
+    if self.is_initializing():
+      return committee(patches)
+    if chosen is None:
+      if resolve_cnn_lowering(self.lowering) == 'merged':
+        return merged_committee(self.variables['params']['experts'], patches, dtype=self.dtype)
       return committee(patches)
     return gathered(lambda p, x: expert().apply({'params': p}, x[None])[0],
                     self.variables['params']['experts'], chosen, patches)
@@ -133,14 +197,16 @@ class RegressorMLP(nn.Module):
   hidden: int
   outputs: int
   output_init: str = 'lecun'
+  dtype: Dtype = jnp.float32  # computation; parameters and outputs are float32
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:  # [B, F] -> [B, O]
     if self.output_init not in OUTPUT_INITS:
       raise ValueError(f'unknown output_init {self.output_init!r}; valid: {", ".join(OUTPUT_INITS)}')
     init = nn.initializers.zeros if self.output_init == 'zeros' else nn.initializers.lecun_normal()
-    hidden = nn.relu(nn.Dense(self.hidden, name='hidden')(h))
-    return nn.Dense(self.outputs, kernel_init=init, name='out')(hidden)
+    hidden = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name='hidden')(h))
+    return nn.Dense(self.outputs, kernel_init=init, dtype=self.dtype,
+                    name='out')(hidden).astype(jnp.float32)
 
 
 class ExpertMLPs(nn.Module):
@@ -155,6 +221,7 @@ class ExpertMLPs(nn.Module):
   outputs: int
   output_init: str = 'lecun'
   routed_lowering: str = 'auto'
+  dtype: Dtype = jnp.float32  # computation; parameters and outputs are float32
 
   @nn.compact
   def __call__(self, h: jax.Array, chosen: jax.Array | None = None
@@ -162,7 +229,7 @@ class ExpertMLPs(nn.Module):
     committee = nn.vmap(
         RegressorMLP, variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=None, out_axes=1, axis_size=self.num_experts)
-    committee = committee(self.hidden, self.outputs, self.output_init, name='experts')
+    committee = committee(self.hidden, self.outputs, self.output_init, self.dtype, name='experts')
     if chosen is None or self.is_initializing():
       return committee(h)
     if self.routed_lowering not in ROUTED_LOWERINGS:
@@ -173,7 +240,7 @@ class ExpertMLPs(nn.Module):
       # B * K >= E: gathering would read every expert's weights more than once, while the
       # regressors are memory-bound; running all E and keeping K is faster (docs/alignment.md).
       return jnp.take_along_axis(committee(h), chosen[..., None], axis=1)  # [B, K, O]
-    expert = RegressorMLP(self.hidden, self.outputs, self.output_init)
+    expert = RegressorMLP(self.hidden, self.outputs, self.output_init, self.dtype)
     return gathered(lambda p, x: expert.apply({'params': p}, x),
                     self.variables['params']['experts'], chosen, h)
 

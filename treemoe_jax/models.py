@@ -133,6 +133,8 @@ def stage_spec(model_config: ml_collections.ConfigDict) -> cascade.StageSpec:
       cnn_kernel_sizes=tuple(model_config.cnn_kernel_sizes),
       num_cnn_experts=model_config.num_cnn_experts,
       cnn_conv_impl=model_config.cnn_conv_impl,
+      cnn_lowering=model_config.get('cnn_lowering', 'auto'),
+      dtype=model_config.get('dtype', 'float32'),
       representation_gate=representation_gate,
       representation_gate_depth=model_config.get('representation_gate_depth'),
       num_regression_experts=model_config.num_regression_experts,
@@ -149,10 +151,13 @@ def stage_spec(model_config: ml_collections.ConfigDict) -> cascade.StageSpec:
   return spec
 
 
-def create_pose_estimator(pose_config: ml_collections.ConfigDict) -> pose_lib.PoseEstimator:
+def create_pose_estimator(pose_config: ml_collections.ConfigDict,
+                          dtype: str = 'float32') -> pose_lib.PoseEstimator:
+  """`dtype`: the computation's (config.model.dtype); parameters and angles stay float32."""
   return pose_lib.PoseEstimator(stage_sizes=tuple(pose_config.stage_sizes),
                                 base_width=pose_config.base_width,
                                 head_hidden=pose_config.head_hidden,
+                                dtype=jnp.dtype(dtype),
                                 head_output=head_output(pose_config))
 
 
@@ -171,7 +176,7 @@ def create(config: ml_collections.ConfigDict) -> FaceAligner:
       num_stages=config.model.num_stages,
       image_size=config.model.image_size,
       stop_gradient_between_stages=config.model.stop_gradient_between_stages,
-      pose_estimator=(create_pose_estimator(config.pose)
+      pose_estimator=(create_pose_estimator(config.pose, config.model.get('dtype', 'float32'))
                       if spec.gates_on_pose and gate_pose(config) == 'estimator' else None),
       gate_pose=gate_pose(config),
       freeze_pose=config.model.freeze_pose,

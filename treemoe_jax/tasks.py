@@ -67,7 +67,7 @@ def nonfinite_inputs(batch: Batch) -> dict[str, jax.Array]:
 
 def pose_task(config: ml_collections.ConfigDict) -> Task:
   """Section 3.1: yaw, pitch and roll regressed with a periodic L2 loss."""
-  model = models.create_pose_estimator(config.pose)
+  model = models.create_pose_estimator(config.pose, config.model.get('dtype', 'float32'))
   size = config.model.image_size
 
   def init(rng):
