@@ -20,9 +20,9 @@ def time_call(fn: Callable[[], jax.Array], min_seconds: float = 2.0, min_runs: i
   return times[len(times) // 2]
 
 
-def gemm_gflops(n: int = 2048) -> float:
-  """fp32 GFLOP/s of one jitted n x n matmul: the ceiling that model rates are compared to."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def gemm_gflops(n: int = 2048, dtype=jnp.float32) -> float:
+  """GFLOP/s of one jitted n x n matmul in `dtype`: the ceiling model rates are compared to."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   matmul = jax.jit(lambda x, y: x @ y)
   return 2 * n**3 / time_call(lambda: matmul(a, a)) / 1e9
 

@@ -1,0 +1,319 @@
+"""Every speed figure of docs/benchmarks.md in one run, with the machine it ran on.
+
+  python benchmarks/run_all.py                                   # CPU defaults (~30 min, 2 cores)
+  python benchmarks/run_all.py --numerics_workdir /tmp/reproduction/pose_tree_moe_seed0
+  python benchmarks/run_all.py --architectures pose_tree_moe --variants full --no_pipeline
+
+Per architecture, size (`full`, `tiny`) and compute dtype (float32, bfloat16): inference img/s
+at each batch size, batch-1 latency, train-step img/s, compile time, XLA's FLOPs per image, and
+each rate as a fraction of the jit GEMM rate measured in this process (at the start and at the
+end: on shared machines the two differ). Beside them: the plain port (benchmarks/plain_port.py,
+float32), the input pipeline and the renderer against the train step's consumption, and with
+`--numerics_workdir` the bfloat16 NME against float32 on the synthetic test views. Writes a JSON
+(`--json`) and the generated part of docs/benchmarks.md (`--doc`, between its run_all markers).
+Absolute times on shared CPUs are noise; the ratios within one run are the figures to read.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from benchmarks import plain_port  # pylint: disable=g-import-not-at-top
+from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
+from configs import default  # pylint: disable=g-import-not-at-top
+from treemoe_jax import experts  # pylint: disable=g-import-not-at-top
+from treemoe_jax import models  # pylint: disable=g-import-not-at-top
+from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
+from treemoe_jax import tasks  # pylint: disable=g-import-not-at-top
+from treemoe_jax import train  # pylint: disable=g-import-not-at-top
+
+BEGIN, END = '<!-- run_all:begin -->', '<!-- run_all:end -->'
+
+
+def log(message: str) -> None:
+  print(f'[{time.strftime("%H:%M:%S")}] {message}', flush=True)
+
+
+def config_for(architecture: str, variant: str, dtype: str, lowering: str = 'auto'):
+  config = default.get_config(architecture, variant)
+  with config.unlocked():
+    config.model.dtype = dtype
+    config.model.cnn_lowering = lowering
+  return config
+
+
+def inputs(batch: int, size: int = 150):
+  images = jax.random.uniform(jax.random.key(1), (batch, size, size), minval=-1, maxval=1)
+  init = jnp.full((batch, 68, 2), size / 2.0) + jax.random.normal(
+      jax.random.key(2), (batch, 68, 2)) * size / 8
+  return images, init
+
+
+def timed_forward(fn, variables, batch: int, min_seconds: float) -> dict:
+  images, init = inputs(batch)
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(variables, images, init).compile()
+  compile_s = time.perf_counter() - start
+  seconds = common.time_call(lambda: compiled(variables, images, init), min_seconds=min_seconds)
+  flops = common.compiled_flops(compiled)
+  return dict(batch=batch, compile_s=compile_s, seconds=seconds, img_s=batch / seconds,
+              gflop_img=flops / batch / 1e9, gflops=flops / seconds / 1e9)
+
+
+def forward_rows(architecture, variant, dtype, batches, args, lowering='auto') -> list[dict]:
+  config = config_for(architecture, variant, dtype, lowering)
+  model = models.create(config)
+  variables = jax.jit(lambda key: models.init(model, key))(jax.random.key(0))
+  rows = []
+  for batch in batches:
+    row = timed_forward(lambda v, x, s: model.apply(v, x, s)['shape'], variables, batch,
+                        args.min_seconds)
+    rows.append(dict(kind='forward', architecture=architecture, variant=variant, dtype=dtype,
+                     lowering=lowering, **row))
+    log(f'forward {architecture} {variant} {dtype} {lowering} batch {batch}: '
+        f'{row["img_s"]:.1f} img/s, {row["gflops"]:.1f} GFLOP/s')
+  if lowering == 'auto' and dtype == 'float32' and variant == 'full' and args.plain_batches:
+    port = plain_port.make_forward(model)
+    for batch in args.plain_batches:
+      row = timed_forward(port, variables, batch, args.min_seconds)
+      rows.append(dict(kind='plain_port', architecture=architecture, variant=variant,
+                       dtype=dtype, **row))
+      log(f'plain port {architecture} batch {batch}: {row["img_s"]:.1f} img/s')
+  return rows
+
+
+def train_row(architecture, variant, dtype, batch, lowering='auto') -> dict:
+  """The data-parallel alignment step on random batches (as benchmarks/train_speed.py)."""
+  config = config_for(architecture, variant, dtype, lowering)
+  task = tasks.alignment_task(config)
+  mesh = parallel.make_mesh()
+  state = train.create_train_state(task, optax.adam(1e-3), mesh, jax.random.key(0))
+  step = train.make_train_step(task, mesh)
+  rng = np.random.default_rng(0)
+  batches = [parallel.global_batch(train_speed.random_batch(config, batch, rng), task.batch_keys,
+                                   mesh) for _ in range(2)]
+  start = time.perf_counter()
+  compiled = step.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - start
+  state, out = compiled(state, batches[0])
+  jax.block_until_ready(out['loss'])
+  times = []
+  for i in range(3):
+    start = time.perf_counter()
+    state, out = compiled(state, batches[i % 2])
+    jax.block_until_ready(out['loss'])
+    times.append(time.perf_counter() - start)
+  seconds = float(np.median(times))
+  flops = common.compiled_flops(compiled)
+  log(f'train {architecture} {variant} {dtype} {lowering} batch {batch}: '
+      f'{batch / seconds:.1f} img/s')
+  return dict(kind='train', architecture=architecture, variant=variant, dtype=dtype,
+              lowering=lowering, batch=batch,
+              compile_s=compile_s, seconds=seconds, img_s=batch / seconds,
+              gflop_img=flops / batch / 1e9, gflops=flops / seconds / 1e9)
+
+
+def _render(job: tuple[int, int]) -> int:
+  from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  num, seed = job
+  synthetic.render_faces(num, seed, synthetic.RenderConfig(image_size=200))
+  return num
+
+
+def pipeline_rates(batch: int) -> dict:
+  """img/s of the tf.data training pipeline (synthetic_faces/small) and of the renderer."""
+  from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  out = {}
+  faces = 64
+  synthetic.render_faces(4, 0, synthetic.RenderConfig(image_size=200))  # warm the caches
+  start = time.perf_counter()
+  synthetic.render_faces(faces, 1, synthetic.RenderConfig(image_size=200))
+  out['render_img_s_one_process'] = faces / (time.perf_counter() - start)
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  processes = os.cpu_count() or 1
+  with multiprocessing.get_context('spawn').Pool(processes) as pool:
+    pool.map(_render, [(4, i) for i in range(processes)])  # start-up and caches
+    start = time.perf_counter()
+    pool.map(_render, [(faces, 10 + i) for i in range(processes)])
+    out['render_img_s_all_cores'] = processes * faces / (time.perf_counter() - start)
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return out
+  tfds.disable_progress_bar()
+  builder = pipeline.get_builder('synthetic_faces/small')
+  batches = pipeline.train_dataset(builder, global_batch_size=batch, seed=0,
+                                   mean_shape=pipeline.mean_shape(builder)).as_numpy_iterator()
+  for _ in range(10):
+    next(batches)
+  start = time.perf_counter()
+  for _ in range(40):
+    next(batches)
+  out['pipeline_img_s'] = 40 * batch / (time.perf_counter() - start)
+  return out
+
+
+def numerics(workdir: str) -> dict:
+  """NME per synthetic view of a trained workdir, float32 vs bfloat16, same parameters."""
+  from treemoe_jax import evaluate, metrics  # pylint: disable=g-import-not-at-top
+  run = evaluate.load_run(workdir)
+  mesh = parallel.make_mesh()
+  variables = jax.device_put(run.variables, parallel.replicated(mesh))
+  result = {'workdir': workdir}
+  for dtype in ('float32', 'bfloat16'):
+    config = run.config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.dtype = dtype
+    typed = dataclasses.replace(run, config=config, model=models.create(config))
+    predict = evaluate.make_predict(typed.model, mesh)
+    for view in ('frontal', 'large_pose', 'occluded', 'yaw_0_30', 'yaw_30_60', 'yaw_60_90'):
+      arrays = evaluate.predict_split(typed, predict, variables, mesh, run.config.dataset,
+                                      f'test_{view}', batch_size=64, data_dir=None)
+      result.setdefault(view, {})[dtype] = float(
+          metrics.nme(arrays['shape'], arrays['landmarks'], 'box').mean())
+  return result
+
+
+def machine() -> dict:
+  device = jax.devices()[0]
+  return {'device': device.device_kind, 'platform': device.platform,
+          'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
+          'processor': platform.processor() or platform.machine(), 'jax': jax.__version__,
+          'date': time.strftime('%Y-%m-%d %H:%M')}
+
+
+def _lowering(row: dict) -> str:
+  if row.get('lowering', 'auto') != 'auto':
+    return row['lowering']
+  return experts.resolve_cnn_lowering('auto', row.get('platform', jax.default_backend()))
+
+
+def markdown(results: dict) -> str:
+  rate = {'float32': results['gemm_gflops_start'], 'bfloat16': results['gemm_gflops_bf16']}
+  gemm = rate['float32']
+  m = results['machine']
+  lines = [f'Generated by `python benchmarks/run_all.py {results["argv"]}` on {m["date"]}: '
+           f'{m["device"]} x{m["device_count"]} ({m["cpu_count"]} CPU cores), jax {m["jax"]}. '
+           f'jit GEMM 2048^3 fp32: {gemm:.1f} GFLOP/s at the start, '
+           f'{results["gemm_gflops_end"]:.1f} at the end, bf16 {results["gemm_gflops_bf16"]:.1f}; '
+           f'"% GEMM" is against the fp32 start rate for float32 rows and the bf16 rate for '
+           f'bfloat16 rows. JSON: '
+           f'`{results["json"]}`.', '',
+           '| architecture | size | dtype | CNN lowering | batch | compile s | GFLOP/img | img/s | '
+           'latency ms | % GEMM | plain port img/s | vs plain |', '|---' * 12 + '|']
+  rows = results['rows']
+  plain = {(r['architecture'], r['batch']): r for r in rows if r['kind'] == 'plain_port'}
+  for r in rows:
+    if r['kind'] != 'forward':
+      continue
+    port = plain.get((r['architecture'], r['batch'])) if (
+        r['variant'] == 'full' and r['dtype'] == 'float32') else None
+    lines.append(
+        f'| {r["architecture"]} | {r["variant"]} | {r["dtype"]} | {_lowering(r)} | {r["batch"]} | '
+        f'{r["compile_s"]:.1f} | {r["gflop_img"]:.2f} | {r["img_s"]:.1f} | '
+        f'{1e3 * r["seconds"]:.1f} | {100 * r["gflops"] / rate[r["dtype"]]:.1f} | '
+        + (f'{port["img_s"]:.1f} | {r["img_s"] / port["img_s"]:.1f}x |' if port else '| |'))
+  lines += ['', 'Training step (alignment, random batches, the data-parallel jitted step):', '',
+            '| architecture | size | dtype | CNN lowering | batch | compile s | GFLOP/img | img/s | '
+            '% GEMM |', '|---' * 9 + '|']
+  for r in rows:
+    if r['kind'] == 'train':
+      lines.append(f'| {r["architecture"]} | {r["variant"]} | {r["dtype"]} | {_lowering(r)} | '
+                   f'{r["batch"]} | '
+                   f'{r["compile_s"]:.1f} | {r["gflop_img"]:.2f} | {r["img_s"]:.1f} | '
+                   f'{100 * r["gflops"] / rate[r["dtype"]]:.1f} |')
+  feed = results.get('pipeline')
+  if feed:
+    lines += ['', 'Input against consumption (img/s):', '']
+    consumers = {(r['architecture'], r['variant'], r['dtype']): r['img_s'] for r in rows
+                 if r['kind'] == 'train' and r.get('lowering', 'auto') == 'auto'}
+    for name, rate in feed.items():
+      lines.append(f'- {name.replace("_", " ")}: {rate:.0f}; ' + ', '.join(
+          f'{rate / v:.1f}x {a} {s} {d} training' for (a, s, d), v in consumers.items()))
+  num = results.get('numerics')
+  if num:
+    lines += ['', f'bfloat16 against float32, NME % on the synthetic views (`{num["workdir"]}`, '
+              'same parameters):', '', '| view | float32 | bfloat16 | relative |', '|---|---|---|---|']
+    for view, v in num.items():
+      if view != 'workdir':
+        lines.append(f'| {view} | {100 * v["float32"]:.3f} | {100 * v["bfloat16"]:.3f} | '
+                     f'{100 * (v["bfloat16"] / v["float32"] - 1):+.2f}% |')
+  return '\n'.join(lines)
+
+
+def write_doc(path: pathlib.Path, text: str) -> None:
+  """Replaces the part of `path` between the run_all markers (appends them if absent)."""
+  old = path.read_text() if path.exists() else '# Benchmarks\n'
+  block = f'{BEGIN}\n{text}\n{END}'
+  if BEGIN in old and END in old:
+    new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+  else:
+    new = old.rstrip('\n') + '\n\n## All figures in one run (`benchmarks/run_all.py`)\n\n' + block + '\n'
+  path.write_text(new)
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ints = lambda s: [int(x) for x in s.split(',') if x]
+  parser.add_argument('--architectures', default=','.join(default.PAPER_SIZES))
+  parser.add_argument('--variants', default='full,tiny')
+  parser.add_argument('--dtypes', default='float32,bfloat16')
+  parser.add_argument('--batches_full', type=ints, default=[1, 8, 32])
+  parser.add_argument('--batches_tiny', type=ints, default=[1, 8, 32, 256])
+  parser.add_argument('--plain_batches', type=ints, default=[1, 32])
+  parser.add_argument('--train_batch_full', type=int, default=8)
+  parser.add_argument('--train_batch_tiny', type=int, default=16)
+  parser.add_argument('--min_seconds', type=float, default=2.0)
+  parser.add_argument('--before', default='pose_tree_moe,tree_moe',
+                      help="architectures also measured with cnn_lowering='vmap' (before/after)")
+  parser.add_argument('--no_pipeline', action='store_true')
+  parser.add_argument('--numerics_workdir', default='')
+  parser.add_argument('--json', default='docs/data/benchmarks_run_all.json')
+  parser.add_argument('--doc', default='docs/benchmarks.md', help="'' writes no doc")
+  args = parser.parse_args()
+  results = {'machine': machine(), 'argv': ' '.join(sys.argv[1:]), 'json': args.json,
+             'gemm_gflops_start': common.gemm_gflops(),
+             'gemm_gflops_bf16': common.gemm_gflops(dtype=jnp.bfloat16), 'rows': []}
+  log(f'{results["machine"]}; GEMM {results["gemm_gflops_start"]:.1f} GFLOP/s fp32, '
+      f'{results["gemm_gflops_bf16"]:.1f} bf16')
+  for variant in args.variants.split(','):
+    batches = args.batches_full if variant == 'full' else args.batches_tiny
+    for architecture in args.architectures.split(','):
+      for dtype in args.dtypes.split(','):
+        results['rows'] += forward_rows(architecture, variant, dtype, batches, args)
+        batch = args.train_batch_full if variant == 'full' else args.train_batch_tiny
+        results['rows'].append(train_row(architecture, variant, dtype, batch))
+        if variant == 'full' and dtype == 'float32' and architecture in args.before.split(','):
+          # Before/after in the same process: the committee as nn.vmap (the lowering until now).
+          results['rows'] += forward_rows(architecture, variant, dtype, batches, args, 'vmap')
+          results['rows'].append(train_row(architecture, variant, dtype, batch, 'vmap'))
+  if not args.no_pipeline:
+    results['pipeline'] = pipeline_rates(args.train_batch_tiny)
+  if args.numerics_workdir:
+    results['numerics'] = numerics(args.numerics_workdir)
+  results['gemm_gflops_end'] = common.gemm_gflops()
+  text = markdown(results)
+  print(text, flush=True)
+  if args.json:
+    pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + '\n')
+  if args.doc:
+    write_doc(pathlib.Path(args.doc), text)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
