@@ -213,7 +213,7 @@ def markdown(results: dict) -> str:
            f'bfloat16 rows. JSON: '
            f'`{results["json"]}`.', '',
            '| architecture | size | dtype | CNN lowering | batch | compile s | GFLOP/img | img/s | '
-           'latency ms | % GEMM | plain port img/s | vs plain |', '|---' * 12 + '|']
+           'ms per batch | % GEMM | plain port img/s | vs plain |', '|---' * 12 + '|']
   rows = results['rows']
   plain = {(r['architecture'], r['batch']): r for r in rows if r['kind'] == 'plain_port'}
   for r in rows:
@@ -237,12 +237,19 @@ def markdown(results: dict) -> str:
                    f'{100 * r["gflops"] / rate[r["dtype"]]:.1f} |')
   feed = results.get('pipeline')
   if feed:
-    lines += ['', 'Input against consumption (img/s):', '']
-    consumers = {(r['architecture'], r['variant'], r['dtype']): r['img_s'] for r in rows
-                 if r['kind'] == 'train' and r.get('lowering', 'auto') == 'auto'}
+    lines += ['', 'Input against consumption: each source\'s img/s over the fastest training step of '
+              'each size (the most any run at that size consumes; >= 1 keeps the step fed):', '',
+              '| source | img/s | ' + ' | '.join(f'vs fastest {v} step' for v in variants(rows))
+              + ' |', '|---' * (2 + len(variants(rows))) + '|']
     for name, rate in feed.items():
-      lines.append(f'- {name.replace("_", " ")}: {rate:.0f}; ' + ', '.join(
-          f'{rate / v:.1f}x {a} {s} {d} training' for (a, s, d), v in consumers.items()))
+      ratios = []
+      for variant in variants(rows):
+        fastest = max((r for r in rows if r['kind'] == 'train' and r['variant'] == variant),
+                      key=lambda r: r['img_s'])
+        ratios.append(f'{rate / fastest["img_s"]:.1f}x ({fastest["architecture"]} '
+                      f'{fastest["dtype"]}, {fastest["img_s"]:.0f} img/s)')
+      lines.append(f'| {name.replace("_img_s", "").replace("_", " ")} | {rate:.0f} | '
+                   + ' | '.join(ratios) + ' |')
   num = results.get('numerics')
   if num:
     lines += ['', f'bfloat16 against float32, NME % on the synthetic views (`{num["workdir"]}`, '
@@ -252,6 +259,10 @@ def markdown(results: dict) -> str:
         lines.append(f'| {view} | {100 * v["float32"]:.3f} | {100 * v["bfloat16"]:.3f} | '
                      f'{100 * (v["bfloat16"] / v["float32"] - 1):+.2f}% |')
   return '\n'.join(lines)
+
+
+def variants(rows: list[dict]) -> list[str]:
+  return list(dict.fromkeys(r['variant'] for r in rows if r['kind'] == 'train'))
 
 
 def write_doc(path: pathlib.Path, text: str) -> None:
@@ -284,7 +295,15 @@ def main() -> int:
   parser.add_argument('--numerics_workdir', default='')
   parser.add_argument('--json', default='docs/data/benchmarks_run_all.json')
   parser.add_argument('--doc', default='docs/benchmarks.md', help="'' writes no doc")
+  parser.add_argument('--from_json', default='',
+                      help='only rewrite the doc from a JSON this script wrote')
   args = parser.parse_args()
+  if args.from_json:
+    text = markdown(json.loads(pathlib.Path(args.from_json).read_text()))
+    print(text)
+    if args.doc:
+      write_doc(pathlib.Path(args.doc), text)
+    return 0
   results = {'machine': machine(), 'argv': ' '.join(sys.argv[1:]), 'json': args.json,
              'gemm_gflops_start': common.gemm_gflops(),
              'gemm_gflops_bf16': common.gemm_gflops(dtype=jnp.bfloat16), 'rows': []}
