@@ -1,0 +1,93 @@
+"""How to compute a committee of expert CNNs: nn.vmap's grouped convolutions against alternatives.
+
+  python benchmarks/cnn_lowering.py [--faces 32]
+
+The 8 pose experts of the paper (7-14-28-56-30, kernels 5-5-3-3-1) on the 68 patches of `--faces`
+faces, from the same `[E, ...]` parameters, each lowering jitted alone:
+  vmap        nn.vmap of one expert (XLA: grouped convolutions), the reference;
+  unrolled    one plain convolution chain per expert;
+  merged      the first convolution once with E x F0 outputs (all experts read the same patch),
+              then per expert (experts.merged_committee, what `cnn_lowering='auto'` picks on CPU);
+  merged_em   merged, with the first layer's output made expert-major before the experts slice it.
+Forward and gradient (w.r.t. the parameters) times, and each lowering's largest difference from
+the reference. Read the ratios within one run.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from treemoe_jax import experts  # pylint: disable=g-import-not-at-top
+
+FEATURES, KERNELS = (7, 14, 28, 56, 30), (5, 5, 3, 3, 1)
+
+
+def _conv(x, w, b):
+  return jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
+
+
+def _chain(layers, x, e, start=0):
+  for i, layer in enumerate(layers[start:], start):
+    x = _conv(x, layer['kernel'][e], layer['bias'][e])
+    if i < len(layers) - 1:
+      x = jax.nn.relu(x)
+  return x.mean((1, 2))
+
+
+def unrolled(params, crops):  # crops [B, P, S, S] -> [B, E, P*n]
+  b, p, s, _ = crops.shape
+  layers = [params[f'conv{i}'] for i in range(len(params))]
+  x = crops.reshape(b * p, s, s, 1)
+  outs = [_chain(layers, x, e).reshape(b, -1) for e in range(layers[0]['kernel'].shape[0])]
+  return jnp.stack(outs, axis=1)
+
+
+def merged_expert_major(params, crops):
+  b, p, s, _ = crops.shape
+  layers = [params[f'conv{i}'] for i in range(len(params))]
+  kernel = layers[0]['kernel']
+  e_count, k, _, c, f = kernel.shape
+  merged = jnp.moveaxis(kernel, 0, -2).reshape(k, k, c, e_count * f)
+  x = jax.nn.relu(_conv(crops.reshape(b * p, s, s, 1), merged, layers[0]['bias'].reshape(-1)))
+  x = jnp.moveaxis(x.reshape(x.shape[:3] + (e_count, f)), 3, 0)  # [E, B*P, H, W, F0]
+  outs = [_chain(layers, x[e], e, start=1).reshape(b, -1) for e in range(e_count)]
+  return jnp.stack(outs, axis=1)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--faces', type=int, default=32)
+  args = parser.parse_args()
+  crops = jax.random.normal(jax.random.key(0), (args.faces, 68, 32, 32))
+  module = experts.ExpertCNNs(8, FEATURES, KERNELS, lowering='vmap')
+  variables = jax.jit(module.init)(jax.random.key(1), crops)
+  params = variables['params']['experts']
+  vmapped = lambda p, x: module.apply({'params': {'experts': p}}, x)
+  lowerings = {'vmap': vmapped, 'unrolled': unrolled,
+               'merged': lambda p, x: experts.merged_committee(p, x),
+               'merged_em': merged_expert_major}
+  gemm = common.gemm_gflops()
+  print(f'device: {jax.devices()[0].device_kind}, {args.faces} faces x 68 patches, '
+        f'jit GEMM {gemm:.1f} GFLOP/s')
+  print('| lowering | forward ms | % GEMM | gradient ms | max diff |')
+  print('|---|---|---|---|---|')
+  reference = jax.jit(vmapped)(params, crops)
+  for name, fn in lowerings.items():
+    forward = jax.jit(fn).lower(params, crops).compile()
+    seconds = common.time_call(lambda: forward(params, crops))
+    flops = common.compiled_flops(forward)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(fn(p, x) ** 2))).lower(params, crops).compile()
+    grad_seconds = common.time_call(lambda: grad(params, crops))
+    diff = float(jnp.abs(forward(params, crops) - reference).max())
+    print(f'| {name} | {1e3 * seconds:.0f} | {100 * flops / seconds / 1e9 / gemm:.1f} | '
+          f'{1e3 * grad_seconds:.0f} | {diff:.1e} |', flush=True)
+
+
+if __name__ == '__main__':
+  main()
