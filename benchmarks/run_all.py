@@ -25,8 +25,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
@@ -36,8 +34,6 @@ from configs import default  # pylint: disable=g-import-not-at-top
 from treemoe_jax import experts  # pylint: disable=g-import-not-at-top
 from treemoe_jax import models  # pylint: disable=g-import-not-at-top
 from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
-from treemoe_jax import tasks  # pylint: disable=g-import-not-at-top
-from treemoe_jax import train  # pylint: disable=g-import-not-at-top
 
 BEGIN, END = '<!-- run_all:begin -->', '<!-- run_all:end -->'
 
@@ -95,34 +91,12 @@ def forward_rows(architecture, variant, dtype, batches, args, lowering='auto') -
 
 
 def train_row(architecture, variant, dtype, batch, lowering='auto') -> dict:
-  """The data-parallel alignment step on random batches (as benchmarks/train_speed.py)."""
-  config = config_for(architecture, variant, dtype, lowering)
-  task = tasks.alignment_task(config)
-  mesh = parallel.make_mesh()
-  state = train.create_train_state(task, optax.adam(1e-3), mesh, jax.random.key(0))
-  step = train.make_train_step(task, mesh)
-  rng = np.random.default_rng(0)
-  batches = [parallel.global_batch(train_speed.random_batch(config, batch, rng), task.batch_keys,
-                                   mesh) for _ in range(2)]
-  start = time.perf_counter()
-  compiled = step.lower(state, batches[0]).compile()
-  compile_s = time.perf_counter() - start
-  state, out = compiled(state, batches[0])
-  jax.block_until_ready(out['loss'])
-  times = []
-  for i in range(3):
-    start = time.perf_counter()
-    state, out = compiled(state, batches[i % 2])
-    jax.block_until_ready(out['loss'])
-    times.append(time.perf_counter() - start)
-  seconds = float(np.median(times))
-  flops = common.compiled_flops(compiled)
+  """The data-parallel alignment step on random batches (benchmarks/train_speed.time_step)."""
+  row = train_speed.time_step(config_for(architecture, variant, dtype, lowering), batch)
   log(f'train {architecture} {variant} {dtype} {lowering} batch {batch}: '
-      f'{batch / seconds:.1f} img/s')
+      f'{row["img_s"]:.1f} img/s')
   return dict(kind='train', architecture=architecture, variant=variant, dtype=dtype,
-              lowering=lowering, batch=batch,
-              compile_s=compile_s, seconds=seconds, img_s=batch / seconds,
-              gflop_img=flops / batch / 1e9, gflops=flops / seconds / 1e9)
+              lowering=lowering, batch=batch, **row)
 
 
 def _render(job: tuple[int, int]) -> int:

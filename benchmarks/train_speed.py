@@ -33,8 +33,8 @@ def random_batch(config, batch: int, rng: np.random.Generator) -> dict[str, np.n
           'pose': rng.uniform(-1, 1, (batch, 3)).astype(np.float32)}
 
 
-def measure(architecture: str, variant: str, batch: int, task_name: str) -> dict:
-  config = default.get_config(architecture, variant)
+def time_step(config, batch: int, task_name: str = 'alignment') -> dict:
+  """Compile time, median seconds of 3 steps after a warm-up, and XLA's FLOPs of one step."""
   task = tasks.pose_task(config) if task_name == 'pose' else tasks.alignment_task(config)
   mesh = parallel.make_mesh()
   state = train.create_train_state(task, optax.adam(1e-3), mesh, jax.random.key(0))
@@ -55,7 +55,12 @@ def measure(architecture: str, variant: str, batch: int, task_name: str) -> dict
     times.append(time.perf_counter() - start)
   seconds = float(np.median(times))
   flops = common.compiled_flops(compiled)
-  return dict(compile_s=compile_s, img_s=batch / seconds, gflops=flops / seconds / 1e9)
+  return dict(compile_s=compile_s, seconds=seconds, img_s=batch / seconds,
+              gflop_img=flops / batch / 1e9, gflops=flops / seconds / 1e9)
+
+
+def measure(architecture: str, variant: str, batch: int, task_name: str) -> dict:
+  return time_step(default.get_config(architecture, variant), batch, task_name)
 
 
 def main() -> None:

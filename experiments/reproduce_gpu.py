@@ -216,18 +216,13 @@ def worker(architecture: str, args, out: pathlib.Path) -> None:
   log(f'{architecture}: NME % ' + ' '.join(f'{v} {100 * x:.2f}' for v, x in result['nme'].items()))
 
 
-def share_for_mass(cumulative: list[float], mass: float = 0.9) -> float:
-  """The fewest experts (as a share of all) whose sorted gate weights sum to `mass` on average."""
-  cumulative = np.asarray(cumulative)
-  return float((np.argmax(cumulative >= mass - 1e-9) + 1) / len(cumulative))
-
-
 def results_dir(args) -> pathlib.Path:
   return pathlib.Path(args.results_dir or args.out)
 
 
 def report(args) -> str:
   """The Markdown table: mean shape, ERT (same faces, CPU run), the six architectures."""
+  from experiments.reproduce import share_for_mass  # pylint: disable=g-import-not-at-top
   out = results_dir(args)
   results = {a: json.loads((out / f'{a}.json').read_text()) for a in ARCHITECTURES
              if (out / f'{a}.json').exists()}

@@ -112,3 +112,15 @@ def test_tensorflow_free_render_is_the_stored_split(prepared, split):
   for key in ('landmarks', 'visibility', 'occluded', 'pose', 'box'):
     np.testing.assert_array_equal(rendered[key][rendered_order], stored[key][stored_order],
                                   err_msg=key)
+
+
+def test_tensorflow_free_settings_are_the_builder_configs():
+  """SplitSettings mirrors SyntheticFacesConfig field by field, and DEFAULT is 'default'."""
+  from input_pipeline import synthetic_splits  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  fields = {f.name: f.default for f in dataclasses.fields(synthetic_splits.SplitSettings)}
+  builder_fields = {f.name: f.default for f in dataclasses.fields(synthetic_faces.SyntheticFacesConfig)
+                    if f.name in fields}
+  assert builder_fields == fields
+  default = next(c for c in synthetic_faces.SyntheticFaces.BUILDER_CONFIGS if c.name == 'default')
+  assert {k: getattr(default, k) for k in fields} == dataclasses.asdict(synthetic_splits.DEFAULT)

@@ -160,7 +160,9 @@ class ExpertCNNs(nn.Module):
   features: Sequence[int] = (20, 40, 80, 160, 30)
   kernel_sizes: Sequence[int] = (5, 5, 3, 3, 1)
   conv_impl: str = 'im2col'
-  lowering: str = 'auto'  # CNN_LOWERINGS: how the dense committee is computed, not what
+  # CNN_LOWERINGS: how the dense committee is computed, not what. 'merged' always uses XLA's
+  # convolution (conv_impl picks the lowering inside nn.vmap only).
+  lowering: str = 'auto'
   dtype: Dtype = jnp.float32  # computation; parameters and outputs are float32
 
   @nn.compact
