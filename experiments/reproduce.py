@@ -132,19 +132,32 @@ def train_architectures(out: pathlib.Path, args, pose_dir: str, timings: dict) -
                      f'--config.eval_every_steps={args.eval_every}',
                      f'--config.checkpoint_every_steps={max(args.steps // 4, 1)}',
                      *extra, *args.overrides]
-        timings[f'{arch}_seed{seed}'] = train(f'configs/{config}.py{_variant(args)}', workdir,
-                                              overrides, out / f'{arch}_seed{seed}.log')
+        # Added up: a run extended to more steps resumes, and its wall time is the sum.
+        timings[f'{arch}_seed{seed}'] = timings.get(f'{arch}_seed{seed}', 0.0) + train(
+            f'configs/{config}.py{_variant(args)}', workdir, overrides,
+            out / f'{arch}_seed{seed}.log')
       runs[(arch, seed)] = workdir
   return runs
 
 
-def evaluate_runs(runs: dict, out: pathlib.Path, timings: dict) -> dict:
-  """{(architecture, seed): eval.py results} on the Table 1 views and Table 3 buckets."""
+def _evaluated_step(stored: pathlib.Path) -> int:
+  """The checkpoint step a results.json scored; -1 when there is none."""
+  if not stored.exists():
+    return -1
+  return json.loads(stored.read_text())['provenance'].get('checkpoint_step', -1)
+
+
+def evaluate_runs(runs: dict, out: pathlib.Path, timings: dict, steps: int) -> dict:
+  """{(architecture, seed): eval.py results} on the Table 1 views and Table 3 buckets.
+
+  A run's stored results are reused only when they score its step `steps` checkpoint; a run
+  extended to more steps is evaluated again.
+  """
   from treemoe_jax import evaluate  # pylint: disable=g-import-not-at-top (TF)
   results = {}
   for (arch, seed), workdir in runs.items():
     stored = workdir / 'results.json'
-    if not stored.exists():
+    if _evaluated_step(stored) < steps:
       start = time.perf_counter()
       log(f'evaluating {arch}, seed {seed}')
       # Figures (Fig. 5 and 7, an extra top-1 pass) for the pose-gated models; the others' gate
@@ -436,7 +449,7 @@ def main() -> int:
   save_timings()
   runs = train_architectures(out, args, pose.get('workdir', ''), timings)
   save_timings()
-  results = evaluate_runs(runs, out, timings)
+  results = evaluate_runs(runs, out, timings, args.steps)
   save_timings()
   peer = ({'ert': {}, 'mean_shape': {}, 'train_faces': 0} if args.no_ert
           else ert_peer(out, args, timings))

@@ -66,3 +66,40 @@ def test_checkpoints_without_a_record_are_refused(tmp_path):
   (tmp_path / 'checkpoints' / '3').mkdir(parents=True)
   with pytest.raises(workdirs.ResumeError, match='no config.json'):
     workdirs.check_resume(tmp_path, _config())
+
+
+def test_the_committee_lowering_may_change_on_resume(tmp_path):
+  # How a committee is computed, not what: a run may resume on another backend.
+  _trained_workdir(tmp_path, _config(**{'model.cnn_lowering': 'merged',
+                                        'model.cnn_conv_impl': 'im2col'}))
+  assert workdirs.check_resume(tmp_path, _config(**{'model.cnn_lowering': 'vmap',
+                                                    'model.cnn_conv_impl': 'xla'}))
+
+
+def test_a_run_stored_before_a_key_existed_resumes_at_that_keys_old_behaviour(tmp_path):
+  stored = json.loads(_config().to_json())
+  del stored['model']['dtype'], stored['model']['cnn_lowering']  # as a run of an older version
+  workdirs.record(tmp_path, ml_collections.ConfigDict(stored))
+  (tmp_path / 'checkpoints' / '100').mkdir(parents=True)
+  assert workdirs.check_resume(tmp_path, _config())  # float32, as those runs computed
+  with pytest.raises(workdirs.ResumeError, match="model.dtype: 'float32' -> 'bfloat16'"):
+    workdirs.check_resume(tmp_path, _config(**{'model.dtype': 'bfloat16'}))
+
+
+def test_pose_heads_stored_before_the_field_resume_as_the_tanh_heads_they_learned(tmp_path):
+  stored = json.loads(_config().to_json())
+  del stored['pose']['head_output']
+  workdirs.record(tmp_path, ml_collections.ConfigDict(stored))
+  (tmp_path / 'checkpoints' / '100').mkdir(parents=True)
+  # train.py adopts the pose checkpoint's heads: 'tanh' for such an estimator.
+  assert workdirs.check_resume(tmp_path, _config(**{'pose.head_output': 'tanh'}))
+  with pytest.raises(workdirs.ResumeError, match="pose.head_output: 'tanh' -> 'wrap'"):
+    workdirs.check_resume(tmp_path, _config(**{'pose.head_output': 'wrap'}))
+
+
+def test_trailing_unit_patch_scales_are_the_same_model(tmp_path):
+  # A stage without a scale cuts its patches at 1: (2, 1) and (2,) are one run; (2, 2) is not.
+  _trained_workdir(tmp_path, _config(**{'model.patch_scales': (2.0, 1.0)}))
+  assert workdirs.check_resume(tmp_path, _config(**{'model.patch_scales': (2.0,)}))
+  with pytest.raises(workdirs.ResumeError, match='model.patch_scales'):
+    workdirs.check_resume(tmp_path, _config(**{'model.patch_scales': (2.0, 2.0)}))

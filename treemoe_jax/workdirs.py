@@ -22,6 +22,25 @@ MEAN_SHAPE_FILE = 'mean_shape.npy'
 SAFE_TO_CHANGE = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'checkpoint_every_steps', 'keep_checkpoints', 'data_dir', 'manual_dir',
                   'eval_split', 'eval_protocol')
+# How a committee is computed, not what it computes: each lowering is tested equal to the plain
+# one, so a run may resume on another backend with the lowering that suits it.
+SAFE_TO_CHANGE += ('model.cnn_lowering', 'model.cnn_conv_impl')
+# Keys added after runs were stored, with the value that reproduces what those runs did: a stored
+# config without the key compares as this value, so adding a key does not orphan old workdirs.
+# ('pose.head_output' absent: the pi*tanh heads those estimators learned, as models.head_output.)
+ADDED_LATER = {'model.dtype': 'float32', 'model.cnn_lowering': 'auto', 'pose.head_output': 'tanh'}
+
+
+def _strip_trailing_ones(scales):
+  scales = list(scales)
+  while scales and scales[-1] == 1:
+    scales.pop()
+  return scales
+
+
+# Values spelled differently that configure the same run: a stage with no patch scale cuts its
+# patches at scale 1, so (2, 1) and (2,) are one model.
+_CANONICAL = {'model.patch_scales': _strip_trailing_ones}
 _ABSENT = '<absent>'
 
 
@@ -71,6 +90,11 @@ def config_differences(stored: ml_collections.ConfigDict | dict,
                        current: ml_collections.ConfigDict | dict) -> list[tuple[str, Any, Any]]:
   """[(dotted key, stored value, current value)] for every field that differs, sorted by key."""
   old, new = _flatten(_as_json(stored)), _flatten(_as_json(current))
+  old = {**{k: v for k, v in ADDED_LATER.items() if k in new}, **old}
+  for key, canonical in _CANONICAL.items():
+    for flat in (old, new):
+      if isinstance(flat.get(key), list):
+        flat[key] = canonical(flat[key])
   return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(old.keys() | new.keys())
           if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
 
