@@ -238,6 +238,70 @@ def summarise(results: dict, architectures, seeds) -> dict:
   return table
 
 
+# (a, b, why): the differences the paper's claims are about, each on every view.
+PAIRED = (('pose_tree_moe', 'baseline', 'the pose gate against the single CNN'),
+          ('tree_moe', 'baseline', 'a tree-gated committee against the single regressor'),
+          ('tree_moe', 'softmax_moe', 'tree gate against softmax gate'),
+          ('pose_tree_moe', 'pose_softmax_moe', 'tree against softmax, pose-gated'),
+          ('pose_tree_moe', 'tree_moe', 'gating the CNNs on pose'),
+          ('pose_tree_moe_true_pose', 'pose_tree_moe', 'the true pose against the estimated one'))
+ALL_VIEWS = TABLE1_VIEWS + TABLE3_VIEWS[:3]
+
+
+def view_subset(result: dict, view: str) -> dict:
+  """The evaluation record of one view (Table 1 view or Table 3 bucket)."""
+  for proto in result['protocols'].values():
+    if view in proto.get('subsets', {}):
+      return proto['subsets'][view]
+  raise KeyError(view)
+
+
+def paired_difference(a: dict, b: dict, view: str) -> tuple[float, float]:
+  """Mean and standard error (NME % points) of a - b over the same test faces, face by face.
+
+  Both runs score the same faces in the same order (the test splits are read unshuffled), so
+  the per-face difference removes the faces' own difficulty from the comparison.
+  """
+  diff = 100 * (np.asarray(view_subset(a, view)['errors'], np.float64)
+                - np.asarray(view_subset(b, view)['errors'], np.float64))
+  return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
+def paired_rows(results: dict, seed: int) -> list[str]:
+  """One Markdown row per PAIRED comparison that ran: mean ± s.e. of the per-face difference."""
+  rows = []
+  for a, b, why in PAIRED:
+    if (a, seed) in results and (b, seed) in results:
+      cells = []
+      for view in ALL_VIEWS:
+        mean, error = paired_difference(results[(a, seed)], results[(b, seed)], view)
+        mark = '**' if abs(mean) >= 2 * error else ''
+        shown = f'{mean:+.2f}'.replace('-0.00', '+0.00')
+        cells.append(f'{mark}{shown} ± {error:.2f}{mark}')
+      rows.append(f'| {a} - {b} ({why}) | ' + ' | '.join(cells) + ' |')
+  return rows
+
+
+def ert_ratio_rows(table: dict, peer: dict) -> list[str]:
+  """Each model's NME over ERT's, per view (< 1: the neural model is more precise)."""
+  if not peer['ert']:
+    return []
+  return [f'| {arch} | ' + ' | '.join(f'{row[v][0] / (100 * peer["ert"][v]):.2f}'
+                                       for v in ALL_VIEWS) + ' |' for arch, row in table.items()]
+
+
+def pose_error_rows(results: dict, seed: int) -> list[str]:
+  """The shared estimator's mean absolute error (deg) per view, as the pose-gated runs saw it."""
+  for arch in ('pose_tree_moe', 'pose_softmax_moe'):
+    if (arch, seed) in results:
+      cells = []
+      for view in ALL_VIEWS:
+        mae = view_subset(results[(arch, seed)], view).get('pose_mae_deg')
+        cells.append(' / '.join(f'{mae[k]:.1f}' for k in ('yaw', 'pitch', 'roll')) if mae else '-')
+      return ['| yaw / pitch / roll MAE deg | ' + ' | '.join(cells) + ' |']
+  return []
+
+
 def _cell(value: tuple[float, float | None]) -> str:
   mean, std = value
   return f'{mean:.2f}' + (f' ± {std:.2f}' if std is not None else '')
@@ -302,7 +366,7 @@ def peer_rows(peer: dict, views) -> list[str]:
 
 
 def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, timings: dict,
-                 out: pathlib.Path) -> None:
+                 out: pathlib.Path, results: dict) -> None:
   seeds = ', '.join(map(str, args.seeds))
   lines = [
       '# Reproduction on the embedded benchmark',
@@ -336,6 +400,25 @@ def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, 
     lines.append(f'| {arch} | ' + ' | '.join(_cell(row[v]) for v in TABLE3_VIEWS) + f' | {paper} |')
   if len(args.seeds) > 1:
     lines += ['', f'Mean ± standard deviation over seeds {seeds}.']
+  header = ' | '.join(v.replace('_', ' ') for v in ALL_VIEWS)
+  ratios = ert_ratio_rows(table, peer)
+  if ratios:
+    lines += ['', '## Against the classic peer', '',
+              "Each model's NME divided by ERT's on the same view (below 1: the neural model is "
+              'more precise).', '', f'| method | {header} |', '|---|' + '---|' * len(ALL_VIEWS),
+              *ratios]
+  seed = args.seeds[0]
+  lines += ['', f'## Paired differences (seed {seed})', '',
+            'NME % points, a - b, mean ± standard error of the per-face difference over the same '
+            'test faces (negative: a is better); in bold where the mean is at least two standard '
+            'errors from zero.', '', f'| a - b | {header} |', '|---|' + '---|' * len(ALL_VIEWS),
+            *paired_rows(results, seed)]
+  pose_rows = pose_error_rows(results, seed)
+  if pose_rows:
+    lines += ['', '## The estimated head pose the gates read, per view', '',
+              'Mean absolute error of the shared estimator on each test view (as the pose-gated '
+              'runs read it).', '', f'| | {header} |', '|---|' + '---|' * len(ALL_VIEWS),
+              *pose_rows]
   notes = path.parent / 'reproduction_notes.md'  # the why, in words, kept beside the figures
   lines += ['', '## What held', '', *reading(table, peer), '',
             *([notes.read_text().strip(), ''] if notes.exists() else []),
@@ -464,7 +547,7 @@ def main() -> int:
   fig5 = runs.get(('pose_tree_moe', args.seeds[0]), None)
   if fig5 is not None and (fig5 / 'fig5_pose_space.png').exists():
     shutil.copy(fig5 / 'fig5_pose_space.png', doc.parent / 'reproduction_fig5_pose_space.png')
-  write_report(doc, args, table, peer, pose, timings, out)
+  write_report(doc, args, table, peer, pose, timings, out, results)
   log(f'wrote {doc}')
   print(doc.read_text())
   return 0

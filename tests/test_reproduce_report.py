@@ -1,0 +1,64 @@
+"""The reproduction report's computed comparisons, on hand-made results (no training)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from experiments import reproduce
+
+
+def _result(errors_by_view: dict, pose_mae=None) -> dict:
+  """A results.json shaped like eval.py's: per-view per-face errors (fractions of the box)."""
+  def subset(view):
+    record = {'nme': float(np.mean(errors_by_view[view])), 'errors': list(errors_by_view[view])}
+    if pose_mae:
+      record['pose_mae_deg'] = pose_mae
+    return record
+  return {'protocols': {
+      'synthetic_table1': {'subsets': {v: subset(v) for v in reproduce.TABLE1_VIEWS}},
+      'synthetic_table3': {'subsets': {v: subset(v) for v in reproduce.TABLE3_VIEWS[:3]}}}}
+
+
+def test_paired_difference_is_the_face_by_face_mean_and_standard_error():
+  rng = np.random.default_rng(0)
+  a_errors, b_errors = rng.uniform(0.01, 0.05, 50), rng.uniform(0.01, 0.05, 50)
+  views = dict.fromkeys(reproduce.ALL_VIEWS)
+  a = _result({v: a_errors for v in views})
+  b = _result({v: b_errors for v in views})
+  mean, error = reproduce.paired_difference(a, b, 'occluded')
+  diffs = [100 * (x - y) for x, y in zip(a_errors, b_errors)]  # brute force, in % points
+  expected_mean = sum(diffs) / len(diffs)
+  expected_sd = math.sqrt(sum((d - expected_mean) ** 2 for d in diffs) / (len(diffs) - 1))
+  assert mean == pytest.approx(expected_mean, rel=1e-9)
+  assert error == pytest.approx(expected_sd / math.sqrt(len(diffs)), rel=1e-9)
+
+
+def test_paired_rows_mark_differences_beyond_two_standard_errors():
+  views = reproduce.ALL_VIEWS
+  base = np.linspace(0.02, 0.04, 40)
+  jitter = np.tile([0.001, -0.001], 20)
+  better = base - 0.005 + jitter  # 0.5 points better on every face, +-0.1: significant
+  level = better + 2 * jitter  # tree - softmax = -+0.2 per face, mean 0: not significant
+  results = {('tree_moe', 0): _result(dict.fromkeys(views, better)),
+             ('baseline', 0): _result(dict.fromkeys(views, base)),
+             ('softmax_moe', 0): _result(dict.fromkeys(views, level))}
+  rows = reproduce.paired_rows(results, seed=0)
+  by_pair = {row.split(' (')[0].strip('| '): row.split(') |')[1] for row in rows}
+  assert set(by_pair) == {'tree_moe - baseline', 'tree_moe - softmax_moe'}  # pairs that ran
+  assert by_pair['tree_moe - baseline'].count('**-0.50 ± 0.02**') == len(views)
+  assert '**' not in by_pair['tree_moe - softmax_moe']
+  assert by_pair['tree_moe - softmax_moe'].count('+0.00 ± 0.03') == len(views)
+
+
+def test_ratio_to_the_peer_and_pose_error_rows():
+  views = reproduce.ALL_VIEWS
+  table = {'baseline': {v: (2.0, None) for v in views}}
+  peer = {'ert': {v: 0.04 for v in views}}
+  assert reproduce.ert_ratio_rows(table, peer) == [
+      '| baseline | ' + ' | '.join(['0.50'] * len(views)) + ' |']
+  assert reproduce.ert_ratio_rows(table, {'ert': {}}) == []
+  mae = {'yaw': 8.56, 'pitch': 7.5, 'roll': 4.7}
+  results = {('pose_tree_moe', 0): _result(dict.fromkeys(views, [0.02]), pose_mae=mae)}
+  assert reproduce.pose_error_rows(results, 0) == [
+      '| yaw / pitch / roll MAE deg | ' + ' | '.join(['8.6 / 7.5 / 4.7'] * len(views)) + ' |']
