@@ -2,7 +2,7 @@
 head-pose estimator and the classic peer, trained on the same faces; writes docs/reproduction.md.
 
   pip install -e '.[peers]'          # dlib-bin, for the ERT peer
-  python experiments/reproduce.py                      # CPU: the `small` sizes, about 1-2 h
+  python experiments/reproduce.py                      # CPU: the `small` sizes, about 2.5 h
   python experiments/reproduce.py --seeds 0,1,2        # three seeds: mean and spread
   python experiments/reproduce.py --size full --out /tmp/repro_full   # the paper's sizes (GPU/TPU)
 
