@@ -8,7 +8,9 @@ faces, from the same `[E, ...]` parameters, each lowering jitted alone:
   unrolled    one plain convolution chain per expert;
   merged      the first convolution once with E x F0 outputs (all experts read the same patch),
               then per expert (experts.merged_committee, what `cnn_lowering='auto'` picks on CPU);
-  merged_em   merged, with the first layer's output made expert-major before the experts slice it.
+  merged_em   merged, with the first layer's output made expert-major before the experts slice it;
+  merged_im2col   merged, then each expert's later layers as im2col matmuls (k*k strided slices);
+  merged_batched  merged, then each later layer as one im2col matmul batched over the experts.
 Forward and gradient (w.r.t. the parameters) times, and each lowering's largest difference from
 the reference. Read the ratios within one run.
 """
@@ -60,6 +62,60 @@ def merged_expert_major(params, crops):
   return jnp.stack(outs, axis=1)
 
 
+def _columns(x, k, stride=2):
+  """'SAME' im2col of x [..., H, W, C] (any leading axes): [..., H', W', k*k, C]."""
+  height, width = x.shape[-3:-1]
+  out_h, out_w = -(-height // stride), -(-width // stride)
+  pad_h, pad_w = max((out_h - 1) * stride + k - height, 0), max((out_w - 1) * stride + k - width, 0)
+  pads = [(0, 0)] * (x.ndim - 3) + [(pad_h // 2, pad_h - pad_h // 2),
+                                    (pad_w // 2, pad_w - pad_w // 2), (0, 0)]
+  x = jnp.pad(x, pads)
+  return jnp.stack([x[..., i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
+                    for i in range(k) for j in range(k)], axis=-2)
+
+
+def merged_batched(params, crops):
+  """merged, then every later layer as one batched im2col matmul over the expert axis."""
+  b, p, s, _ = crops.shape
+  layers = [params[f'conv{i}'] for i in range(len(params))]
+  kernel = layers[0]['kernel']
+  e_count, k, _, c, f = kernel.shape
+  merged = jnp.moveaxis(kernel, 0, -2).reshape(k, k, c, e_count * f)
+  x = jax.nn.relu(_conv(crops.reshape(b * p, s, s, 1), merged, layers[0]['bias'].reshape(-1)))
+  x = jnp.moveaxis(x.reshape(x.shape[:3] + (e_count, f)), 3, 0)  # [E, B*P, H, W, F0]
+  for i, layer in enumerate(layers[1:], 1):
+    w = layer['kernel']  # [E, k, k, C, F]
+    cols = _columns(x, w.shape[1])  # [E, N, H', W', T, C]
+    x = jnp.einsum('enhwtc,etcf->enhwf', cols, w.reshape(e_count, -1, w.shape[3], w.shape[4]))
+    x = x + layer['bias'][:, None, None, None, :]
+    if i < len(layers) - 1:
+      x = jax.nn.relu(x)
+  x = x.mean((2, 3))  # [E, B*P, n]
+  return jnp.moveaxis(x.reshape(e_count, b, -1), 0, 1)
+
+
+def merged_im2col(params, crops):
+  """merged, then per expert the later layers as im2col matmuls."""
+  b, p, s, _ = crops.shape
+  layers = [params[f'conv{i}'] for i in range(len(params))]
+  kernel = layers[0]['kernel']
+  e_count, k, _, c, f = kernel.shape
+  merged = jnp.moveaxis(kernel, 0, -2).reshape(k, k, c, e_count * f)
+  x0 = jax.nn.relu(_conv(crops.reshape(b * p, s, s, 1), merged, layers[0]['bias'].reshape(-1)))
+  x0 = jnp.moveaxis(x0.reshape(x0.shape[:3] + (e_count, f)), 3, 0)  # [E, B*P, H, W, F0]
+  outs = []
+  for e in range(e_count):
+    x = x0[e]
+    for i, layer in enumerate(layers[1:], 1):
+      w = layer['kernel'][e]
+      x = jnp.einsum('nhwtc,tcf->nhwf', _columns(x, w.shape[0]),
+                     w.reshape(-1, w.shape[2], w.shape[3])) + layer['bias'][e]
+      if i < len(layers) - 1:
+        x = jax.nn.relu(x)
+    outs.append(x.mean((1, 2)).reshape(b, -1))
+  return jnp.stack(outs, axis=1)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--faces', type=int, default=32)
@@ -71,7 +127,8 @@ def main() -> None:
   vmapped = lambda p, x: module.apply({'params': {'experts': p}}, x)
   lowerings = {'vmap': vmapped, 'unrolled': unrolled,
                'merged': lambda p, x: experts.merged_committee(p, x),
-               'merged_em': merged_expert_major}
+               'merged_em': merged_expert_major, 'merged_im2col': merged_im2col,
+               'merged_batched': merged_batched}
   gemm = common.gemm_gflops()
   print(f'device: {jax.devices()[0].device_kind}, {args.faces} faces x 68 patches, '
         f'jit GEMM {gemm:.1f} GFLOP/s')
