@@ -13,6 +13,11 @@ faces, from the same `[E, ...]` parameters, each lowering jitted alone:
   merged_batched  merged, then each later layer as one im2col matmul batched over the experts.
 Forward and gradient (w.r.t. the parameters) times, and each lowering's largest difference from
 the reference. Read the ratios within one run.
+
+  python benchmarks/cnn_lowering.py --layers --faces 16
+
+times each layer of one expert alone: forward, kernel gradient and input gradient, as XLA's
+strided convolution and as a stride-1 convolution of the space-to-depth input.
 """
 
 import argparse
@@ -116,10 +121,63 @@ def merged_im2col(params, crops):
   return jnp.stack(outs, axis=1)
 
 
+def space_to_depth_conv(x, w, b):
+  """The 'SAME' stride-2 convolution as a stride-1 'VALID' one on the space-to-depth input.
+
+  Its input gradient is then a plain convolution, not one with a dilated input.
+  """
+  n, height, width, c = x.shape
+  k, f = w.shape[0], w.shape[-1]
+  k2 = k + k % 2  # the kernel padded to an even size, so that it splits into 2x2 blocks
+
+  def pads(size):
+    out = -(-size // 2)
+    lo = max((out - 1) * 2 + k - size, 0) // 2
+    return lo, 2 * (out - 1) + k2 - size - lo
+
+  x = jnp.pad(x, ((0, 0), pads(height), pads(width), (0, 0)))
+  h2, w2 = x.shape[1] // 2, x.shape[2] // 2
+  x = x.reshape(n, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h2, w2, 4 * c)
+  w = jnp.pad(w, ((0, k2 - k), (0, k2 - k), (0, 0), (0, 0)))
+  w = w.reshape(k2 // 2, 2, k2 // 2, 2, c, f).transpose(0, 2, 1, 3, 4, 5)
+  return jax.lax.conv_general_dilated(x, w.reshape(k2 // 2, k2 // 2, 4 * c, f), (1, 1), 'VALID',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
+
+
+def layer_table(faces: int) -> None:
+  """Per layer of one expert: forward, kernel-gradient and input-gradient ms, XLA vs space-to-depth."""
+  print(f'| layer ({faces} faces x 68 patches) | XLA fwd / kernel grad / input grad ms | '
+        'space-to-depth | max diff |')
+  print('|---|---|---|---|')
+  shapes = [(32, 1, 56, 5), (16, 7, 14, 5), (8, 14, 28, 3), (4, 28, 56, 3)]  # H, C, F, k
+  for height, c, f, k in shapes:
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (faces * 68, height, height, c))
+    w = 0.1 * jax.random.normal(keys[1], (k, k, c, f))
+    b = jnp.zeros(f)
+    g = jax.random.normal(keys[2], _conv(x, w, b).shape)
+    cells = []
+    for conv in (_conv, space_to_depth_conv):
+      times = []
+      for fn in (lambda x, w, g, conv=conv: conv(x, w, b),
+                 lambda x, w, g, conv=conv: jax.vjp(lambda w: conv(x, w, b), w)[1](g)[0],
+                 lambda x, w, g, conv=conv: jax.vjp(lambda x: conv(x, w, b), x)[1](g)[0]):
+        compiled = jax.jit(fn).lower(x, w, g).compile()  # g an argument: no constant folding
+        times.append(1e3 * common.time_call(lambda compiled=compiled: compiled(x, w, g)))
+      cells.append(' / '.join(f'{t:.1f}' for t in times))
+    diff = float(jnp.abs(space_to_depth_conv(x, w, b) - _conv(x, w, b)).max())
+    print(f'| {height}x{height}, {c} -> {f}, {k}x{k} | {cells[0]} | {cells[1]} | {diff:.1e} |',
+          flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--faces', type=int, default=32)
+  parser.add_argument('--layers', action='store_true', help='per-layer gradient timing instead')
   args = parser.parse_args()
+  if args.layers:
+    layer_table(args.faces)
+    return
   crops = jax.random.normal(jax.random.key(0), (args.faces, 68, 32, 32))
   module = experts.ExpertCNNs(8, FEATURES, KERNELS, lowering='vmap')
   variables = jax.jit(module.init)(jax.random.key(1), crops)

@@ -129,3 +129,26 @@ def test_bfloat16_committees_keep_float32_parameters_and_outputs(lowering):
   out = mlps.apply(mlp_vars, h[:, 0])
   assert out.dtype == jnp.float32
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(mlp_vars))
+
+
+@pytest.mark.parametrize('size,kernel', [(16, 5), (9, 5), (8, 3), (7, 3), (4, 1)])
+def test_stride2_conv_and_its_gradients_equal_xlas(size, kernel):
+  """The merged committee's stride-2 convolution takes its input gradient through the
+  space-to-depth form: value, input and kernel gradients equal lax's strided 'SAME' one."""
+  keys = jax.random.split(jax.random.key(size * kernel), 3)
+  x = jax.random.normal(keys[0], (3, size, size, 4))
+  w = jax.random.normal(keys[1], (kernel, kernel, 4, 6))
+
+  def reference(x, w):
+    return jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  expected = reference(x, w)
+  assert expected.shape == (3, -(-size // 2), -(-size // 2), 6)
+  np.testing.assert_allclose(experts.space_to_depth_conv(x, w), expected, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(experts.stride2_conv(x, w), expected, rtol=1e-5, atol=1e-4)
+  g = jax.random.normal(keys[2], expected.shape)
+  want = jax.vjp(reference, x, w)[1](g)
+  got = jax.vjp(experts.stride2_conv, x, w)[1](g)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)

@@ -100,10 +100,64 @@ class PatchCNN(nn.Module):
     return x.reshape(batch, num_patches * self.features[-1])
 
 
+def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The 'SAME' stride-2 convolution as a stride-1 'VALID' one on the space-to-depth input.
+
+  x [N, H, W, C], kernel [k, k, C, F] -> [N, ceil(H/2), ceil(W/2), F]. The kernel is padded to an
+  even size and split into 2x2 blocks that read the 4 C channels of each 2x2 input block.
+  """
+  n, height, width, channels = x.shape
+  k, features = kernel.shape[0], kernel.shape[-1]
+  k2 = k + k % 2
+
+  def pads(size):
+    out = -(-size // 2)
+    lo = max((out - 1) * 2 + k - size, 0) // 2  # 'SAME': the extra row after, as XLA pads
+    return lo, 2 * (out - 1) + k2 - size - lo
+
+  x = jnp.pad(x, ((0, 0), pads(height), pads(width), (0, 0)))
+  h2, w2 = x.shape[1] // 2, x.shape[2] // 2
+  x = x.reshape(n, h2, 2, w2, 2, channels).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(n, h2, w2, 4 * channels)
+  kernel = jnp.pad(kernel, ((0, k2 - k), (0, k2 - k), (0, 0), (0, 0)))
+  kernel = kernel.reshape(k2 // 2, 2, k2 // 2, 2, channels, features).transpose(0, 2, 1, 3, 4, 5)
+  return jax.lax.conv_general_dilated(x, kernel.reshape(k2 // 2, k2 // 2, 4 * channels, features),
+                                      (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@jax.custom_vjp
+def stride2_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """XLA's 'SAME' stride-2 convolution, whose input gradient is taken through the space-to-depth
+  form: XLA:CPU computes a strided convolution's input gradient (a convolution of a dilated
+  input) 5x slower than that of the equivalent stride-1 one, while its forward and kernel
+  gradient are faster as they are (benchmarks/cnn_lowering.py --layers)."""
+  return _xla_conv(x, kernel, 2)
+
+
+def _stride2_forward(x, kernel):
+  return _xla_conv(x, kernel, 2), (x, kernel)
+
+
+def _stride2_backward(residuals, g):
+  x, kernel = residuals
+  kernel_grad = jax.vjp(lambda k: _xla_conv(x, k, 2), kernel)[1](g)[0]
+  input_grad = jax.vjp(lambda y: space_to_depth_conv(y, kernel), x)[1](g)[0]
+  return input_grad, kernel_grad
+
+
+stride2_conv.defvjp(_stride2_forward, _stride2_backward)
+
+
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
   """nn.Conv's 'SAME' strided convolution: x [N, H, W, C], kernel [k, k, C, F] -> [N, H', W', F]."""
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+  if stride == 2:
+    return stride2_conv(x, kernel) + bias
+  return _xla_conv(x, kernel, stride) + bias
 
 
 def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
