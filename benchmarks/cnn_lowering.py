@@ -122,26 +122,7 @@ def merged_im2col(params, crops):
 
 
 def space_to_depth_conv(x, w, b):
-  """The 'SAME' stride-2 convolution as a stride-1 'VALID' one on the space-to-depth input.
-
-  Its input gradient is then a plain convolution, not one with a dilated input.
-  """
-  n, height, width, c = x.shape
-  k, f = w.shape[0], w.shape[-1]
-  k2 = k + k % 2  # the kernel padded to an even size, so that it splits into 2x2 blocks
-
-  def pads(size):
-    out = -(-size // 2)
-    lo = max((out - 1) * 2 + k - size, 0) // 2
-    return lo, 2 * (out - 1) + k2 - size - lo
-
-  x = jnp.pad(x, ((0, 0), pads(height), pads(width), (0, 0)))
-  h2, w2 = x.shape[1] // 2, x.shape[2] // 2
-  x = x.reshape(n, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h2, w2, 4 * c)
-  w = jnp.pad(w, ((0, k2 - k), (0, k2 - k), (0, 0), (0, 0)))
-  w = w.reshape(k2 // 2, 2, k2 // 2, 2, c, f).transpose(0, 2, 1, 3, 4, 5)
-  return jax.lax.conv_general_dilated(x, w.reshape(k2 // 2, k2 // 2, 4 * c, f), (1, 1), 'VALID',
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
+  return experts.space_to_depth_conv(x, w) + b
 
 
 def layer_table(faces: int) -> None:
