@@ -55,15 +55,20 @@ def unrolled(params, crops):  # crops [B, P, S, S] -> [B, E, P*n]
   return jnp.stack(outs, axis=1)
 
 
-def merged_expert_major(params, crops):
+def _expert_major_first_layer(params, crops):
+  """The shared first layer as one convolution, expert-major: (layers, [E, B*P, H, W, F0])."""
   b, p, s, _ = crops.shape
   layers = [params[f'conv{i}'] for i in range(len(params))]
   kernel = layers[0]['kernel']
   e_count, k, _, c, f = kernel.shape
   merged = jnp.moveaxis(kernel, 0, -2).reshape(k, k, c, e_count * f)
   x = jax.nn.relu(_conv(crops.reshape(b * p, s, s, 1), merged, layers[0]['bias'].reshape(-1)))
-  x = jnp.moveaxis(x.reshape(x.shape[:3] + (e_count, f)), 3, 0)  # [E, B*P, H, W, F0]
-  outs = [_chain(layers, x[e], e, start=1).reshape(b, -1) for e in range(e_count)]
+  return layers, jnp.moveaxis(x.reshape(x.shape[:3] + (e_count, f)), 3, 0)
+
+
+def merged_expert_major(params, crops):
+  layers, x = _expert_major_first_layer(params, crops)
+  outs = [_chain(layers, x[e], e, start=1).reshape(crops.shape[0], -1) for e in range(len(x))]
   return jnp.stack(outs, axis=1)
 
 
@@ -81,13 +86,8 @@ def _columns(x, k, stride=2):
 
 def merged_batched(params, crops):
   """merged, then every later layer as one batched im2col matmul over the expert axis."""
-  b, p, s, _ = crops.shape
-  layers = [params[f'conv{i}'] for i in range(len(params))]
-  kernel = layers[0]['kernel']
-  e_count, k, _, c, f = kernel.shape
-  merged = jnp.moveaxis(kernel, 0, -2).reshape(k, k, c, e_count * f)
-  x = jax.nn.relu(_conv(crops.reshape(b * p, s, s, 1), merged, layers[0]['bias'].reshape(-1)))
-  x = jnp.moveaxis(x.reshape(x.shape[:3] + (e_count, f)), 3, 0)  # [E, B*P, H, W, F0]
+  layers, x = _expert_major_first_layer(params, crops)  # [E, B*P, H, W, F0]
+  e_count, b = len(x), crops.shape[0]
   for i, layer in enumerate(layers[1:], 1):
     w = layer['kernel']  # [E, k, k, C, F]
     cols = _columns(x, w.shape[1])  # [E, N, H', W', T, C]
@@ -101,13 +101,8 @@ def merged_batched(params, crops):
 
 def merged_im2col(params, crops):
   """merged, then per expert the later layers as im2col matmuls."""
-  b, p, s, _ = crops.shape
-  layers = [params[f'conv{i}'] for i in range(len(params))]
-  kernel = layers[0]['kernel']
-  e_count, k, _, c, f = kernel.shape
-  merged = jnp.moveaxis(kernel, 0, -2).reshape(k, k, c, e_count * f)
-  x0 = jax.nn.relu(_conv(crops.reshape(b * p, s, s, 1), merged, layers[0]['bias'].reshape(-1)))
-  x0 = jnp.moveaxis(x0.reshape(x0.shape[:3] + (e_count, f)), 3, 0)  # [E, B*P, H, W, F0]
+  layers, x0 = _expert_major_first_layer(params, crops)  # [E, B*P, H, W, F0]
+  e_count, b = len(x0), crops.shape[0]
   outs = []
   for e in range(e_count):
     x = x0[e]
