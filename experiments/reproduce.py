@@ -205,13 +205,11 @@ def ert_peer(out: pathlib.Path, args, timings: dict) -> dict:
 
 
 def column_nme(result: dict, name: str) -> float:
-  """NME (fraction) of one column of the Table 1 or Table 3 protocol."""
+  """NME (fraction) of one column of the Table 1 or Table 3 protocol: a view or an aggregate."""
   for proto in result['protocols'].values():
-    if name in proto.get('subsets', {}):
-      return proto['subsets'][name]['nme']
     if name in proto.get('aggregates', {}):
       return proto['aggregates'][name]['nme']
-  raise KeyError(name)
+  return view_subset(result, name)['nme']
 
 
 def share_for_mass(cumulative: list[float], mass: float = 0.9) -> float:
