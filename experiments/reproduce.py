@@ -119,8 +119,9 @@ def train_architectures(out: pathlib.Path, args, pose_dir: str, timings: dict) -
   """{(architecture, seed): workdir}, each trained for --steps (skipped when already done)."""
   runs = {}
   for seed in args.seeds:
-    for arch in args.architectures + (list(ORACLES) if args.oracle and seed == args.seeds[0]
-                                      else []):
+    first = seed == args.seeds[0]
+    for arch in ([a for a in args.architectures if first or a in args.seed_architectures]
+                 + (list(ORACLES) if args.oracle and first else [])):
       config, extra = ORACLES.get(arch, (arch, []))
       workdir = out / f'{arch}_seed{seed}'
       done = (workdir / 'metrics.jsonl').exists() and any(
@@ -288,6 +289,25 @@ def ert_ratio_rows(table: dict, peer: dict) -> list[str]:
                                        for v in ALL_VIEWS) + ' |' for arch, row in table.items()]
 
 
+def seed_gain_rows(results: dict, seeds, pairs=PAIRED[:1]) -> list[str]:
+  """Per seed, how much lower a's NME is than b's (% of b's), per view; then mean ± std.
+
+  The paired differences test one seed's faces; this is the spread between training seeds.
+  """
+  rows = []
+  for a, b, _ in pairs:
+    ran = [s for s in seeds if (a, s) in results and (b, s) in results]
+    if len(ran) < 2:
+      continue
+    gains = np.array([[100 * (1 - column_nme(results[(a, s)], v) / column_nme(results[(b, s)], v))
+                       for v in ALL_VIEWS] for s in ran])  # [seed, view]
+    rows += [f'| {a} vs {b}, seed {s} | ' + ' | '.join(f'{g:+.1f}' for g in gain) + ' |'
+             for s, gain in zip(ran, gains)]
+    rows.append(f'| {a} vs {b}, mean ± std over {len(ran)} seeds | ' + ' | '.join(
+        f'{m:+.1f} ± {d:.1f}' for m, d in zip(gains.mean(0), gains.std(0, ddof=1))) + ' |')
+  return rows
+
+
 def pose_error_rows(results: dict, seed: int) -> list[str]:
   """The shared estimator's mean absolute error (deg) per view, as the pose-gated runs saw it."""
   for arch in ('pose_tree_moe', 'pose_softmax_moe'):
@@ -397,7 +417,9 @@ def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, 
     paper = ' / '.join(f'{v:.2f}' for v in PAPER_TABLE3[arch]) if arch in PAPER_TABLE3 else ''
     lines.append(f'| {arch} | ' + ' | '.join(_cell(row[v]) for v in TABLE3_VIEWS) + f' | {paper} |')
   if len(args.seeds) > 1:
-    lines += ['', f'Mean ± standard deviation over seeds {seeds}.']
+    several = [a for a in table if sum((a, s) in results for s in args.seeds) > 1]
+    lines += ['', f'Mean ± standard deviation over seeds {seeds} for {", ".join(several)}; the '
+              f'other rows ran seed {args.seeds[0]} only.']
   header = ' | '.join(v.replace('_', ' ') for v in ALL_VIEWS)
   ratios = ert_ratio_rows(table, peer)
   if ratios:
@@ -411,6 +433,12 @@ def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, 
             'test faces (negative: a is better); in bold where the mean is at least two standard '
             'errors from zero.', '', f'| a - b | {header} |', '|---|' + '---|' * len(ALL_VIEWS),
             *paired_rows(results, seed)]
+  gains = seed_gain_rows(results, args.seeds)
+  if gains:
+    lines += ['', '## Across training seeds', '',
+              "How much lower a's NME is than b's, in % of b's, per seed (positive: a is better), "
+              'then the mean and standard deviation over seeds.', '', f'| a vs b | {header} |',
+              '|---|' + '---|' * len(ALL_VIEWS), *gains]
   pose_rows = pose_error_rows(results, seed)
   if pose_rows:
     lines += ['', '## The estimated head pose the gates read, per view', '',
@@ -495,6 +523,8 @@ def main() -> int:
   parser.add_argument('--size', choices=tuple(SIZES), default='small')
   parser.add_argument('--seeds', default='0', help='comma-separated, e.g. 0,1,2')
   parser.add_argument('--architectures', default=','.join(ARCHITECTURES))
+  parser.add_argument('--seed_architectures', default=None, help='those trained on the seeds '
+                      'after the first (default: all of --architectures)')
   parser.add_argument('--steps', type=int, default=None, help='per architecture (default: the '
                       "config's num_train_steps)")
   parser.add_argument('--eval_every', type=int, default=1000, help='learning-curve points')
@@ -513,6 +543,8 @@ def main() -> int:
   args = parser.parse_args()
   args.seeds = [int(s) for s in args.seeds.split(',')]
   args.architectures = [a for a in args.architectures.split(',') if a]
+  args.seed_architectures = (args.architectures if args.seed_architectures is None
+                             else [a for a in args.seed_architectures.split(',') if a])
   args.dataset = args.dataset or SIZES[args.size][1]
   if args.steps is None:
     from configs import default  # pylint: disable=g-import-not-at-top

@@ -62,3 +62,23 @@ def test_ratio_to_the_peer_and_pose_error_rows():
   results = {('pose_tree_moe', 0): _result(dict.fromkeys(views, [0.02]), pose_mae=mae)}
   assert reproduce.pose_error_rows(results, 0) == [
       '| yaw / pitch / roll MAE deg | ' + ' | '.join(['8.6 / 7.5 / 4.7'] * len(views)) + ' |']
+
+
+def test_seed_gain_rows_are_relative_gains_per_seed_then_mean_and_spread():
+  views = reproduce.ALL_VIEWS
+  faces = np.full(10, 1.0)
+  baseline_nme = {0: 0.040, 1: 0.050, 2: 0.020}
+  pose_nme = {0: 0.036, 1: 0.040, 2: 0.019}  # 10%, 20% and 5% lower than baseline
+  results = {}
+  for seed in baseline_nme:
+    results[('baseline', seed)] = _result(dict.fromkeys(views, faces * baseline_nme[seed]))
+    results[('pose_tree_moe', seed)] = _result(dict.fromkeys(views, faces * pose_nme[seed]))
+  results[('tree_moe', 0)] = results[('baseline', 0)]  # one seed only: no spread row
+  rows = reproduce.seed_gain_rows(results, [0, 1, 2])
+  assert len(rows) == 4
+  assert rows[1] == '| pose_tree_moe vs baseline, seed 1 | ' + ' | '.join(['+20.0'] * len(views)) + ' |'
+  gains = [10.0, 20.0, 5.0]
+  mean = sum(gains) / 3
+  sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / 2)
+  assert rows[3].endswith(' | '.join([f'+{mean:.1f} ± {sd:.1f}'] * len(views)) + ' |')
+  assert reproduce.seed_gain_rows(results, [0]) == []
