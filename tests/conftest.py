@@ -4,7 +4,11 @@ Tests run on JAX's default PRNG, the one `train.py` uses: bitwise resume and dev
 equality must hold for what users run, not for a faster test-only generator.
 """
 
+import atexit
+import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import settings
@@ -15,6 +19,30 @@ settings.register_profile('ci', derandomize=True, database=None, deadline=None)
 settings.register_profile('explore', database=None, deadline=None)
 settings.load_profile('ci')
 
+
+def _share_compiled_programs() -> None:
+  """One persistent compilation cache for the session, and the train.py processes it starts.
+
+  The suite spends most of its time compiling, and many tests build the same tiny model afresh
+  (a new module, a new jit): XLA then compiles a program it compiled minutes before. The cache
+  is keyed on the program and the XLA flags, so a hit runs exactly what a fresh compile would.
+  The directory is new per session unless JAX_COMPILATION_CACHE_DIR names one.
+  """
+  if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    path = tempfile.mkdtemp(prefix='treemoe_jax_cache_')
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+  import jax  # pylint: disable=g-import-not-at-top (after the environment it reads)
+  jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                    float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes',
+                    int(os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES']))
+
+
+_share_compiled_programs()
 
 MICRO_STEPS = 10
 
