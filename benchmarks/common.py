@@ -35,6 +35,27 @@ def compiled_flops(compiled) -> float:
   return float((analysis or {}).get('flops', 0.0))
 
 
+def lowered_flops(lowered) -> float:
+  """FLOPs XLA counts for a lowered (not yet compiled) computation: tracing cost only."""
+  analysis = lowered.cost_analysis()
+  if isinstance(analysis, list):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get('flops', 0.0))
+
+
+def countable(config):
+  """`config` with every committee lowered so that XLA's cost analysis sees all of its work.
+
+  XLA counts a loop's body once, not once per trip, so a committee computed by `lax.scan` over
+  its experts (`mlp_lowering='scan'`) would report one expert's FLOPs. The model computed is the
+  same; benchmarks time the real lowering and take the FLOPs from this one.
+  """
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.mlp_lowering = 'vmap'
+  return config
+
+
 def print_header(columns: tuple[str, ...]) -> float:
   """Prints the device line with this run's GEMM rate and a Markdown table header; the rate."""
   gemm = gemm_gflops()

@@ -19,12 +19,15 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top
 from treemoe_jax import experts, gates, patches, pose  # pylint: disable=g-import-not-at-top
 
 
-def time_module(name, module, *inputs, gemm, **kwargs):
+def time_module(name, module, *inputs, gemm, counted=None, **kwargs):
+  """Times `module`; FLOPs from `counted` (the same computation, no loop over experts) if given."""
   variables = jax.jit(lambda key, *x: module.init(key, *x, **kwargs))(
       jax.random.key(0, impl='rbg'), *inputs)
   forward = jax.jit(lambda v, *x: module.apply(v, *x, **kwargs)).lower(variables, *inputs).compile()
   seconds = common.time_call(lambda: forward(variables, *inputs))
-  report(name, seconds, common.compiled_flops(forward), gemm)
+  flops = common.lowered_flops(jax.jit(lambda v, *x: (counted or module).apply(v, *x, **kwargs))
+                               .lower(variables, *inputs))
+  report(name, seconds, flops, gemm)
 
 
 def report(name, seconds, flops, gemm):
@@ -56,7 +59,10 @@ def main() -> None:
     time_module(f'8 expert CNNs 7-14-28-56-30 (nn.vmap, {impl})',
                 experts.ExpertCNNs(8, (7, 14, 28, 56, 30), conv_impl=impl), crops, gemm=gemm)
   h = jax.random.normal(jax.random.key(3), (b, 2040))
-  time_module('64 expert regressors 2040-128-136', experts.ExpertMLPs(64, 128, 136), h, gemm=gemm)
+  for lowering in experts.MLP_LOWERINGS[1:]:
+    time_module(f'64 expert regressors 2040-128-136 ({lowering})',
+                experts.ExpertMLPs(64, 128, 136, lowering=lowering), h, gemm=gemm,
+                counted=experts.ExpertMLPs(64, 128, 136, lowering='vmap'))
   time_module('baseline regressor 2040-8192-136', experts.ExpertMLPs(1, 8192, 136), h, gemm=gemm)
   time_module('tree gate depth 6 on h', gates.TreeGate(6), h, gemm=gemm)
 

@@ -36,7 +36,8 @@ def measure(architecture: str, batch: int, variant: str, variables_cache: dict) 
   forward = jax.jit(model.apply).lower(variables, images, init_shape).compile()
   compile_s = time.perf_counter() - start
   seconds = common.time_call(lambda: forward(variables, images, init_shape)['shape'])
-  flops = common.compiled_flops(forward)
+  counted = models.create(common.countable(config))  # the same model, every expert counted
+  flops = common.lowered_flops(jax.jit(counted.apply).lower(variables, images, init_shape))
   return dict(compile_s=compile_s, img_s=batch / seconds, gflop_img=flops / batch / 1e9,
               gflops=flops / seconds / 1e9)
 

@@ -7,7 +7,8 @@ Installs nothing beyond the project's wheels (jax, flax, optax, orbax, chex; ml_
 Runs benchmarks/run_all.py for the full-size pose_tree_moe and tree_moe: forward img/s in
 float32 and bfloat16 at batch 1 to 1024, batch-1 latency, the training step at batch 256 (its
 % of the bf16 GEMM rate measured in the same process is the MFU), the plain port beside it, and
-the CNN committee's other lowering ('merged' on a GPU) to decide what 'auto' should pick there.
+the committees' other lowerings ('merged' CNNs, 'scan' regressors on a GPU) to decide what 'auto'
+should pick there.
 Then prints the targets' figures last.
 """
 

@@ -43,10 +43,12 @@ class RegressionLayer(nn.Module):
   outputs: int = 136
   gate: str = 'tree'
   routing: routing_lib.Routing = routing_lib.DENSE
+  mlp_lowering: str = 'auto'  # the dense committee's (experts.MLP_LOWERINGS)
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:  # [B, F] -> [B, O]
-    committee = experts.ExpertMLPs(self.num_experts, self.hidden, self.outputs, name='regression')
+    committee = experts.ExpertMLPs(self.num_experts, self.hidden, self.outputs,
+                                   lowering=self.mlp_lowering, name='regression')
     depth = int(np.log2(self.num_experts))
     gate = gates.make_gate(self.gate, self.num_experts, depth, name='regression_gate')
     return cascade.gated_committee(committee, gate, h, h, self.routing)[0]
@@ -63,7 +65,9 @@ def layer_speed(gemm: float, batches=(1, 32), features: int = 2040) -> list[dict
       forward = jax.jit(layer.apply).lower(variables, h).compile()
       seconds = common.time_call(lambda: forward(variables, h))
       dense_seconds = dense_seconds or seconds
-      flops = common.compiled_flops(forward)
+      # Counted on the vmap lowering: XLA counts a scanned committee's loop body once.
+      counted = RegressionLayer(routing=routing_lib.parse(name), mlp_lowering='vmap')
+      flops = common.lowered_flops(jax.jit(counted.apply).lower(variables, h))
       rows.append({'batch': batch, 'routing': name, 'ms': 1e3 * seconds,
                    'img_per_s': batch / seconds, 'mflop_per_img': flops / batch / 1e6,
                    'speedup': dense_seconds / seconds,

@@ -43,11 +43,23 @@ def log(message: str) -> None:
 
 
 def config_for(architecture: str, variant: str, dtype: str, lowering: str = 'auto'):
+  """lowering: 'auto', or 'CNN/MLP' committee lowerings (experts.CNN_LOWERINGS, MLP_LOWERINGS)."""
+  cnn, mlp = lowering.split('/') if lowering != 'auto' else ('auto', 'auto')
   config = default.get_config(architecture, variant)
   with config.unlocked():
     config.model.dtype = dtype
-    config.model.cnn_lowering = lowering
+    config.model.cnn_lowering = cnn
+    config.model.mlp_lowering = mlp
   return config
+
+
+def other_lowering() -> str:
+  """The committee lowerings 'auto' does not pick on this backend, as 'CNN/MLP': on CPU the
+  nn.vmap pair used until they were measured; elsewhere the pair 'auto' picks on CPU."""
+  if experts.resolve_cnn_lowering('auto') == 'merged':
+    return 'vmap/vmap'
+  return 'merged/scan'
+
 
 
 def inputs(batch: int, size: int = 150):
@@ -57,13 +69,15 @@ def inputs(batch: int, size: int = 150):
   return images, init
 
 
-def timed_forward(fn, variables, batch: int, min_seconds: float) -> dict:
+def timed_forward(fn, variables, batch: int, min_seconds: float, counted=None) -> dict:
+  """Times `fn`; its FLOPs are XLA's count of `counted` (the same model, every loop unrolled:
+  common.countable) before optimisation, which also sees inside a GPU's library calls."""
   images, init = inputs(batch)
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(variables, images, init).compile()
   compile_s = time.perf_counter() - start
   seconds = common.time_call(lambda: compiled(variables, images, init), min_seconds=min_seconds)
-  flops = common.compiled_flops(compiled)
+  flops = common.lowered_flops(jax.jit(counted or fn).lower(variables, images, init))
   return dict(batch=batch, compile_s=compile_s, seconds=seconds, img_s=batch / seconds,
               gflop_img=flops / batch / 1e9, gflops=flops / seconds / 1e9)
 
@@ -71,11 +85,12 @@ def timed_forward(fn, variables, batch: int, min_seconds: float) -> dict:
 def forward_rows(architecture, variant, dtype, batches, args, lowering='auto') -> list[dict]:
   config = config_for(architecture, variant, dtype, lowering)
   model = models.create(config)
+  counted = models.create(common.countable(config))
   variables = jax.jit(lambda key: models.init(model, key))(jax.random.key(0))
   rows = []
   for batch in batches:
     row = timed_forward(lambda v, x, s: model.apply(v, x, s)['shape'], variables, batch,
-                        args.min_seconds)
+                        args.min_seconds, lambda v, x, s: counted.apply(v, x, s)['shape'])
     rows.append(dict(kind='forward', architecture=architecture, variant=variant, dtype=dtype,
                      lowering=lowering, **row))
     log(f'forward {architecture} {variant} {dtype} {lowering} batch {batch}: '
@@ -170,9 +185,12 @@ def machine() -> dict:
 
 
 def _lowering(row: dict) -> str:
+  """'CNN/MLP' committee lowerings of a row ('auto' resolved for the platform it ran on)."""
   if row.get('lowering', 'auto') != 'auto':
     return row['lowering']
-  return experts.resolve_cnn_lowering('auto', row.get('platform', jax.default_backend()))
+  backend = row.get('platform', jax.default_backend())
+  return (f'{experts.resolve_cnn_lowering("auto", backend)}/'
+          f'{experts.resolve_mlp_lowering("auto", backend)}')
 
 
 def markdown(results: dict) -> str:
@@ -186,7 +204,7 @@ def markdown(results: dict) -> str:
            f'"% GEMM" is against the fp32 start rate for float32 rows and the bf16 rate for '
            f'bfloat16 rows. JSON: '
            f'`{results["json"]}`.', '',
-           '| architecture | size | dtype | CNN lowering | batch | compile s | GFLOP/img | img/s | '
+           '| architecture | size | dtype | CNN/MLP lowering | batch | compile s | GFLOP/img | img/s | '
            'ms per batch | % GEMM | plain port img/s | vs plain |', '|---' * 12 + '|']
   rows = results['rows']
   plain = {(r['architecture'], r['batch']): r for r in rows if r['kind'] == 'plain_port'}
@@ -201,7 +219,7 @@ def markdown(results: dict) -> str:
         f'{1e3 * r["seconds"]:.1f} | {100 * r["gflops"] / rate[r["dtype"]]:.1f} | '
         + (f'{port["img_s"]:.1f} | {r["img_s"] / port["img_s"]:.1f}x |' if port else '| |'))
   lines += ['', 'Training step (alignment, random batches, the data-parallel jitted step):', '',
-            '| architecture | size | dtype | CNN lowering | batch | compile s | GFLOP/img | img/s | '
+            '| architecture | size | dtype | CNN/MLP lowering | batch | compile s | GFLOP/img | img/s | '
             '% GEMM |', '|---' * 9 + '|']
   for r in rows:
     if r['kind'] == 'train':
@@ -263,8 +281,8 @@ def main() -> int:
   parser.add_argument('--train_batch_tiny', type=int, default=16)
   parser.add_argument('--min_seconds', type=float, default=2.0)
   parser.add_argument('--before', default='pose_tree_moe,tree_moe',
-                      help='architectures also measured with the CNN lowering that auto does not '
-                           'pick on this backend (before/after)')
+                      help='architectures also measured with the committee lowerings that auto '
+                           'does not pick on this backend (before/after)')
   parser.add_argument('--no_pipeline', action='store_true')
   parser.add_argument('--numerics_workdir', default='')
   parser.add_argument('--json', default='docs/data/benchmarks_run_all.json')
@@ -291,9 +309,8 @@ def main() -> int:
         batch = args.train_batch_full if variant == 'full' else args.train_batch_tiny
         results['rows'].append(train_row(architecture, variant, dtype, batch))
         if variant == 'full' and dtype == 'float32' and architecture in args.before.split(','):
-          # Before/after in the same process: the committee lowering 'auto' does not pick here
-          # (on CPU nn.vmap, the lowering until now; elsewhere 'merged').
-          other = 'vmap' if experts.resolve_cnn_lowering('auto') == 'merged' else 'merged'
+          # Before/after in the same process: the committee lowerings 'auto' does not pick here.
+          other = other_lowering()
           results['rows'] += forward_rows(architecture, variant, dtype, batches, args, other)
           results['rows'].append(train_row(architecture, variant, dtype, batch, other))
   if not args.no_pipeline:

@@ -38,8 +38,9 @@ def test_patch_cnn_shares_kernels_across_patches():
   np.testing.assert_allclose(out[:, 0], out[:, 2], rtol=1e-6)
 
 
-def test_expert_mlps_equal_numpy_formula_per_expert():
-  committee = experts.ExpertMLPs(num_experts=4, hidden=16, outputs=10)
+@pytest.mark.parametrize('lowering', experts.MLP_LOWERINGS)
+def test_expert_mlps_equal_numpy_formula_per_expert(lowering):
+  committee = experts.ExpertMLPs(num_experts=4, hidden=16, outputs=10, lowering=lowering)
   h = np.random.default_rng(0).normal(size=(5, 12)).astype(np.float32)
   params = committee.init(jax.random.key(0), h)['params']['experts']
   out = np.asarray(committee.apply({'params': {'experts': params}}, h))
@@ -102,6 +103,26 @@ def test_merged_lowering_equals_vmap(num_experts, features, kernels, patch):
            for m in (plain, merged)]
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+
+
+def test_scanned_regressors_have_the_gradients_of_the_vmapped_ones():
+  """Same [E, ...] parameters, same outputs and same parameter and input gradients."""
+  h = jax.random.normal(jax.random.key(0), (3, 12))
+  plain = experts.ExpertMLPs(num_experts=5, hidden=8, outputs=6, lowering='vmap')
+  scan = experts.ExpertMLPs(num_experts=5, hidden=8, outputs=6, lowering='scan')
+  variables = plain.init(jax.random.key(1), h)
+  grads = [jax.grad(lambda v, x, m=m: jnp.sum(jnp.sin(m.apply(v, x))), (0, 1))(variables, h)
+           for m in (plain, scan)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="unknown regression committee lowering 'loop'"):
+    experts.ExpertMLPs(num_experts=5, hidden=8, outputs=6, lowering='loop').apply(variables, h)
+
+
+def test_mlp_lowering_per_backend():
+  assert experts.resolve_mlp_lowering('auto', 'cpu') == 'scan'
+  assert experts.resolve_mlp_lowering('auto', 'gpu') == 'vmap'
+  assert experts.resolve_mlp_lowering('vmap', 'cpu') == 'vmap'
 
 
 def test_cnn_lowering_per_backend():

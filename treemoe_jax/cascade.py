@@ -33,6 +33,7 @@ class StageSpec:
   num_cnn_experts: int = 1
   cnn_conv_impl: str = 'im2col'  # how the expert convolutions are computed (experts.CONV_IMPLS)
   cnn_lowering: str = 'auto'  # how the CNN committee is computed (experts.CNN_LOWERINGS)
+  mlp_lowering: str = 'auto'  # how the regression committee is computed (experts.MLP_LOWERINGS)
   # Computation dtype of the committees ('float32' or 'bfloat16'); parameters, patch coordinates,
   # gates, displacements and the loss stay float32 (a bfloat16 landmark is off by up to 0.5 px).
   dtype: str = 'float32'
@@ -115,7 +116,8 @@ class CascadeStage(nn.Module):
     num_outputs = 2 * spec.num_landmarks
     regression = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,
                                     num_outputs, spec.regression_output_init,
-                                    dtype=jnp.dtype(spec.dtype), name='regression')
+                                    dtype=jnp.dtype(spec.dtype), lowering=spec.mlp_lowering,
+                                    name='regression')
     reg_gate = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
                                spec.regression_gate_depth, name='regression_gate')
     delta, reg_weights = gated_committee(regression, reg_gate, h, h, routing,

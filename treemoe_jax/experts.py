@@ -241,6 +241,33 @@ class ExpertCNNs(nn.Module):
 
 OUTPUT_INITS = ('lecun', 'zeros')
 ROUTED_LOWERINGS = ('auto', 'gather', 'dense')
+# How the dense regression committee is computed (the parameters are the same): 'vmap' is nn.vmap
+# of one regressor, which XLA:CPU lowers to a copy of the whole [E, F, H] first-layer kernel into
+# [F, E*H] on every call before one GEMM; 'scan' runs the experts one after another on their own
+# kernel slices (`scanned`), reading each weight once. 'auto' picks per backend what
+# benchmarks/mlp_lowering.py measured faster: 'scan' on CPU, 'vmap' elsewhere (not yet measured).
+MLP_LOWERINGS = ('auto', 'vmap', 'scan')
+
+
+def resolve_mlp_lowering(lowering: str, backend: str | None = None) -> str:
+  """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend)."""
+  if lowering not in MLP_LOWERINGS:
+    raise ValueError(f'unknown regression committee lowering {lowering!r}; valid: '
+                     f'{", ".join(MLP_LOWERINGS)}')
+  if lowering != 'auto':
+    return lowering
+  return 'scan' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
+
+
+def scanned(apply_one, committee_params, x: jax.Array) -> jax.Array:
+  """Every expert on the same input, one after another: `apply_one(params_e, x)` -> `[B, E, ...]`.
+
+  committee_params: leaves `[E, ...]`. A `lax.scan` over the expert axis slices each expert's
+  parameters where they lie, so a memory-bound committee reads its weights once.
+  """
+  _, out = jax.lax.scan(lambda carry, params: (carry, apply_one(params, x)), None,
+                        committee_params)  # [E, B, ...]
+  return jnp.swapaxes(out, 0, 1)
 
 
 class RegressorMLP(nn.Module):
@@ -278,6 +305,8 @@ class ExpertMLPs(nn.Module):
   output_init: str = 'lecun'
   routed_lowering: str = 'auto'
   dtype: Dtype = jnp.float32  # computation; parameters and outputs are float32
+  # MLP_LOWERINGS: how the dense committee is computed, not what.
+  lowering: str = 'auto'
 
   @nn.compact
   def __call__(self, h: jax.Array, chosen: jax.Array | None = None
@@ -286,8 +315,10 @@ class ExpertMLPs(nn.Module):
         RegressorMLP, variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=None, out_axes=1, axis_size=self.num_experts)
     committee = committee(self.hidden, self.outputs, self.output_init, self.dtype, name='experts')
-    if chosen is None or self.is_initializing():
+    if self.is_initializing():
       return committee(h)
+    if chosen is None:
+      return self._dense(committee, h)
     if self.routed_lowering not in ROUTED_LOWERINGS:
       raise ValueError(f'unknown routed_lowering {self.routed_lowering!r}; valid: '
                        f'{", ".join(ROUTED_LOWERINGS)}')
@@ -295,10 +326,18 @@ class ExpertMLPs(nn.Module):
                                            and chosen.size >= self.num_experts):
       # B * K >= E: gathering would read every expert's weights more than once, while the
       # regressors are memory-bound; running all E and keeping K is faster (docs/alignment.md).
-      return jnp.take_along_axis(committee(h), chosen[..., None], axis=1)  # [B, K, O]
+      return jnp.take_along_axis(self._dense(committee, h), chosen[..., None], axis=1)  # [B,K,O]
+    return gathered(self._apply_one, self.variables['params']['experts'], chosen, h)
+
+  def _apply_one(self, params: dict, h: jax.Array) -> jax.Array:
+    """One expert regressor with `params` (leaves without the expert axis)."""
     expert = RegressorMLP(self.hidden, self.outputs, self.output_init, self.dtype)
-    return gathered(lambda p, x: expert.apply({'params': p}, x),
-                    self.variables['params']['experts'], chosen, h)
+    return expert.apply({'params': params}, h)
+
+  def _dense(self, committee: nn.Module, h: jax.Array) -> jax.Array:  # [B, F] -> [B, E, O]
+    if resolve_mlp_lowering(self.lowering) == 'scan':
+      return scanned(self._apply_one, self.variables['params']['experts'], h)
+    return committee(h)
 
 
 def combine(expert_outputs: jax.Array, weights: jax.Array) -> jax.Array:

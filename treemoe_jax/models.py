@@ -134,6 +134,7 @@ def stage_spec(model_config: ml_collections.ConfigDict) -> cascade.StageSpec:
       num_cnn_experts=model_config.num_cnn_experts,
       cnn_conv_impl=model_config.cnn_conv_impl,
       cnn_lowering=model_config.get('cnn_lowering', 'auto'),
+      mlp_lowering=model_config.get('mlp_lowering', 'auto'),
       dtype=model_config.get('dtype', 'float32'),
       representation_gate=representation_gate,
       representation_gate_depth=model_config.get('representation_gate_depth'),

@@ -24,11 +24,11 @@ SAFE_TO_CHANGE = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'eval_split', 'eval_protocol')
 # How a committee is computed, not what it computes: each lowering is tested equal to the plain
 # one, so a run may resume on another backend with the lowering that suits it.
-SAFE_TO_CHANGE += ('model.cnn_lowering', 'model.cnn_conv_impl')
+SAFE_TO_CHANGE += ('model.cnn_lowering', 'model.cnn_conv_impl', 'model.mlp_lowering')
 # Keys added after runs were stored, with the value that reproduces what those runs did: a stored
 # config without the key compares as this value, so adding a key does not orphan old workdirs.
 # ('pose.head_output' absent: the pi*tanh heads those estimators learned, as models.head_output.)
-# (model.cnn_lowering, added later too, needs no entry: it is safe to change.)
+# (model.cnn_lowering and model.mlp_lowering, added later too, need no entry: safe to change.)
 ADDED_LATER = {'model.dtype': 'float32', 'pose.head_output': 'tanh'}
 
 
