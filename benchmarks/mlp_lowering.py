@@ -11,6 +11,12 @@ rows of features, from the same `[E, ...]` parameters, each lowering jitted alon
 Forward and gradient (w.r.t. the parameters and the features, as training takes it) times, each
 lowering's largest difference from the reference, and the first-layer kernel copies XLA left in
 the compiled forward. Read the ratios within one run.
+
+  python benchmarks/mlp_lowering.py --whole_model [--repeats 2]
+
+times the whole model before ('merged/vmap') and after ('merged/scan'), alternating, with
+run_all's forward and training-step rows: pose_tree_moe and tree_moe full size (forward batch 1
+and 32, training batch 8) and pose_tree_moe tiny (batch 16, the README main job's size).
 """
 
 import argparse
@@ -34,10 +40,35 @@ def kernel_copies(compiled) -> int:
              for line in compiled.as_text().splitlines() if '=' in line)
 
 
+def whole_model(repeats: int) -> None:
+  """Before/after rows of the whole model, alternating lowerings in one process."""
+  from benchmarks import run_all  # pylint: disable=g-import-not-at-top
+  gemm = common.gemm_gflops()
+  print(f'jit GEMM at the start {gemm:.1f} GFLOP/s')
+  print('| architecture | size | lowering | forward img/s (batch) | train img/s (batch) |')
+  print('|---|---|---|---|---|')
+  options = argparse.Namespace(min_seconds=2.0, plain_batches=[])
+  for architecture, size, batches, train_batch in (('pose_tree_moe', 'full', [1, 32], 8),
+                                                   ('tree_moe', 'full', [1, 32], 8),
+                                                   ('pose_tree_moe', 'tiny', [16], 16)):
+    for lowering in ('merged/vmap', 'merged/scan') * repeats:
+      rows = run_all.forward_rows(architecture, size, 'float32', batches, options, lowering)
+      train = run_all.train_row(architecture, size, 'float32', train_batch, lowering)
+      forward = ', '.join(f'{r["img_s"]:.2f} ({r["batch"]})' for r in rows)
+      print(f'| {architecture} | {size} | {lowering} | {forward} | {train["img_s"]:.2f} '
+            f'({train_batch}) |', flush=True)
+  print(f'jit GEMM at the end {common.gemm_gflops():.1f} GFLOP/s')
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--batches', default='1,8,32,256')
+  parser.add_argument('--whole_model', action='store_true')
+  parser.add_argument('--repeats', type=int, default=2)
   args = parser.parse_args()
+  if args.whole_model:
+    whole_model(args.repeats)
+    return
   gemm = common.gemm_gflops()
   print(f'device: {jax.devices()[0].device_kind}, {NUM_EXPERTS} regressors '
         f'{FEATURES}-{HIDDEN}-{OUTPUTS}, jit GEMM {gemm:.1f} GFLOP/s')
