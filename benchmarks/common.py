@@ -29,16 +29,16 @@ def gemm_gflops(n: int = 2048, dtype=jnp.float32) -> float:
 
 def compiled_flops(compiled) -> float:
   """FLOPs XLA counts for a compiled computation (0 if the backend does not say)."""
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, list):  # older JAX returned one dict per device
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get('flops', 0.0))
+  return _flops(compiled.cost_analysis())
 
 
 def lowered_flops(lowered) -> float:
   """FLOPs XLA counts for a lowered (not yet compiled) computation: tracing cost only."""
-  analysis = lowered.cost_analysis()
-  if isinstance(analysis, list):
+  return _flops(lowered.cost_analysis())
+
+
+def _flops(analysis) -> float:
+  if isinstance(analysis, list):  # older JAX returned one dict per device
     analysis = analysis[0] if analysis else {}
   return float((analysis or {}).get('flops', 0.0))
 

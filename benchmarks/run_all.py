@@ -61,7 +61,6 @@ def other_lowering() -> str:
   return 'merged/scan'
 
 
-
 def inputs(batch: int, size: int = 150):
   images = jax.random.uniform(jax.random.key(1), (batch, size, size), minval=-1, maxval=1)
   init = jnp.full((batch, 68, 2), size / 2.0) + jax.random.normal(
@@ -70,8 +69,8 @@ def inputs(batch: int, size: int = 150):
 
 
 def timed_forward(fn, variables, batch: int, min_seconds: float, counted=None) -> dict:
-  """Times `fn`; its FLOPs are XLA's count of `counted` (the same model, every loop unrolled:
-  common.countable) before optimisation, which also sees inside a GPU's library calls."""
+  """Times `fn`; its FLOPs are XLA's count of `counted` (the same model with no loop over
+  experts: common.countable), taken before optimisation, whatever the backend then rewrites."""
   images, init = inputs(batch)
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(variables, images, init).compile()

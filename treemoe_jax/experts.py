@@ -29,11 +29,18 @@ CNN_LOWERINGS = ('auto', 'vmap', 'merged')
 
 def resolve_cnn_lowering(lowering: str, backend: str | None = None) -> str:
   """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend)."""
-  if lowering not in CNN_LOWERINGS:
-    raise ValueError(f'unknown CNN committee lowering {lowering!r}; valid: {", ".join(CNN_LOWERINGS)}')
+  return _resolve('CNN committee', lowering, CNN_LOWERINGS, 'merged', backend)
+
+
+def _resolve(committee: str, lowering: str, valid: tuple[str, ...], on_cpu: str,
+             backend: str | None) -> str:
+  """A committee's lowering: `lowering` itself, or for 'auto' `on_cpu` on CPU and 'vmap'
+  elsewhere (the only backend measured so far is the CPU)."""
+  if lowering not in valid:
+    raise ValueError(f'unknown {committee} lowering {lowering!r}; valid: {", ".join(valid)}')
   if lowering != 'auto':
     return lowering
-  return 'merged' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
+  return on_cpu if (backend or jax.default_backend()) == 'cpu' else 'vmap'
 
 
 class Im2colConv(nn.Module):
@@ -251,12 +258,7 @@ MLP_LOWERINGS = ('auto', 'vmap', 'scan')
 
 def resolve_mlp_lowering(lowering: str, backend: str | None = None) -> str:
   """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend)."""
-  if lowering not in MLP_LOWERINGS:
-    raise ValueError(f'unknown regression committee lowering {lowering!r}; valid: '
-                     f'{", ".join(MLP_LOWERINGS)}')
-  if lowering != 'auto':
-    return lowering
-  return 'scan' if (backend or jax.default_backend()) == 'cpu' else 'vmap'
+  return _resolve('regression committee', lowering, MLP_LOWERINGS, 'scan', backend)
 
 
 def scanned(apply_one, committee_params, x: jax.Array) -> jax.Array:
