@@ -175,6 +175,11 @@ def test_bad_configs_get_clear_errors():
   config.model.architecture = 'tree_mixture'
   with pytest.raises(ValueError, match='unknown architecture .*baseline, moe, softmax_moe'):
     models.create(config)
+  for field, name in [('mlp_lowering', 'regression committee'), ('cnn_lowering', 'CNN committee')]:
+    config = default.get_config('tree_moe', 'tiny')
+    config.model[field] = 'loop'  # refused when the model is built, before any init or apply
+    with pytest.raises(ValueError, match=f"unknown {name} lowering 'loop'"):
+      models.create(config)
   with pytest.raises(ValueError, match='unknown architecture .*pose_tree_moe'):
     default.get_config('resnet')
   with pytest.raises(ValueError, match="unknown variant 'huge'"):

@@ -63,6 +63,9 @@ class StageSpec:
     gates.make_gate(self.regression_gate, self.num_regression_experts, self.regression_gate_depth)
     if self.dtype not in DTYPES:
       raise ValueError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
+    # Resolved for any backend: a misspelt lowering fails here, not at the first apply.
+    experts.resolve_cnn_lowering(self.cnn_lowering, 'cpu')
+    experts.resolve_mlp_lowering(self.mlp_lowering, 'cpu')
 
 
 def top_k(weights: jax.Array, k: int) -> jax.Array:
