@@ -7,7 +7,9 @@ faces, from the same `[E, ...]` parameters, each lowering jitted alone:
   vmap        nn.vmap of one expert (XLA: grouped convolutions), the reference;
   unrolled    one plain convolution chain per expert;
   merged      the first convolution once with E x F0 outputs (all experts read the same patch),
-              then per expert (experts.merged_committee, what `cnn_lowering='auto'` picks on CPU);
+              then per expert (experts.merged_committee, what `cnn_lowering='auto'` picks on CPU;
+              kernel gradients per layer as `experts.kernel_grad_for` picks);
+  merged_xla_kernel_grads   merged, every kernel gradient XLA's (before im2col kernel gradients);
   merged_em   merged, with the first layer's output made expert-major before the experts slice it;
   merged_im2col   merged, then each expert's later layers as im2col matmuls (k*k strided slices);
   merged_batched  merged, then each later layer as one im2col matmul batched over the experts.
@@ -17,7 +19,8 @@ the reference. Read the ratios within one run.
   python benchmarks/cnn_lowering.py --layers --faces 16
 
 times each layer of one expert alone: forward, kernel gradient and input gradient, as XLA's
-strided convolution and as a stride-1 convolution of the space-to-depth input.
+strided convolution and as a stride-1 convolution of the space-to-depth input, and the kernel
+gradient as one matmul of the windows (experts.im2col_kernel_grad).
 """
 
 import argparse
@@ -72,25 +75,13 @@ def merged_expert_major(params, crops):
   return jnp.stack(outs, axis=1)
 
 
-def _columns(x, k, stride=2):
-  """'SAME' im2col of x [..., H, W, C] (any leading axes): [..., H', W', k*k, C]."""
-  height, width = x.shape[-3:-1]
-  out_h, out_w = -(-height // stride), -(-width // stride)
-  pad_h, pad_w = max((out_h - 1) * stride + k - height, 0), max((out_w - 1) * stride + k - width, 0)
-  pads = [(0, 0)] * (x.ndim - 3) + [(pad_h // 2, pad_h - pad_h // 2),
-                                    (pad_w // 2, pad_w - pad_w // 2), (0, 0)]
-  x = jnp.pad(x, pads)
-  return jnp.stack([x[..., i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride, :]
-                    for i in range(k) for j in range(k)], axis=-2)
-
-
 def merged_batched(params, crops):
   """merged, then every later layer as one batched im2col matmul over the expert axis."""
   layers, x = _expert_major_first_layer(params, crops)  # [E, B*P, H, W, F0]
   e_count, b = len(x), crops.shape[0]
   for i, layer in enumerate(layers[1:], 1):
     w = layer['kernel']  # [E, k, k, C, F]
-    cols = _columns(x, w.shape[1])  # [E, N, H', W', T, C]
+    cols = experts.im2col(x, w.shape[1], 2)  # [E, N, H', W', T, C]
     x = jnp.einsum('enhwtc,etcf->enhwf', cols, w.reshape(e_count, -1, w.shape[3], w.shape[4]))
     x = x + layer['bias'][:, None, None, None, :]
     if i < len(layers) - 1:
@@ -108,7 +99,7 @@ def merged_im2col(params, crops):
     x = x0[e]
     for i, layer in enumerate(layers[1:], 1):
       w = layer['kernel'][e]
-      x = jnp.einsum('nhwtc,tcf->nhwf', _columns(x, w.shape[0]),
+      x = jnp.einsum('nhwtc,tcf->nhwf', experts.im2col(x, w.shape[0], 2),
                      w.reshape(-1, w.shape[2], w.shape[3])) + layer['bias'][e]
       if i < len(layers) - 1:
         x = jax.nn.relu(x)
@@ -121,10 +112,11 @@ def space_to_depth_conv(x, w, b):
 
 
 def layer_table(faces: int) -> None:
-  """Per layer of one expert: forward, kernel-gradient and input-gradient ms, XLA vs space-to-depth."""
+  """Per layer of one expert: forward, kernel-gradient and input-gradient ms, XLA vs space-to-depth,
+  and the im2col kernel gradient."""
   print(f'| layer ({faces} faces x 68 patches) | XLA fwd / kernel grad / input grad ms | '
-        'space-to-depth | max diff |')
-  print('|---|---|---|---|')
+        'space-to-depth | im2col kernel grad ms | max diff |')
+  print('|---|---|---|---|---|')
   shapes = [(32, 1, 56, 5), (16, 7, 14, 5), (8, 14, 28, 3), (4, 28, 56, 3)]  # H, C, F, k
   for height, c, f, k in shapes:
     keys = jax.random.split(jax.random.key(0), 3)
@@ -141,8 +133,11 @@ def layer_table(faces: int) -> None:
         compiled = jax.jit(fn).lower(x, w, g).compile()  # g an argument: no constant folding
         times.append(1e3 * common.time_call(lambda compiled=compiled: compiled(x, w, g)))
       cells.append(' / '.join(f'{t:.1f}' for t in times))
+    kernel_grad = jax.jit(lambda x, g, k=k: experts.im2col_kernel_grad(x, g, k, 2)
+                          ).lower(x, g).compile()
+    cells.append(f'{1e3 * common.time_call(lambda: kernel_grad(x, g)):.1f}')
     diff = float(jnp.abs(space_to_depth_conv(x, w, b) - _conv(x, w, b)).max())
-    print(f'| {height}x{height}, {c} -> {f}, {k}x{k} | {cells[0]} | {cells[1]} | {diff:.1e} |',
+    print(f'| {height}x{height}, {c} -> {f}, {k}x{k} | {" | ".join(cells)} | {diff:.1e} |',
           flush=True)
 
 
@@ -161,6 +156,8 @@ def main() -> None:
   vmapped = lambda p, x: module.apply({'params': {'experts': p}}, x)
   lowerings = {'vmap': vmapped, 'unrolled': unrolled,
                'merged': lambda p, x: experts.merged_committee(p, x),
+               'merged_xla_kernel_grads': lambda p, x: experts.merged_committee(
+                   p, x, kernel_grad='xla'),
                'merged_em': merged_expert_major, 'merged_im2col': merged_im2col,
                'merged_batched': merged_batched}
   gemm = common.gemm_gflops()

@@ -1,7 +1,10 @@
 """Vectorised committees against a loop over separately applied single experts (test-only loop)."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
+
 import numpy as np
 import pytest
 
@@ -170,6 +173,28 @@ def test_stride2_conv_and_its_gradients_equal_xlas(size, kernel):
   np.testing.assert_allclose(experts.stride2_conv(x, w), expected, rtol=1e-5, atol=1e-4)
   g = jax.random.normal(keys[2], expected.shape)
   want = jax.vjp(reference, x, w)[1](g)
-  got = jax.vjp(experts.stride2_conv, x, w)[1](g)
-  for a, b in zip(got, want):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+  for kernel_grad in experts.KERNEL_GRADS:
+    got = jax.vjp(lambda x, w, m=kernel_grad: experts.stride2_conv(x, w, m), x, w)[1](g)
+    for a, b in zip(got, want):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize('size,kernel,channels', [(9, 5, 1), (8, 3, 2), (5, 1, 3)])
+def test_im2col_kernel_grad_equals_a_brute_force_sum(size, kernel, channels):
+  """dL/dK[i, j, c, f] = sum over images and output pixels of the padded input under tap (i, j)
+  times the output's cotangent, with 'SAME' padding as XLA pads (the extra row after)."""
+  rng = np.random.default_rng(size)
+  x = rng.normal(size=(2, size, size, channels)).astype(np.float32)
+  out = -(-size // 2)
+  g = rng.normal(size=(2, out, out, 4)).astype(np.float32)
+  pad = max((out - 1) * 2 + kernel - size, 0)
+  padded = np.pad(x, ((0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2), (0, 0)))
+  want = np.zeros((kernel, kernel, channels, 4))
+  for i, j, n, r, c in itertools.product(range(kernel), range(kernel), range(2), range(out),
+                                         range(out)):
+    want[i, j] += np.outer(padded[n, 2 * r + i, 2 * c + j], g[n, r, c])
+  got = experts.im2col_kernel_grad(jnp.asarray(x), jnp.asarray(g), kernel, 2)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match="unknown kernel_grad 'fft'"):
+    jax.vjp(lambda k: experts.stride2_conv(jnp.asarray(x), k, 'fft'),
+            jnp.ones((kernel, kernel, channels, 4)))[1](jnp.asarray(g))

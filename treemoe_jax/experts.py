@@ -43,6 +43,21 @@ def _resolve(committee: str, lowering: str, valid: tuple[str, ...], on_cpu: str,
   return on_cpu if (backend or jax.default_backend()) == 'cpu' else 'vmap'
 
 
+def im2col(x: jax.Array, k: int, stride: int) -> jax.Array:
+  """The k x k windows of a 'SAME' strided convolution: x [..., H, W, C] -> [..., H', W', k*k, C].
+
+  Padded as XLA pads 'SAME' (the extra row/column after), windows in kernel order (row, column).
+  """
+  height, width = x.shape[-3:-1]
+  s = stride
+  out_h, out_w = -(-height // s), -(-width // s)
+  pad_h, pad_w = max((out_h - 1) * s + k - height, 0), max((out_w - 1) * s + k - width, 0)
+  x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(pad_h // 2, pad_h - pad_h // 2),
+                                            (pad_w // 2, pad_w - pad_w // 2), (0, 0)])
+  return jnp.stack([x[..., i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :]
+                    for i in range(k) for j in range(k)], axis=-2)
+
+
 class Im2colConv(nn.Module):
   """A strided 'SAME' convolution as k*k strided slices and one matmul; nn.Conv's parameters.
 
@@ -57,14 +72,9 @@ class Im2colConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, C] -> [N, H/s, W/s, F]
-    _, height, width, channels = x.shape
-    k, s = self.kernel_size, self.stride
-    out_h, out_w = -(-height // s), -(-width // s)
-    pad_h, pad_w = max((out_h - 1) * s + k - height, 0), max((out_w - 1) * s + k - width, 0)
-    x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
-                    (0, 0)))  # 'SAME' padding, the extra row/column after, as XLA pads
-    columns = jnp.stack([x[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s]
-                         for i in range(k) for j in range(k)], axis=3)  # [N, H', W', k*k, C]
+    channels = x.shape[-1]
+    k = self.kernel_size
+    columns = im2col(x, k, self.stride)  # [N, H', W', k*k, C]
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (k, k, channels, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
@@ -137,45 +147,80 @@ def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
                                       (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-@jax.custom_vjp
-def stride2_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """XLA's 'SAME' stride-2 convolution, whose input gradient is taken through the space-to-depth
-  form: XLA:CPU computes a strided convolution's input gradient (a convolution of a dilated
-  input) 5x slower than that of the equivalent stride-1 one, while its forward and kernel
-  gradient are faster as they are (benchmarks/cnn_lowering.py --layers)."""
+KERNEL_GRADS = ('xla', 'im2col')
+
+
+def im2col_kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int) -> jax.Array:
+  """The kernel gradient of a 'SAME' strided convolution as one matmul of its windows.
+
+  x [N, H, W, C], g [N, H', W', F] (the output's cotangent) -> [k, k, C, F]: the windows
+  [N*H'*W', k*k*C], transposed, times g [N*H'*W', F].
+  """
+  channels, features = x.shape[-1], g.shape[-1]
+  columns = im2col(x, k, stride).reshape(-1, k * k * channels)
+  return (columns.T @ g.reshape(-1, features)).reshape(k, k, channels, features)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def stride2_conv(x: jax.Array, kernel: jax.Array, kernel_grad: str = 'xla') -> jax.Array:
+  """XLA's 'SAME' stride-2 convolution with faster gradients on XLA:CPU (benchmarks/cnn_lowering.py
+  --layers).
+
+  The input gradient goes through the space-to-depth form: XLA:CPU computes a strided
+  convolution's input gradient (a convolution of a dilated input) 5x slower than that of the
+  equivalent stride-1 one, while its forward is faster as it is. `kernel_grad='im2col'` takes
+  the kernel gradient as one matmul of the windows (`im2col_kernel_grad`): 2-3x faster than
+  XLA's for the committee's 1-channel first layer and its 3x3 layers, slower for its 5x5 one.
+  """
   return _xla_conv(x, kernel, 2)
 
 
-def _stride2_forward(x, kernel):
+def _stride2_forward(x, kernel, kernel_grad):
+  del kernel_grad  # the backward pass's choice
   return _xla_conv(x, kernel, 2), (x, kernel)
 
 
-def _stride2_backward(residuals, g):
+def _stride2_backward(kernel_grad, residuals, g):
   x, kernel = residuals
-  kernel_grad = jax.vjp(lambda k: _xla_conv(x, k, 2), kernel)[1](g)[0]
+  if kernel_grad == 'im2col':
+    kernel_cotangent = im2col_kernel_grad(x, g, kernel.shape[0], 2)
+  elif kernel_grad == 'xla':
+    kernel_cotangent = jax.vjp(lambda k: _xla_conv(x, k, 2), kernel)[1](g)[0]
+  else:
+    raise ValueError(f'unknown kernel_grad {kernel_grad!r}; valid: {", ".join(KERNEL_GRADS)}')
   input_grad = jax.vjp(lambda y: space_to_depth_conv(y, kernel), x)[1](g)[0]
-  return input_grad, kernel_grad
+  return input_grad, kernel_cotangent
 
 
 stride2_conv.defvjp(_stride2_forward, _stride2_backward)
 
 
-def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -> jax.Array:
+def kernel_grad_for(kernel_size: int, channels: int) -> str:
+  """The kernel gradient measured faster on XLA:CPU for a committee layer of this shape
+  (benchmarks/cnn_lowering.py --layers): im2col for 1 input channel or a 3x3 kernel or less."""
+  return 'im2col' if channels == 1 or kernel_size <= 3 else 'xla'
+
+
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
+          kernel_grad: str = 'xla') -> jax.Array:
   """nn.Conv's 'SAME' strided convolution: x [N, H, W, C], kernel [k, k, C, F] -> [N, H', W', F]."""
   if stride == 2:
-    return stride2_conv(x, kernel) + bias
+    if kernel_grad == 'auto':
+      kernel_grad = kernel_grad_for(kernel.shape[0], kernel.shape[2])
+    return stride2_conv(x, kernel, kernel_grad) + bias
   return _xla_conv(x, kernel, stride) + bias
 
 
 def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
-                     dtype: Dtype = jnp.float32) -> jax.Array:
+                     dtype: Dtype = jnp.float32, kernel_grad: str = 'auto') -> jax.Array:
   """The committee nn.vmap(PatchCNN) computes, from its parameters `[E, ...]`: `[B, E, P*n]`.
 
   Every expert's first convolution reads the same patch, so the E of them are one dense
   convolution with E x F0 outputs; each expert's later layers are plain convolutions on its own
   channels. On XLA:CPU this avoids the grouped convolutions nn.vmap lowers to (2-3% of the GEMM
   rate; benchmarks/cnn_lowering.py). `params` is the committee's {'conv{i}': {'kernel' [E, k, k,
-  C, F], 'bias' [E, F]}}; patches [B, P, S, S].
+  C, F], 'bias' [E, F]}}; patches [B, P, S, S]. `kernel_grad` ('auto', 'xla', 'im2col'): how
+  the stride-2 layers take their kernel gradients ('auto': `kernel_grad_for` each layer).
   """
   batch, num_patches, size, _ = patches.shape
   layers = [params[f'conv{i}'] for i in range(len(params))]
@@ -184,7 +229,8 @@ def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
   num_experts, k, _, channels, width = kernel0.shape
   merged = jnp.moveaxis(kernel0, 0, -2).reshape(k, k, channels, num_experts * width)  # e-major
   x = patches.reshape(batch * num_patches, size, size, 1).astype(dtype)
-  x = _conv(x, merged, layers[0]['bias'].astype(dtype).reshape(-1), stride)  # [B*P, H, W, E*F0]
+  x = _conv(x, merged, layers[0]['bias'].astype(dtype).reshape(-1), stride,
+            kernel_grad)  # [B*P, H, W, E*F0]
   if last > 0:
     x = nn.relu(x)
   x = x.reshape(x.shape[:3] + (num_experts, width))  # [B*P, H, W, E, F0]
@@ -192,7 +238,8 @@ def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
   for e in range(num_experts):
     y = x[..., e, :]
     for i, layer in enumerate(layers[1:], start=1):
-      y = _conv(y, layer['kernel'][e].astype(dtype), layer['bias'][e].astype(dtype), stride)
+      y = _conv(y, layer['kernel'][e].astype(dtype), layer['bias'][e].astype(dtype), stride,
+                kernel_grad)
       if i < last:
         y = nn.relu(y)
     features = y.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, n]
