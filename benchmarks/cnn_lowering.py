@@ -21,9 +21,15 @@ the reference. Read the ratios within one run.
 times each layer of one expert alone: forward, kernel gradient and input gradient, as XLA's
 strided convolution and as a stride-1 convolution of the space-to-depth input, and the kernel
 gradient as one matmul of the windows (experts.im2col_kernel_grad).
+
+  python benchmarks/cnn_lowering.py --train_step [--repeats 2]
+
+times run_all's training-step rows (pose_tree_moe full at batch 8, tiny at batch 16) with every
+kernel gradient XLA's (before) and with `experts.kernel_grad_for`'s choice (after), alternating.
 """
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -141,11 +147,43 @@ def layer_table(faces: int) -> None:
           flush=True)
 
 
+@contextlib.contextmanager
+def kernel_grads(kind: str):
+  """Within: every merged-committee layer takes its kernel gradient as `kind` ('auto': as
+  experts.kernel_grad_for picks)."""
+  chosen = experts.kernel_grad_for
+  if kind != 'auto':
+    experts.kernel_grad_for = lambda kernel_size, channels: kind
+  try:
+    yield
+  finally:
+    experts.kernel_grad_for = chosen
+
+
+def train_step_table(repeats: int) -> None:
+  """Training-step img/s, XLA's kernel gradients against the chosen ones, in one process."""
+  from benchmarks import run_all  # pylint: disable=g-import-not-at-top
+  print(f'jit GEMM at the start {common.gemm_gflops():.1f} GFLOP/s')
+  print('| architecture | size | batch | kernel gradients | train img/s |')
+  print('|---|---|---|---|---|')
+  for architecture, size, batch in (('pose_tree_moe', 'full', 8), ('pose_tree_moe', 'tiny', 16)):
+    for kind in ('xla', 'auto') * repeats:
+      with kernel_grads(kind):
+        row = run_all.train_row(architecture, size, 'float32', batch, 'merged/scan')
+      print(f'| {architecture} | {size} | {batch} | {kind} | {row["img_s"]:.2f} |', flush=True)
+  print(f'jit GEMM at the end {common.gemm_gflops():.1f} GFLOP/s')
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--faces', type=int, default=32)
   parser.add_argument('--layers', action='store_true', help='per-layer gradient timing instead')
+  parser.add_argument('--train_step', action='store_true', help='training steps, before/after')
+  parser.add_argument('--repeats', type=int, default=2)
   args = parser.parse_args()
+  if args.train_step:
+    train_step_table(args.repeats)
+    return
   if args.layers:
     layer_table(args.faces)
     return
