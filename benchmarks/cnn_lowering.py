@@ -22,6 +22,11 @@ times each layer of one expert alone: forward, kernel gradient and input gradien
 strided convolution and as a stride-1 convolution of the space-to-depth input, and the kernel
 gradient as one matmul of the windows (experts.im2col_kernel_grad).
 
+  python benchmarks/cnn_lowering.py --rules [--repeats 2]
+
+times the committee gradient with im2col kernel gradients for no layer, the first only, the
+layers `experts.kernel_grad_for` picks ('auto') and every layer.
+
   python benchmarks/cnn_lowering.py --train_step [--repeats 2]
 
 times run_all's training-step rows (pose_tree_moe full at batch 8, tiny at batch 16) with every
@@ -148,16 +153,38 @@ def layer_table(faces: int) -> None:
 
 
 @contextlib.contextmanager
-def kernel_grads(kind: str):
+def kernel_grads(kind):
   """Within: every merged-committee layer takes its kernel gradient as `kind` ('auto': as
-  experts.kernel_grad_for picks)."""
+  experts.kernel_grad_for picks; a function of (kernel_size, channels): as it says)."""
   chosen = experts.kernel_grad_for
-  if kind != 'auto':
+  if callable(kind):
+    experts.kernel_grad_for = kind
+  elif kind != 'auto':
     experts.kernel_grad_for = lambda kernel_size, channels: kind
   try:
     yield
   finally:
     experts.kernel_grad_for = chosen
+
+
+RULES = {'xla': 'xla', 'first_layer_only': lambda kernel_size, channels: (
+    'im2col' if channels == 1 else 'xla'), 'auto': 'auto', 'im2col': 'im2col'}
+
+
+def rules_table(faces: int, repeats: int) -> None:
+  """The committee gradient under each rule for which layers take im2col kernel gradients."""
+  crops = jax.random.normal(jax.random.key(0), (faces, 68, 32, 32))
+  module = experts.ExpertCNNs(8, FEATURES, KERNELS, lowering='vmap')
+  params = jax.jit(module.init)(jax.random.key(1), crops)['params']['experts']
+  compiled = {}
+  for name, rule in RULES.items():
+    with kernel_grads(rule):
+      compiled[name] = jax.jit(jax.grad(
+          lambda p, x: jnp.sum(experts.merged_committee(p, x) ** 2))).lower(params, crops).compile()
+  print(f'| kernel gradients ({faces} faces) | committee gradient ms |')
+  print('|---|---|')
+  for name, fn in list(compiled.items()) * repeats:
+    print(f'| {name} | {1e3 * common.time_call(lambda fn=fn: fn(params, crops)):.0f} |', flush=True)
 
 
 def train_step_table(repeats: int) -> None:
@@ -179,10 +206,15 @@ def main() -> None:
   parser.add_argument('--faces', type=int, default=32)
   parser.add_argument('--layers', action='store_true', help='per-layer gradient timing instead')
   parser.add_argument('--train_step', action='store_true', help='training steps, before/after')
+  parser.add_argument('--rules', action='store_true', help='committee gradient per rule for '
+                      'the im2col kernel gradients')
   parser.add_argument('--repeats', type=int, default=2)
   args = parser.parse_args()
   if args.train_step:
     train_step_table(args.repeats)
+    return
+  if args.rules:
+    rules_table(args.faces, args.repeats)
     return
   if args.layers:
     layer_table(args.faces)
