@@ -198,3 +198,5 @@ def test_im2col_kernel_grad_equals_a_brute_force_sum(size, kernel, channels):
   with pytest.raises(ValueError, match="unknown kernel_grad 'fft'"):
     jax.vjp(lambda k: experts.stride2_conv(jnp.asarray(x), k, 'fft'),
             jnp.ones((kernel, kernel, channels, 4)))[1](jnp.asarray(g))
+  with pytest.raises(ValueError, match="unknown kernel_grad 'fft'"):  # forward alone, too
+    experts.stride2_conv(jnp.asarray(x), jnp.ones((kernel, kernel, channels, 4)), 'fft')

@@ -169,14 +169,22 @@ def stride2_conv(x: jax.Array, kernel: jax.Array, kernel_grad: str = 'xla') -> j
   The input gradient goes through the space-to-depth form: XLA:CPU computes a strided
   convolution's input gradient (a convolution of a dilated input) 5x slower than that of the
   equivalent stride-1 one, while its forward is faster as it is. `kernel_grad='im2col'` takes
-  the kernel gradient as one matmul of the windows (`im2col_kernel_grad`): 2-3x faster than
-  XLA's for the committee's 1-channel first layer and its 3x3 layers, slower for its 5x5 one.
+  the kernel gradient as one matmul of the windows (`im2col_kernel_grad`): 3x faster than
+  XLA's for the committee's 1-channel first layer, faster or even for its 3x3 layers, slower for
+  its 16x16 5x5 one (docs/benchmarks.md).
   """
+  _check_kernel_grad(kernel_grad)
   return _xla_conv(x, kernel, 2)
 
 
+def _check_kernel_grad(kernel_grad: str) -> None:
+  """Refused when the convolution is traced, not only when (if ever) it is differentiated."""
+  if kernel_grad not in KERNEL_GRADS:
+    raise ValueError(f'unknown kernel_grad {kernel_grad!r}; valid: {", ".join(KERNEL_GRADS)}')
+
+
 def _stride2_forward(x, kernel, kernel_grad):
-  del kernel_grad  # the backward pass's choice
+  _check_kernel_grad(kernel_grad)  # otherwise the backward pass's choice
   return _xla_conv(x, kernel, 2), (x, kernel)
 
 
@@ -184,10 +192,8 @@ def _stride2_backward(kernel_grad, residuals, g):
   x, kernel = residuals
   if kernel_grad == 'im2col':
     kernel_cotangent = im2col_kernel_grad(x, g, kernel.shape[0], 2)
-  elif kernel_grad == 'xla':
-    kernel_cotangent = jax.vjp(lambda k: _xla_conv(x, k, 2), kernel)[1](g)[0]
   else:
-    raise ValueError(f'unknown kernel_grad {kernel_grad!r}; valid: {", ".join(KERNEL_GRADS)}')
+    kernel_cotangent = jax.vjp(lambda k: _xla_conv(x, k, 2), kernel)[1](g)[0]
   input_grad = jax.vjp(lambda y: space_to_depth_conv(y, kernel), x)[1](g)[0]
   return input_grad, kernel_cotangent
 
