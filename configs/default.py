@@ -109,8 +109,9 @@ def _training(config: ml_collections.ConfigDict) -> None:
   config.batch_size = 64  # global, over all devices and hosts
   config.num_train_steps = 60_000
   config.learning_rate = 1e-3
-  config.lr_schedule = 'constant'  # or 'cosine': warm-up, then cosine decay to 0 (train.py)
+  config.lr_schedule = 'constant'  # 'cosine': warm-up, then cosine decay to 0; 'wsd' (train.py)
   config.warmup_steps = 0
+  config.decay_steps = 0  # 'wsd' only: the last steps, where the rate falls linearly to 0
   config.loss_stages = 'all'  # 'all': every stage's shape regressed to the truth; 'last'
   # 'distance': each landmark's Euclidean error, 15% better than section 3.5's 'l2' (squared
   # error) in docs/learning.md: far-off faces no longer drown the sub-pixel work.

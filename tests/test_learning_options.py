@@ -44,6 +44,22 @@ def test_constant_schedule_is_the_papers_and_unknown_is_refused():
     train.learning_rate_schedule(_config(lr_schedule='linear'))
 
 
+def test_wsd_schedule_warms_up_holds_then_decays_linearly_to_zero():
+  config = _config(lr_schedule='wsd', warmup_steps=100, decay_steps=400, num_train_steps=1500,
+                   learning_rate=2e-3)
+  schedule = train.learning_rate_schedule(config)
+  expected = {0: 0.0, 50: 1e-3, 100: 2e-3, 600: 2e-3, 1099: 2e-3,  # up, then flat until 1100
+              1100: 2e-3, 1200: 1.5e-3, 1400: 0.5e-3, 1500: 0.0}  # 2e-3 * (1500 - t) / 400
+  for step, rate in expected.items():
+    np.testing.assert_allclose(float(schedule(step)), rate, rtol=1e-5, atol=1e-12)
+  # Without warm-up or decay it is the constant schedule.
+  flat = train.learning_rate_schedule(_config(lr_schedule='wsd', num_train_steps=300))
+  assert [float(flat(t)) for t in (0, 150, 299)] == pytest.approx([1e-3] * 3)
+  with pytest.raises(ValueError, match='decay_steps'):
+    train.learning_rate_schedule(_config(lr_schedule='wsd', warmup_steps=100, decay_steps=950,
+                                         num_train_steps=1000))
+
+
 @pytest.mark.parametrize('architecture', ['baseline', 'tree_moe'])
 def test_zero_initialised_regressors_leave_every_stage_at_s0(architecture):
   config = default.get_config(architecture, 'tiny')

@@ -62,6 +62,25 @@ def test_safe_changes_are_allowed(tmp_path):
       keep_checkpoints=1, data_dir='/elsewhere'))
 
 
+def test_a_constant_run_may_resume_with_a_decay_that_starts_after_its_last_checkpoint(tmp_path):
+  _trained_workdir(tmp_path, _config())  # constant 1e-3, checkpoint at step 100
+  # Steps 0-99 keep their rate: the decay begins at 300 - 200 = step 100.
+  assert workdirs.check_resume(tmp_path, _config(lr_schedule='wsd', decay_steps=200,
+                                                 num_train_steps=300))
+
+
+@pytest.mark.parametrize('changes', [
+    dict(lr_schedule='wsd', decay_steps=250, num_train_steps=300),  # decays from step 50
+    dict(lr_schedule='wsd', warmup_steps=10, decay_steps=100, num_train_steps=300),
+    dict(lr_schedule='cosine', num_train_steps=300),
+    dict(lr_schedule='wsd', decay_steps=100, num_train_steps=300, learning_rate=2e-3),
+])
+def test_a_schedule_change_that_rewrites_trained_steps_is_refused(tmp_path, changes):
+  _trained_workdir(tmp_path, _config())
+  with pytest.raises(workdirs.ResumeError, match="lr_schedule: 'constant' -> "):
+    workdirs.check_resume(tmp_path, _config(**changes))
+
+
 def test_checkpoints_without_a_record_are_refused(tmp_path):
   (tmp_path / 'checkpoints' / '3').mkdir(parents=True)
   with pytest.raises(workdirs.ResumeError, match='no config.json'):

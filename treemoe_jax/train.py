@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from treemoe_jax import checkpointing
 from treemoe_jax import models
 from treemoe_jax import parallel
+from treemoe_jax.schedules import SCHEDULES, learning_rate_schedule  # noqa: F401 (re-exported)
 from treemoe_jax import tasks
 from treemoe_jax import workdirs
 
@@ -51,26 +52,6 @@ class NonFiniteError(FloatingPointError):
 
 
 # --- The state and the step. ---
-
-
-SCHEDULES = ('constant', 'cosine')
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """The rate Adam uses at each step (logged as `learning_rate`).
-
-  'constant': section 3.5's 1e-3 throughout. 'cosine': a linear warm-up over `warmup_steps`, then
-  a cosine decay to 0 at `num_train_steps`; the late small steps are what brings the landmarks
-  to sub-pixel precision (docs/learning.md measures it).
-  """
-  kind = config.get('lr_schedule', 'constant')
-  if kind == 'constant':
-    return optax.constant_schedule(config.learning_rate)
-  if kind == 'cosine':
-    warmup = min(config.get('warmup_steps', 0), config.num_train_steps - 1)
-    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, max(warmup, 0),
-                                              config.num_train_steps, end_value=0.0)
-  raise ValueError(f'unknown lr_schedule {kind!r}; valid: {", ".join(SCHEDULES)}')
 
 
 def make_optimizer(config: ml_collections.ConfigDict, frozen_top: tuple[str, ...] = ()

@@ -29,7 +29,10 @@ SAFE_TO_CHANGE += ('model.cnn_lowering', 'model.cnn_conv_impl', 'model.mlp_lower
 # config without the key compares as this value, so adding a key does not orphan old workdirs.
 # ('pose.head_output' absent: the pi*tanh heads those estimators learned, as models.head_output.)
 # (model.cnn_lowering and model.mlp_lowering, added later too, need no entry: safe to change.)
-ADDED_LATER = {'model.dtype': 'float32', 'pose.head_output': 'tanh'}
+ADDED_LATER = {'model.dtype': 'float32', 'pose.head_output': 'tanh', 'decay_steps': 0}
+# The learning-rate schedule may change on resume only where the steps already trained keep their
+# rates (`schedule_keeps_the_past`): e.g. a constant run resumed as 'wsd', which adds the decay.
+SCHEDULE_KEYS = ('learning_rate', 'lr_schedule', 'warmup_steps', 'decay_steps')
 
 
 def _strip_trailing_ones(scales):
@@ -100,6 +103,27 @@ def config_differences(stored: ml_collections.ConfigDict | dict,
           if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
 
 
+def latest_checkpoint_step(workdir: str | pathlib.Path) -> int:
+  """The step of the newest finished checkpoint; 0 when there is none."""
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+  return max(steps, default=0)
+
+
+def schedule_keeps_the_past(stored: ml_collections.ConfigDict | dict,
+                            current: ml_collections.ConfigDict, trained_steps: int) -> bool:
+  """Whether `current`'s learning rates equal `stored`'s at every step in [0, trained_steps)."""
+  from treemoe_jax import schedules  # optax: only when a schedule changed
+  old = {key: value for key, value in _flatten(_as_json(stored)).items() if '.' not in key}
+  old = {**{k: v for k, v in ADDED_LATER.items() if '.' not in k}, **old}
+  try:
+    rates = [np.asarray(schedules.learning_rate_schedule(ml_collections.ConfigDict(c))(
+        np.arange(trained_steps))) for c in (old, {k: current.get(k) for k in old})]
+  except ValueError:  # an unknown or invalid schedule: not provably the same
+    return False
+  return bool(np.allclose(*rates, rtol=1e-6, atol=0.0))
+
+
 def check_resume(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> bool:
   """Whether `workdir` holds a run to resume; raises ResumeError if `config` would change it.
 
@@ -111,8 +135,12 @@ def check_resume(workdir: str | pathlib.Path, config: ml_collections.ConfigDict)
   if not (workdir / CONFIG_FILE).exists():
     raise ResumeError(f'{workdir} has checkpoints but no {CONFIG_FILE}: what it trained is '
                       'unknown, so it cannot be resumed safely. Use a new --workdir.')
-  differences = config_differences(load_config(workdir), config)
+  stored = load_config(workdir)
+  differences = config_differences(stored, config)
   unsafe = [d for d in differences if d[0] not in SAFE_TO_CHANGE]
+  if any(d[0] in SCHEDULE_KEYS for d in unsafe) and schedule_keeps_the_past(
+      stored, config, latest_checkpoint_step(workdir)):
+    unsafe = [d for d in unsafe if d[0] not in SCHEDULE_KEYS]
   if unsafe:
     lines = '\n'.join(f'  {key}: {old!r} -> {new!r}' for key, old, new in unsafe)
     raise ResumeError(
