@@ -2,7 +2,7 @@
 head-pose estimator and the classic peer, trained on the same faces; writes docs/reproduction.md.
 
   pip install -e '.[peers]'          # dlib-bin, for the ERT peer
-  python experiments/reproduce.py                      # CPU: the `small` sizes, about 2.5 h
+  python experiments/reproduce.py                      # CPU: the `small` sizes, about 3 h
   python experiments/reproduce.py --seeds 0,1,2        # three seeds: mean and spread
   python experiments/reproduce.py --size full --out /tmp/repro_full   # the paper's sizes (GPU/TPU)
 
@@ -77,6 +77,30 @@ def eval_records(workdir: pathlib.Path) -> list[dict]:
   """The eval lines of a workdir's metrics.jsonl, oldest first."""
   lines = (workdir / 'metrics.jsonl').read_text().splitlines()
   return [r for r in map(json.loads, lines) if any(k.startswith('eval/') for k in r)]
+
+
+class Timings(dict):
+  """{job: wall seconds}, kept in OUT/timings.json.
+
+  `save` merges into the file rather than overwriting it: reproductions run side by side on one
+  --out (other architectures or seeds) each add their own jobs' times without dropping the
+  others', and each then holds every job's time for its report.
+  """
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+    super().__init__(self._stored())
+    self._seen, self._ours = dict(self), set()
+
+  def _stored(self) -> dict:
+    return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+  def save(self) -> None:
+    self._ours.update(k for k, v in self.items() if self._seen.get(k) != v)
+    stored = self._stored() | {k: self[k] for k in self._ours}
+    self.path.write_text(json.dumps(stored, indent=1))
+    self.update(stored)
+    self._seen.update(stored)
 
 
 def train_pose(out: pathlib.Path, args, timings: dict) -> dict:
@@ -565,31 +589,19 @@ def main() -> int:
     args.steps = default.get_config('tree_moe', SIZES[args.size][0]).num_train_steps
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  timings_file = out / 'timings.json'
-  timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-  started_with, ours = dict(timings), set()
-
-  def save_timings():
-    # Merged into the file: reproductions run side by side on one --out (other architectures or
-    # seeds) each add their own jobs' times without dropping the others'.
-    ours.update(k for k, v in timings.items() if started_with.get(k) != v)
-    stored = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    stored.update({k: timings[k] for k in ours})
-    timings_file.write_text(json.dumps(stored, indent=1))
-    timings.update(stored)
-    started_with.update(stored)
+  timings = Timings(out / 'timings.json')
 
   needs_pose = any(a.startswith('pose_') for a in args.architectures)
   pose = (train_pose(out, args, timings) if needs_pose else
           {'steps': 0, 'curve': [], 'last_gain': float('nan')})
-  save_timings()
+  timings.save()
   runs = train_architectures(out, args, pose.get('workdir', ''), timings)
-  save_timings()
+  timings.save()
   results = evaluate_runs(runs, out, timings, args.steps)
-  save_timings()
+  timings.save()
   peer = ({'ert': {}, 'mean_shape': {}, 'train_faces': 0} if args.no_ert
           else ert_peer(out, args, timings))
-  save_timings()
+  timings.save()
   names = args.architectures + [n for n in ORACLES if (n, args.seeds[0]) in results]
   table = summarise(results, names, args.seeds)
   doc = pathlib.Path(args.doc)

@@ -1,5 +1,7 @@
 """The reproduction report's computed comparisons, on hand-made results (no training)."""
 
+import argparse
+import json
 import math
 
 import numpy as np
@@ -85,8 +87,6 @@ def test_seed_gain_rows_are_relative_gains_per_seed_then_mean_and_spread():
 
 
 def test_a_trained_pose_estimator_is_read_not_retrained_and_its_last_gain_reported(tmp_path):
-  import argparse
-  import json
   (tmp_path / 'pose').mkdir()
   curve = [(1000, 9.0, 6.0, 3.0), (2000, 6.0, 4.5, 1.5), (3000, 5.7, 4.2, 1.2)]
   lines = [{'step': s, 'eval/mae_deg/yaw': y, 'eval/mae_deg/pitch': p, 'eval/mae_deg/roll': r}
@@ -101,3 +101,18 @@ def test_a_trained_pose_estimator_is_read_not_retrained_and_its_last_gain_report
   assert pose['steps'] == 3000 and [c['step'] for c in pose['curve']] == [1000, 2000, 3000]
   # Mean MAE 4.0 -> 3.7 deg over the last check: 7.5% better.
   assert pose['last_gain'] == pytest.approx(1 - 3.7 / 4.0)
+
+
+def test_timings_of_side_by_side_reproductions_merge_in_the_file(tmp_path):
+  path = tmp_path / 'timings.json'
+  path.write_text('{"pose": 100.0}')
+  first, second = reproduce.Timings(path), reproduce.Timings(path)  # two processes, one --out
+  first['a_seed0'] = 10.0
+  first.save()
+  second['b_seed0'] = 20.0
+  second['pose'] = 150.0  # the second one extended the estimator
+  second.save()
+  first['a_seed0'] += 5.0  # and the first one resumed its run
+  first.save()
+  assert json.loads(path.read_text()) == {'pose': 150.0, 'a_seed0': 15.0, 'b_seed0': 20.0}
+  assert dict(first) == {'pose': 150.0, 'a_seed0': 15.0, 'b_seed0': 20.0}  # its report sees all
