@@ -50,7 +50,8 @@ def schedule_words(records: list[dict]) -> str:
 
 
 def table(runs: dict) -> list[str]:
-  lines = ['| run | learning rate (as logged) | heads | steps | yaw / pitch / roll MAE deg | mean |',
+  lines = ['| run | learning rate (as logged) | heads | steps | yaw / pitch / roll MAE deg '
+           '| mean |',
            '|---|---|---|---|---|---|']
   for name, run in runs.items():
     last = run['curve'][-1]

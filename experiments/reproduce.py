@@ -6,8 +6,8 @@ head-pose estimator and the classic peer, trained on the same faces; writes docs
   python experiments/reproduce.py --seeds 0,1,2        # three seeds: mean and spread
   python experiments/reproduce.py --size full --out /tmp/repro_full   # the paper's sizes (GPU/TPU)
 
-Order of work: (1) the head-pose estimator, trained for `--pose_steps` with a warm-up and a cosine
-decay, its mean absolute error on the test split checked every `--pose_check` steps; (2) each
+Order of work: (1) the head-pose estimator, trained for `--pose_steps` with its size's schedule
+(small: warm-up + cosine decay), its test MAE checked every `--pose_check` steps; (2) each
 architecture and seed through `train.py`, all at the same `--size` (equal parameter budgets per
 stage: configs/default.py); (3) each evaluated on the synthetic Table 1 views (frontal, large
 pose, occluded) and the Table 3 yaw buckets; (4) dlib's ERT trained on exactly the same train
@@ -104,8 +104,8 @@ class Timings(dict):
 
 
 def train_pose(out: pathlib.Path, args, timings: dict) -> dict:
-  """One run of `--pose_steps` with the size's warm-up + cosine schedule; the curve and whether
-  its error had stopped falling (its last `--pose_check` steps gained less than `--pose_tol`).
+  """One run of `--pose_steps` with the size's schedule (small: warm-up + cosine); the curve,
+  and whether its error had stopped falling (its last `--pose_check` steps gained < `--pose_tol`).
 
   Chunks at a constant rate until the error stopped falling, the previous rule, stopped at 6.5
   degrees of yaw: the decay is worth more than the chunks (docs/learning.md, "The pose estimator").

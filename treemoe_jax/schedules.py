@@ -18,9 +18,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   a cosine decay to 0 at `num_train_steps`; the late small steps are what brings the landmarks
   to sub-pixel precision (docs/learning.md measures it). 'wsd' (warm-up, stable, decay): the
   warm-up, the constant rate, then a linear decay to 0 over the last `decay_steps`. Unlike the
-  cosine, the rate before the decay does not depend on `num_train_steps`, so a run trained in
-  chunks until its error stops falling (experiments/reproduce.py's pose estimator) can resume
-  and add the decay as its last chunk.
+  cosine, the rate before the decay does not depend on `num_train_steps`, so a run trained at a
+  constant rate (in chunks, until its error stops falling) can resume and add the decay as its
+  last chunk (docs/learning.md, "The pose estimator").
   """
   kind = config.get('lr_schedule', 'constant')
   if kind == 'constant':

@@ -38,9 +38,9 @@ import orbax.checkpoint as ocp
 from treemoe_jax import checkpointing
 from treemoe_jax import models
 from treemoe_jax import parallel
-from treemoe_jax.schedules import SCHEDULES, learning_rate_schedule  # noqa: F401 (re-exported)
 from treemoe_jax import tasks
 from treemoe_jax import workdirs
+from treemoe_jax.schedules import SCHEDULES, learning_rate_schedule  # noqa: F401 (re-exported)
 
 
 class TrainState(train_state.TrainState):

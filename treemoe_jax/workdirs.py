@@ -106,8 +106,9 @@ def config_differences(stored: ml_collections.ConfigDict | dict,
 def latest_checkpoint_step(workdir: str | pathlib.Path) -> int:
   """The step of the newest finished checkpoint; 0 when there is none."""
   directory = pathlib.Path(workdir) / 'checkpoints'
-  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
-  return max(steps, default=0)
+  if not directory.is_dir():
+    return 0
+  return max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=0)
 
 
 def schedule_keeps_the_past(stored: ml_collections.ConfigDict | dict,
