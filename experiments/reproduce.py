@@ -30,6 +30,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from experiments import pose_schedule  # noqa: E402 (the MAE curve of a pose workdir)
+
 ARCHITECTURES = ('baseline', 'moe', 'softmax_moe', 'tree_moe', 'pose_softmax_moe',
                  'pose_tree_moe')
 # Analysis runs beside the six: name -> (config, extra overrides). The oracle gates the experts on
@@ -122,12 +124,11 @@ def train_pose(out: pathlib.Path, args, timings: dict) -> dict:
          f'--config.seed={args.pose_seed}', f'--config.dataset={args.dataset}', *args.overrides],
         out / 'pose.log')
     records = eval_records(workdir)
-  curve = [{'step': r['step'], **{a: r[f'eval/mae_deg/{a}'] for a in ('yaw', 'pitch', 'roll')}}
-           for r in records if r['step'] <= args.pose_steps]
-  mean = [np.mean([c[a] for a in ('yaw', 'pitch', 'roll')]) for c in curve]
+  curve = [c for c in pose_schedule.mae_curve(records) if c['step'] <= args.pose_steps]
+  mean = [np.mean([c[a] for a in pose_schedule.ANGLES]) for c in curve]
   last_gain = 1 - mean[-1] / mean[-2] if len(mean) >= 2 else float('nan')
   log(f'pose estimator at step {curve[-1]["step"]}: MAE deg ' +
-      ' '.join(f'{a} {curve[-1][a]:.2f}' for a in ('yaw', 'pitch', 'roll')) +
+      ' '.join(f'{a} {curve[-1][a]:.2f}' for a in pose_schedule.ANGLES) +
       f'; the last {args.pose_check} steps: {100 * last_gain:.1f}% better')
   return {'workdir': str(workdir), 'steps': curve[-1]['step'], 'curve': curve,
           'last_gain': last_gain}

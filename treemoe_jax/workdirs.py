@@ -68,10 +68,17 @@ def load_mean_shape(workdir: str | pathlib.Path) -> np.ndarray:
   return np.load(path)
 
 
-def has_checkpoint(workdir: str | pathlib.Path) -> bool:
-  """Whether a finished checkpoint exists (orbax names them by step; unfinished ones by *-tmp*)."""
+def _checkpoint_steps(workdir: str | pathlib.Path) -> list[int]:
+  """The steps of the finished checkpoints (orbax names them by step; unfinished ones *-tmp*)."""
   directory = pathlib.Path(workdir) / 'checkpoints'
-  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+  if not directory.is_dir():
+    return []
+  return [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
+
+
+def has_checkpoint(workdir: str | pathlib.Path) -> bool:
+  """Whether a finished checkpoint exists."""
+  return bool(_checkpoint_steps(workdir))
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
@@ -105,10 +112,7 @@ def config_differences(stored: ml_collections.ConfigDict | dict,
 
 def latest_checkpoint_step(workdir: str | pathlib.Path) -> int:
   """The step of the newest finished checkpoint; 0 when there is none."""
-  directory = pathlib.Path(workdir) / 'checkpoints'
-  if not directory.is_dir():
-    return 0
-  return max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=0)
+  return max(_checkpoint_steps(workdir), default=0)
 
 
 def schedule_keeps_the_past(stored: ml_collections.ConfigDict | dict,
