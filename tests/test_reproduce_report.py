@@ -116,3 +116,71 @@ def test_timings_of_side_by_side_reproductions_merge_in_the_file(tmp_path):
   first.save()
   assert json.loads(path.read_text()) == {'pose': 150.0, 'a_seed0': 15.0, 'b_seed0': 20.0}
   assert dict(first) == {'pose': 150.0, 'a_seed0': 15.0, 'b_seed0': 20.0}  # its report sees all
+
+
+def _scheduling_args(**kw) -> argparse.Namespace:
+  base = dict(seeds=[0], architectures=['baseline', 'pose_tree_moe', 'moe'],
+              seed_architectures=[], oracle=False, steps=10, dataset='d', eval_every=5,
+              overrides=[], size='small')
+  return argparse.Namespace(**base | kw)
+
+
+def test_pose_free_runs_train_beside_the_estimator_and_pose_gated_ones_after_it(tmp_path,
+                                                                                monkeypatch):
+  """Two at a time: the estimator and the pose-free runs overlap; a pose-gated run gets the
+  estimator's workdir, and only once the estimator has finished."""
+  import concurrent.futures
+  import threading
+  calls, first_run_started, pose_done = [], threading.Event(), threading.Event()
+
+  def fake_train(config, workdir, overrides, logfile):
+    calls.append((workdir.name, overrides, pose_done.is_set()))
+    first_run_started.set()
+    return 1.0
+
+  def estimator():
+    # Finishes only once a run has started beside it (times out, failing the test, otherwise).
+    assert first_run_started.wait(timeout=30)
+    pose_done.set()
+    return {'workdir': '/est'}
+
+  monkeypatch.setattr(reproduce, 'train', fake_train)
+  timings = reproduce.Timings(tmp_path / 'timings.json')
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    pose = pool.submit(estimator)
+    runs = reproduce.train_architectures(tmp_path, _scheduling_args(), pose, timings, pool)
+  assert set(runs) == {('baseline', 0), ('pose_tree_moe', 0), ('moe', 0)}
+  by_name = {name: (overrides, after_pose) for name, overrides, after_pose in calls}
+  assert '--config.pose_checkpoint=/est' in by_name['pose_tree_moe_seed0'][0]
+  assert by_name['pose_tree_moe_seed0'][1]  # started after the estimator ended
+  assert not by_name['baseline_seed0'][1]  # started while it ran
+  assert '--config.pose_checkpoint=' in by_name['baseline_seed0'][0]
+  assert json.loads((tmp_path / 'timings.json').read_text()) == {
+      'baseline_seed0': 1.0, 'moe_seed0': 1.0, 'pose_tree_moe_seed0': 1.0}
+
+
+def test_a_failed_run_fails_the_reproduction_after_the_others_end(tmp_path, monkeypatch):
+  import concurrent.futures
+  trained = []
+
+  def fake_train(config, workdir, overrides, logfile):
+    if workdir.name == 'baseline_seed0':
+      raise RuntimeError('train.py failed (exit 1)')
+    trained.append(workdir.name)
+    return 1.0
+
+  monkeypatch.setattr(reproduce, 'train', fake_train)
+  pose = concurrent.futures.Future()
+  pose.set_result({'workdir': '/est'})
+  with concurrent.futures.ThreadPoolExecutor(2) as pool, pytest.raises(RuntimeError, match='exit 1'):
+    reproduce.train_architectures(tmp_path, _scheduling_args(), pose,
+                                  reproduce.Timings(tmp_path / 't.json'), pool)
+  assert sorted(trained) == ['moe_seed0', 'pose_tree_moe_seed0']
+
+
+def test_timings_added_from_many_threads_sum_in_the_file(tmp_path):
+  import concurrent.futures
+  timings = reproduce.Timings(tmp_path / 'timings.json')
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    list(pool.map(lambda i: timings.add(f'job{i % 4}', 1.0), range(200)))
+  assert json.loads((tmp_path / 'timings.json').read_text()) == {f'job{i}': 50.0 for i in range(4)}

@@ -85,7 +85,7 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
       SyntheticFacesConfig(
           name='large', num_train=16000,
           description='16000 train / 1000 test / 300 per view faces, 256 px: the default\'s test '
-                      'faces, four times its train faces (docs/learning.md: more faces win).'),
+                      'faces, four times its train faces (docs/learning.md: no gain at 2000 steps).'),
       SyntheticFacesConfig(
           name='small', num_train=512, num_test=256, num_per_view=64, image_size=200,
           description='512 train / 256 test / 64 per view faces, 200 px: tests and CPU runs.'),
