@@ -410,8 +410,9 @@ def reading(table: dict, peer: dict) -> list[str]:
   for tree, soft in pairs:
     if tree in table and soft in table:
       wins = [v for v in views if table[tree][v][0] < table[soft][v][0]]
-      lines.append(f'- Tree gate beats softmax gate ({tree} vs {soft}): {verdict(len(wins) >= 4)}'
-                   f' on {len(wins)} of {len(views)} views ({", ".join(wins) or "none"}).')
+      lines.append(f'- Tree gate beats softmax gate ({tree} vs {soft}): {verdict(len(wins) >= 4)};'
+                   f' the tree is ahead on {len(wins)} of {len(views)} views '
+                   f'({", ".join(wins) or "none"}).')
   if 'pose_tree_moe' in table and 'baseline' in table:
     for view in ('yaw_60_90', 'occluded'):
       ours, base = table['pose_tree_moe'][view][0], table['baseline'][view][0]

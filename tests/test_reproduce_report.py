@@ -184,3 +184,16 @@ def test_timings_added_from_many_threads_sum_in_the_file(tmp_path):
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
     list(pool.map(lambda i: timings.add(f'job{i % 4}', 1.0), range(200)))
   assert json.loads((tmp_path / 'timings.json').read_text()) == {f'job{i}': 50.0 for i in range(4)}
+
+
+def test_the_tree_against_softmax_reading_names_the_views_the_tree_wins():
+  views = reproduce.TABLE1_VIEWS + ('yaw_0_30', 'yaw_30_60', 'yaw_60_90')
+  tree_wins = {'frontal', 'yaw_0_30'}
+  table = {'tree_moe': {v: (1.0 if v in tree_wins else 2.0, 0.0) for v in views},
+           'softmax_moe': {v: (1.5, 0.0) for v in views}}
+  for row in table.values():
+    row['gate_share'] = {}
+  lines = reproduce.reading(table, {'ert': {}})
+  [line] = [l for l in lines if l.startswith('- Tree gate beats softmax gate')]
+  assert '**did not hold**' in line
+  assert 'the tree is ahead on 2 of 6 views (frontal, yaw_0_30)' in line
