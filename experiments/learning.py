@@ -58,8 +58,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                 'own 256-face test split)',
                                 [*_SG, *_COARSE, *_JIT3, *_H128, *_DIST,
                                  '--config.dataset=synthetic_faces/small']),
-    'distance_loss_16000_faces': ('distance_loss on synthetic_faces/large: 16000 train faces, each '
-                                  'drawn twice in 2000 steps, near a fresh stream (same test split)',
+    'distance_loss_16000_faces': ('distance_loss on synthetic_faces/large: 16000 train faces, '
+                                  'each drawn twice in 2000 steps, near a fresh stream (same '
+                                  'test split)',
                                   [*_SG, *_COARSE, *_JIT3, *_H128, *_DIST,
                                    '--config.dataset=synthetic_faces/large']),
 }

@@ -2,18 +2,19 @@
 head-pose estimator and the classic peer, trained on the same faces; writes docs/reproduction.md.
 
   pip install -e '.[peers]'          # dlib-bin, for the ERT peer
-  python experiments/reproduce.py                      # CPU: the `small` sizes, about 2.5 h
+  python experiments/reproduce.py --oracle             # CPU: the `small` sizes, about 2 h
   python experiments/reproduce.py --seeds 0,1,2        # three seeds: mean and spread
   python experiments/reproduce.py --size full --out /tmp/repro_full   # the paper's sizes (GPU/TPU)
 
 Order of work: (1) the head-pose estimator, trained for `--pose_steps` with its size's schedule
 (small: warm-up + cosine decay), its test MAE checked every `--pose_check` steps; (2) each
 architecture and seed through `train.py`, all at the same `--size` (equal parameter budgets per
-stage: configs/default.py), `--jobs` at a time, the pose-free ones beside the estimator; (3) each evaluated on the synthetic Table 1 views (frontal, large
-pose, occluded) and the Table 3 yaw buckets; (4) dlib's ERT trained on exactly the same train
-crops, and the mean shape; (5) the Markdown report, with the paper's figures beside ours and a
-reading computed from the numbers. Every workdir stays under --out; a step whose output exists
-is not redone, so an interrupted reproduction picks up where it stopped.
+stage: configs/default.py), `--jobs` at a time, the pose-free ones beside the estimator; (3) each
+evaluated on the synthetic Table 1 views (frontal, large pose, occluded) and the Table 3 yaw
+buckets; (4) dlib's ERT trained on exactly the same train crops, and the mean shape; (5) the
+Markdown report, with the paper's figures beside ours and a reading computed from the numbers.
+Every workdir stays under --out; a step whose output exists is not redone, so an interrupted
+reproduction picks up where it stopped.
 """
 
 import argparse
@@ -102,7 +103,7 @@ class Timings(dict):
     return json.loads(self.path.read_text()) if self.path.exists() else {}
 
   def add(self, job: str, seconds: float) -> None:
-    """Adds `seconds` to `job` (a run extended to more steps resumes: its time is the sum), saved."""
+    """Adds `seconds` to `job` and saves (a run extended to more steps resumes: the sum)."""
     with self._lock:
       self[job] = self.get(job, 0.0) + seconds
       self.save()

@@ -172,7 +172,8 @@ def test_a_failed_run_fails_the_reproduction_after_the_others_end(tmp_path, monk
   monkeypatch.setattr(reproduce, 'train', fake_train)
   pose = concurrent.futures.Future()
   pose.set_result({'workdir': '/est'})
-  with concurrent.futures.ThreadPoolExecutor(2) as pool, pytest.raises(RuntimeError, match='exit 1'):
+  with (concurrent.futures.ThreadPoolExecutor(2) as pool,
+        pytest.raises(RuntimeError, match='exit 1')):
     reproduce.train_architectures(tmp_path, _scheduling_args(), pose,
                                   reproduce.Timings(tmp_path / 't.json'), pool)
   assert sorted(trained) == ['moe_seed0', 'pose_tree_moe_seed0']
