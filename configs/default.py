@@ -169,7 +169,8 @@ def _small(config: ml_collections.ConfigDict) -> None:
   config.model.num_stages = 3
   config.dataset = 'synthetic_faces/default'
   # 3000 before: every architecture's curve was still falling, and 6000 moved them from behind
-  # dlib's ERT on every view to ahead on all but the frontal one (docs/reproduction.md).
+  # dlib's ERT on every view to ahead on all but the frontal one (2 stages; docs/reproduction.md
+  # at commit 43899da).
   config.num_train_steps = 6000
   # Section 3.5's constant 1e-3 before: a warm-up to twice the rate, then a cosine decay to 0,
   # took baseline's NME on the wide test split from 3.30 to 2.89 % at the same 6000 steps
