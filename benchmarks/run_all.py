@@ -34,6 +34,7 @@ from configs import default  # pylint: disable=g-import-not-at-top
 from treemoe_jax import experts  # pylint: disable=g-import-not-at-top
 from treemoe_jax import models  # pylint: disable=g-import-not-at-top
 from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
+from treemoe_jax import xla_options  # pylint: disable=g-import-not-at-top
 
 BEGIN, END = '<!-- run_all:begin -->', '<!-- run_all:end -->'
 
@@ -68,12 +69,14 @@ def inputs(batch: int, size: int = 150):
   return images, init
 
 
-def timed_forward(fn, variables, batch: int, min_seconds: float, counted=None) -> dict:
-  """Times `fn`; its FLOPs are XLA's count of `counted` (the same model with no loop over
-  experts: common.countable), taken before optimisation, whatever the backend then rewrites."""
+def timed_forward(fn, variables, batch: int, min_seconds: float, counted=None,
+                  options=None) -> dict:
+  """Times `fn` compiled with `options`; its FLOPs are XLA's count of `counted` (the same model
+  with no loop over experts: common.countable), taken before optimisation, whatever the backend
+  then rewrites."""
   images, init = inputs(batch)
   start = time.perf_counter()
-  compiled = jax.jit(fn).lower(variables, images, init).compile()
+  compiled = jax.jit(fn, compiler_options=options).lower(variables, images, init).compile()
   compile_s = time.perf_counter() - start
   seconds = common.time_call(lambda: compiled(variables, images, init), min_seconds=min_seconds)
   flops = common.lowered_flops(jax.jit(counted or fn).lower(variables, images, init))
@@ -81,23 +84,30 @@ def timed_forward(fn, variables, batch: int, min_seconds: float, counted=None) -
               gflop_img=flops / batch / 1e9, gflops=flops / seconds / 1e9)
 
 
-def forward_rows(architecture, variant, dtype, batches, args, lowering='auto') -> list[dict]:
+def forward_rows(architecture, variant, dtype, batches, args, lowering='auto',
+                 xla='tuned') -> list[dict]:
+  """xla: 'tuned' compiles with treemoe_jax.xla_options (as evaluation and Aligner do),
+  'defaults' with XLA's own options (the before of that change)."""
   config = config_for(architecture, variant, dtype, lowering)
   model = models.create(config)
+  options = (xla_options.inference_options(model.pose_estimator is not None)
+             if xla == 'tuned' else None)
   counted = models.create(common.countable(config))
   variables = jax.jit(lambda key: models.init(model, key))(jax.random.key(0))
   rows = []
   for batch in batches:
     row = timed_forward(lambda v, x, s: model.apply(v, x, s)['shape'], variables, batch,
-                        args.min_seconds, lambda v, x, s: counted.apply(v, x, s)['shape'])
+                        args.min_seconds, lambda v, x, s: counted.apply(v, x, s)['shape'],
+                        options)
     rows.append(dict(kind='forward', architecture=architecture, variant=variant, dtype=dtype,
-                     lowering=lowering, **row))
-    log(f'forward {architecture} {variant} {dtype} {lowering} batch {batch}: '
+                     lowering=lowering, xla=xla, options=options, **row))
+    log(f'forward {architecture} {variant} {dtype} {lowering} XLA {xla} batch {batch}: '
         f'{row["img_s"]:.1f} img/s, {row["gflops"]:.1f} GFLOP/s')
-  if lowering == 'auto' and dtype == 'float32' and variant == 'full' and args.plain_batches:
+  if (lowering == 'auto' and xla == 'tuned' and dtype == 'float32' and variant == 'full'
+      and args.plain_batches):
     port = plain_port.make_forward(model)
-    for batch in args.plain_batches:
-      row = timed_forward(port, variables, batch, args.min_seconds)
+    for batch in args.plain_batches:  # the same compiler options: the ratio is the code's
+      row = timed_forward(port, variables, batch, args.min_seconds, options=options)
       rows.append(dict(kind='plain_port', architecture=architecture, variant=variant,
                        dtype=dtype, **row))
       log(f'plain port {architecture} batch {batch}: {row["img_s"]:.1f} img/s')
@@ -192,6 +202,16 @@ def _lowering(row: dict) -> str:
           f'{experts.resolve_mlp_lowering("auto", backend)}')
 
 
+def _xla(row: dict) -> str:
+  """The compiler options a forward row ran with ('defaults' for rows measured before
+  treemoe_jax.xla_options existed)."""
+  options = row.get('options')
+  if not options:
+    return 'defaults'
+  return ', '.join(f'{k.removeprefix("xla_cpu_experimental_")}={v or "(none)"}'
+                   for k, v in options.items())
+
+
 def markdown(results: dict) -> str:
   rate = {'float32': results['gemm_gflops_start'], 'bfloat16': results['gemm_gflops_bf16']}
   gemm = rate['float32']
@@ -203,8 +223,9 @@ def markdown(results: dict) -> str:
            f'"% GEMM" is against the fp32 start rate for float32 rows and the bf16 rate for '
            f'bfloat16 rows. JSON: '
            f'`{results["json"]}`.', '',
-           '| architecture | size | dtype | CNN/MLP lowering | batch | compile s | GFLOP/img | img/s | '
-           'ms per batch | % GEMM | plain port img/s | vs plain |', '|---' * 12 + '|']
+           '| architecture | size | dtype | CNN/MLP lowering | XLA:CPU options | batch | compile s | '
+           'GFLOP/img | img/s | ms per batch | % GEMM | plain port img/s | vs plain |',
+           '|---' * 13 + '|']
   rows = results['rows']
   plain = {(r['architecture'], r['batch']): r for r in rows if r['kind'] == 'plain_port'}
   for r in rows:
@@ -213,7 +234,8 @@ def markdown(results: dict) -> str:
     port = plain.get((r['architecture'], r['batch'])) if (
         r['variant'] == 'full' and r['dtype'] == 'float32') else None
     lines.append(
-        f'| {r["architecture"]} | {r["variant"]} | {r["dtype"]} | {_lowering(r)} | {r["batch"]} | '
+        f'| {r["architecture"]} | {r["variant"]} | {r["dtype"]} | {_lowering(r)} | '
+        f'{_xla(r)} | {r["batch"]} | '
         f'{r["compile_s"]:.1f} | {r["gflop_img"]:.2f} | {r["img_s"]:.1f} | '
         f'{1e3 * r["seconds"]:.1f} | {100 * r["gflops"] / rate[r["dtype"]]:.1f} | '
         + (f'{port["img_s"]:.1f} | {r["img_s"] / port["img_s"]:.1f}x |' if port else '| |'))
@@ -311,6 +333,8 @@ def main() -> int:
           # Before/after in the same process: the committee lowerings 'auto' does not pick here.
           other = other_lowering()
           results['rows'] += forward_rows(architecture, variant, dtype, batches, args, other)
+          results['rows'] += forward_rows(architecture, variant, dtype, batches, args,
+                                          xla='defaults')
           results['rows'].append(train_row(architecture, variant, dtype, batch, other))
   if not args.no_pipeline:
     results['pipeline'] = pipeline_rates(args.train_batch_tiny)

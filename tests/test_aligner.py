@@ -162,6 +162,8 @@ def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, 
   out = tmp_path / 'export'  # through the command line users run
   export.main(['--workdir', str(workdir), '--out', str(out), '--routings', 'dense,greedy',
                '--buckets', '8'])
+  # The workdir's model gates on its pose estimator: the export says so, for xla_options.
+  assert json.loads((out / export.META_FILE).read_text())['runs_pose_estimator']
   examples = _raw_test_faces(data_dir)
   images, boxes = [e['image'] for e in examples], [[e['box']] for e in examples]
   for routing in ('dense', 'greedy'):

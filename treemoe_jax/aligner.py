@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from treemoe_jax import routing as routing_lib
+from treemoe_jax import xla_options
 
 DEFAULT_BUCKETS = (1, 8, 32)
 Box = Sequence[float]  # (x0, y0, x1, y1) image pixels
@@ -99,7 +100,8 @@ class Aligner:
       raise ValueError(f'{workdir} gates on the true head pose (an oracle for analysis); a '
                        'photograph has none: align with a model trained with its estimator')
     variables = jax.device_put(run.variables)
-    apply = jax.jit(model_forward(run.model, routing))
+    apply = jax.jit(model_forward(run.model, routing), compiler_options=xla_options.inference_options(
+        run.model.pose_estimator is not None))
     return cls(lambda images, init: apply(variables, images, init),
                mean_shape=run.mean_shape, image_size=run.config.model.image_size,
                margin=run.config.crop_margin, buckets=buckets, routing=routing, detector=detector)

@@ -43,6 +43,7 @@ from treemoe_jax import protocols as protocols_lib
 from treemoe_jax import reports
 from treemoe_jax import routing as routing_lib
 from treemoe_jax import workdirs
+from treemoe_jax import xla_options
 
 Arrays = dict[str, np.ndarray]
 ProtocolsLike = str | protocols_lib.Protocol | Sequence[str | protocols_lib.Protocol]
@@ -122,7 +123,8 @@ def make_predict(model: models.FaceAligner, mesh, regression_top_k: int = 0,
 
   replicated = parallel.replicated(mesh)
   rows = parallel.batch_sharding(mesh)
-  return jax.jit(predict, in_shardings=(replicated, rows), out_shardings=rows)
+  return jax.jit(predict, in_shardings=(replicated, rows), out_shardings=rows,
+                 compiler_options=xla_options.inference_options(model.pose_estimator is not None))
 
 
 _BATCH_KEYS = ('image', 'landmarks', 'init_shape', 'pose', 'mask')

@@ -24,6 +24,7 @@ import numpy as np
 
 from treemoe_jax import aligner as aligner_lib
 from treemoe_jax import routing as routing_lib
+from treemoe_jax import xla_options
 
 META_FILE = 'aligner.json'
 FORMAT_VERSION = 1
@@ -65,6 +66,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
           'routings': [str(routing_lib.parse(r)) for r in routings],
           'platforms': list(platforms) if platforms else [jax.default_backend()],
           'architecture': run.config.model.architecture, 'workdir': str(workdir),
+          'runs_pose_estimator': run.model.pose_estimator is not None,
           'step': run.step}
   (out / META_FILE).write_text(json.dumps(meta, indent=1))
   return out
@@ -96,14 +98,16 @@ def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
                      'with --routings')
   with np.load(directory / 'parameters.npz') as npz:
     params = [jnp.asarray(npz[f'p{i:04d}']) for i in range(len(npz.files))]
-  exported = {b: jax.export.deserialize(bytearray((directory / artifact_name(routing, b))
-                                                  .read_bytes()))
+  # Exports older than the key: True, the setting never measured slower than XLA's defaults.
+  options = xla_options.inference_options(meta.get('runs_pose_estimator', True))
+  exported = {b: jax.jit(jax.export.deserialize(bytearray(
+      (directory / artifact_name(routing, b)).read_bytes())).call, compiler_options=options)
               for b in meta['buckets']}
 
   def forward(images: np.ndarray, init_shape: np.ndarray) -> dict:
     if images.shape[0] not in exported:
       raise ValueError(f'{images.shape[0]} faces: the export holds buckets {meta["buckets"]}')
-    return exported[images.shape[0]].call(params, images, init_shape)
+    return exported[images.shape[0]](params, images, init_shape)
 
   return Loaded(forward, np.load(directory / 'mean_shape.npy'), int(meta['image_size']),
                 float(meta['margin']), tuple(meta['buckets']))

@@ -1,0 +1,68 @@
+"""The inference forward's XLA:CPU options: what they pick, that XLA applies them, and that the
+forward computes the same numbers with them as with XLA's defaults."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from treemoe_jax import experts
+from treemoe_jax import models
+from treemoe_jax import xla_options
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU options')
+
+
+def test_choice_per_model_and_backend(monkeypatch):
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  flag = xla_options.YNN_FUSIONS
+  assert xla_options.inference_options(True) == {flag: ''}
+  assert xla_options.inference_options(False) == {flag: 'LIBRARY_FUSION_TYPE_ELTWISE'}
+  assert xla_options.inference_options(True, backend='gpu') is None
+  monkeypatch.setenv('XLA_FLAGS', f'--{flag}=dot')  # the user's own setting wins
+  assert xla_options.inference_options(False) is None
+
+
+def test_an_unknown_value_falls_back_with_a_warning():
+  with pytest.warns(UserWarning, match='refused'):
+    assert not xla_options._accepted('LIBRARY_FUSION_TYPE_NO_SUCH_THING')
+
+
+def _compiled_text(fn, options, *args) -> str:
+  return jax.jit(fn, compiler_options=options).lower(*args).compile().as_text()
+
+
+def test_xla_applies_the_options():
+  """The premise of the speed-up (docs/benchmarks.md): by default XLA:CPU hands the convolutions
+  to YNNPACK; with no library fusions it keeps them; with elementwise ones a convolution chain
+  becomes one YNNPACK graph."""
+  cnn = experts.ExpertCNNs(1)  # section 3.5's widths: tiny ones stay in XLA whatever the flag
+  crops = jax.random.normal(jax.random.key(0), (1, 4, 32, 32))
+  variables = cnn.init(jax.random.key(1), crops)
+  flag = xla_options.YNN_FUSIONS
+  by_default = _compiled_text(cnn.apply, None, variables, crops)
+  no_library = _compiled_text(cnn.apply, {flag: xla_options.NO_LIBRARY}, variables, crops)
+  eltwise = _compiled_text(cnn.apply, {flag: xla_options.ELTWISE}, variables, crops)
+  assert 'ynn' in by_default
+  assert 'ynn' not in no_library and no_library.count('convolution(') == 5
+  assert 'ynn_fusion' in eltwise
+
+
+@pytest.mark.parametrize('architecture', ['tree_moe', 'pose_tree_moe'])
+def test_forward_equals_xla_defaults(architecture):
+  config = default.get_config(architecture, 'tiny')
+  model = models.create(config)
+  variables = models.init(model, jax.random.key(0))
+  size = config.model.image_size
+  images = jax.random.uniform(jax.random.key(1), (4, size, size), minval=-1, maxval=1)
+  init = size / 2 + size / 8 * jax.random.normal(jax.random.key(2), (4, 68, 2))
+  options = xla_options.inference_options(model.pose_estimator is not None)
+  assert options is not None
+  forward = lambda v, x, s: model.apply(v, x, s)
+  tuned = jax.jit(forward, compiler_options=options)(variables, images, init)
+  plain = jax.jit(forward)(variables, images, init)
+  np.testing.assert_allclose(tuned['shape'], plain['shape'], atol=1e-3)
+  for kind in ('representation', 'regression'):
+    np.testing.assert_allclose(tuned['gates'][kind], plain['gates'][kind], atol=1e-5)
+  assert not jnp.allclose(plain['shape'], init)  # the forward moved the landmarks
