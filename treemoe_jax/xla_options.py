@@ -1,8 +1,8 @@
 """XLA compiler options for the inference forward, per backend (docs/benchmarks.md, "XLA:CPU's
 library fusions").
 
-Why: jax 0.10.2's XLA:CPU hands every convolution to the YNNPACK library by default, one call
-per convolution. On this project's convolutions that is slower than XLA's own convolution
+Why: jax 0.10.2's XLA:CPU hands its convolutions (all but tiny ones) to the YNNPACK library by
+default, one call per convolution. On this project's convolutions that is slower than XLA's own
 (benchmarks/xla_cpu_options.py): the ResNet-50 pose estimator by 1.3x at batch 32, a committee
 of 8 narrow pose experts by 1.2x. Two settings of the same flag measured faster:
 - no library fusions (`NO_LIBRARY`): XLA's own emitters for everything, fastest for the models
