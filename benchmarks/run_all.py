@@ -223,8 +223,8 @@ def markdown(results: dict) -> str:
            f'"% GEMM" is against the fp32 start rate for float32 rows and the bf16 rate for '
            f'bfloat16 rows. JSON: '
            f'`{results["json"]}`.', '',
-           '| architecture | size | dtype | CNN/MLP lowering | XLA:CPU options | batch | compile s | '
-           'GFLOP/img | img/s | ms per batch | % GEMM | plain port img/s | vs plain |',
+           '| architecture | size | dtype | CNN/MLP lowering | XLA:CPU options | batch | '
+           'compile s | GFLOP/img | img/s | ms per batch | % GEMM | plain port img/s | vs plain |',
            '|---' * 13 + '|']
   rows = results['rows']
   plain = {(r['architecture'], r['batch']): r for r in rows if r['kind'] == 'plain_port'}

@@ -100,8 +100,8 @@ class Aligner:
       raise ValueError(f'{workdir} gates on the true head pose (an oracle for analysis); a '
                        'photograph has none: align with a model trained with its estimator')
     variables = jax.device_put(run.variables)
-    apply = jax.jit(model_forward(run.model, routing), compiler_options=xla_options.inference_options(
-        run.model.pose_estimator is not None))
+    options = xla_options.inference_options(run.model.pose_estimator is not None)
+    apply = jax.jit(model_forward(run.model, routing), compiler_options=options)
     return cls(lambda images, init: apply(variables, images, init),
                mean_shape=run.mean_shape, image_size=run.config.model.image_size,
                margin=run.config.crop_margin, buckets=buckets, routing=routing, detector=detector)
