@@ -33,15 +33,31 @@ def random_batch(config, batch: int, rng: np.random.Generator) -> dict[str, np.n
           'pose': rng.uniform(-1, 1, (batch, 3)).astype(np.float32)}
 
 
-def time_step(config, batch: int, task_name: str = 'alignment') -> dict:
-  """Compile time, median seconds of 3 steps after a warm-up, and XLA's FLOPs of one step."""
-  task = tasks.pose_task(config) if task_name == 'pose' else tasks.alignment_task(config)
+def make_task(config, task_name: str = 'alignment') -> tasks.Task:
+  return tasks.pose_task(config) if task_name == 'pose' else tasks.alignment_task(config)
+
+
+def setup_step(config, batch: int, task_name: str = 'alignment', num_batches: int = 2):
+  """(mesh, state, jitted step, random global batches) of the data-parallel training step."""
+  task = make_task(config, task_name)
   mesh = parallel.make_mesh()
   state = train.create_train_state(task, optax.adam(1e-3), mesh, jax.random.key(0))
-  step = train.make_train_step(task, mesh)
   rng = np.random.default_rng(0)
   batches = [parallel.global_batch(random_batch(config, batch, rng), task.batch_keys, mesh)
-             for _ in range(2)]
+             for _ in range(num_batches)]
+  return mesh, state, train.make_train_step(task, mesh), batches
+
+
+def step_flops(config, task_name: str, mesh, state, batch) -> float:
+  """XLA's count of one step with every expert counted (common.countable), before
+  optimisation: a scanned committee's compiled loop would count one expert."""
+  counted = make_task(common.countable(config), task_name)
+  return common.lowered_flops(train.make_train_step(counted, mesh).lower(state, batch))
+
+
+def time_step(config, batch: int, task_name: str = 'alignment') -> dict:
+  """Compile time, median seconds of 3 steps after a warm-up, and XLA's FLOPs of one step."""
+  mesh, state, step, batches = setup_step(config, batch, task_name)
   start = time.perf_counter()
   compiled = step.lower(state, batches[0]).compile()
   compile_s = time.perf_counter() - start
@@ -54,12 +70,7 @@ def time_step(config, batch: int, task_name: str = 'alignment') -> dict:
     jax.block_until_ready(metrics['loss'])
     times.append(time.perf_counter() - start)
   seconds = float(np.median(times))
-  # XLA's count of the same step with every expert counted (common.countable), before
-  # optimisation: a scanned committee's compiled loop would count one expert.
-  countable = common.countable(config)
-  counted = (tasks.pose_task(countable) if task_name == 'pose'
-             else tasks.alignment_task(countable))
-  flops = common.lowered_flops(train.make_train_step(counted, mesh).lower(state, batches[0]))
+  flops = step_flops(config, task_name, mesh, state, batches[0])
   return dict(compile_s=compile_s, seconds=seconds, img_s=batch / seconds,
               gflop_img=flops / batch / 1e9, gflops=flops / seconds / 1e9)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
@@ -24,11 +23,8 @@ from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
 from configs import default  # pylint: disable=g-import-not-at-top
 from treemoe_jax import experts  # pylint: disable=g-import-not-at-top
 from treemoe_jax import models  # pylint: disable=g-import-not-at-top
-from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
 from treemoe_jax import patches  # pylint: disable=g-import-not-at-top
 from treemoe_jax import pose  # pylint: disable=g-import-not-at-top
-from treemoe_jax import tasks  # pylint: disable=g-import-not-at-top
-from treemoe_jax import train  # pylint: disable=g-import-not-at-top
 from treemoe_jax import xla_options  # pylint: disable=g-import-not-at-top
 
 _TYPE = 'LIBRARY_FUSION_TYPE_'
@@ -100,20 +96,12 @@ def time_train_steps(batch: int, rounds: int, gemm: float) -> None:
   print(f'\nTraining step (the data-parallel jitted step), batch {batch}: img/s (% of GEMM)\n')
   print('| what | ' + ' | '.join(SETTINGS) + ' |')
   print('|---' * (len(SETTINGS) + 1) + '|', flush=True)
-  mesh = parallel.make_mesh()
   for architecture, task_name in (('pose_tree_moe', 'alignment'), ('tree_moe', 'alignment'),
                                   ('pose_tree_moe', 'pose')):
     config = default.get_config(architecture, 'full')
-    task = tasks.pose_task(config) if task_name == 'pose' else tasks.alignment_task(config)
-    state = train.create_train_state(task, optax.adam(1e-3), mesh, jax.random.key(0))
-    step = train.make_train_step(task, mesh)
-    data = parallel.global_batch(train_speed.random_batch(config, batch, np.random.default_rng(0)),
-                                 task.batch_keys, mesh)
+    mesh, state, step, (data,) = train_speed.setup_step(config, batch, task_name, num_batches=1)
     compiled = {s: step.lower(state, data).compile(compiler_options=o) for s, o in SETTINGS.items()}
-    countable = common.countable(config)
-    counted = (tasks.pose_task(countable) if task_name == 'pose'
-               else tasks.alignment_task(countable))
-    flops = common.lowered_flops(train.make_train_step(counted, mesh).lower(state, data))
+    flops = train_speed.step_flops(config, task_name, mesh, state, data)
     best = {s: float('inf') for s in SETTINGS}
     for _ in range(rounds + 1):  # the first round warms every setting up
       for s, c in compiled.items():

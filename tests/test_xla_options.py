@@ -11,19 +11,22 @@ from treemoe_jax import experts
 from treemoe_jax import models
 from treemoe_jax import xla_options
 
-pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU options')
+# Compiling with XLA:CPU's flag and reading its compiled programs needs the CPU backend.
+cpu_only = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='XLA:CPU programs')
 
 
 def test_choice_per_model_and_backend(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   flag = xla_options.YNN_FUSIONS
-  assert xla_options.inference_options(True) == {flag: ''}
-  assert xla_options.inference_options(False) == {flag: 'LIBRARY_FUSION_TYPE_ELTWISE'}
+  assert xla_options.inference_options(True, backend='cpu') == {flag: ''}
+  assert xla_options.inference_options(False, backend='cpu') == {
+      flag: 'LIBRARY_FUSION_TYPE_ELTWISE'}
   assert xla_options.inference_options(True, backend='gpu') is None
   monkeypatch.setenv('XLA_FLAGS', f'--{flag}=dot')  # the user's own setting wins
-  assert xla_options.inference_options(False) is None
+  assert xla_options.inference_options(False, backend='cpu') is None
 
 
+@cpu_only
 def test_an_unknown_value_falls_back_with_a_warning():
   with pytest.warns(UserWarning, match='refused'):
     assert not xla_options._accepted('LIBRARY_FUSION_TYPE_NO_SUCH_THING')
@@ -33,6 +36,7 @@ def _compiled_text(fn, options, *args) -> str:
   return jax.jit(fn, compiler_options=options).lower(*args).compile().as_text()
 
 
+@cpu_only
 def test_xla_applies_the_options():
   """The premise of the speed-up (docs/benchmarks.md): by default XLA:CPU hands the convolutions
   to YNNPACK; with no library fusions it keeps them; with elementwise ones a convolution chain
@@ -49,6 +53,7 @@ def test_xla_applies_the_options():
   assert 'ynn_fusion' in eltwise
 
 
+@cpu_only
 @pytest.mark.parametrize('architecture', ['tree_moe', 'pose_tree_moe'])
 def test_forward_equals_xla_defaults(architecture):
   config = default.get_config(architecture, 'tiny')

@@ -43,10 +43,11 @@ def inference_options(runs_pose_estimator: bool, backend: str | None = None
 
 @functools.cache
 def _accepted(value: str) -> bool:
-  """Whether this XLA:CPU compiles with the flag set to `value` (checked once per value)."""
+  """Whether XLA:CPU compiles with the flag set to `value` (checked once per value, on the
+  CPU device whatever the default backend)."""
   try:
-    jax.jit(jnp.negative, compiler_options={YNN_FUSIONS: value}).lower(
-        jnp.zeros(2, jnp.float32)).compile()
+    on_cpu = jax.device_put(jnp.zeros(2, jnp.float32), jax.devices('cpu')[0])
+    jax.jit(jnp.negative, compiler_options={YNN_FUSIONS: value}).lower(on_cpu).compile()
   except Exception as e:  # pylint: disable=broad-exception-caught
     warnings.warn(f'XLA:CPU refused {YNN_FUSIONS}={value!r} ({e}); the forward keeps XLA\'s '
                   'defaults and runs slower (docs/benchmarks.md)')
