@@ -4,21 +4,89 @@
   python benchmarks/gpu_benchmark.py --variant tiny --batches 1,8 --train_batch 8   # CPU smoke
 
 Installs nothing beyond the project's wheels (jax, flax, optax, orbax, chex; ml_collections).
-Runs benchmarks/run_all.py for the full-size pose_tree_moe and tree_moe: forward img/s in
-float32 and bfloat16 at batch 1 to 1024, batch-1 latency, the training step at batch 256 (its
-% of the bf16 GEMM rate measured in the same process is the MFU), the plain port beside it, and
-the committees' other lowerings ('merged' CNNs, 'scan' regressors on a GPU) to decide what 'auto'
-should pick there.
-Then prints the targets' figures last.
+Measures, most important first, so that a lease cut short still answers the targets: the
+full-size pose_tree_moe forward in bfloat16 (batch-1 latency, img/s up to batch 1024) and its
+training step (% of the bf16 GEMM rate measured in this process: the MFU); then float32 with the
+plain port beside it; then tree_moe; then the committees' other lowerings (to decide what
+'auto' picks on a GPU). Each item starts only while `--budget_s` lasts; a batch that does not
+fit in memory is recorded as such. The JSON is rewritten after every row (a run killed at its
+limit keeps what it measured), in run_all's format (`run_all.py --from_json` renders it).
+Prints the targets' figures last.
+
+XLA's GPU cost analysis (jax 0.11.2) counts no FLOPs for convolutions and matmuls before
+optimisation, so rates there read 0. FLOPs do not depend on the device: afterwards, on any CPU,
+
+  python benchmarks/gpu_benchmark.py --count_flops OUT/gpu_benchmark.json[,MORE.json] \
+      --merged_json docs/data/gpu_benchmark_h100.json
+
+merges the runs and fills each row's count from the same computation lowered on the CPU.
 """
 
 import argparse
 import json
 import pathlib
 import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from benchmarks import plain_port  # pylint: disable=g-import-not-at-top
 from benchmarks import run_all  # pylint: disable=g-import-not-at-top
+from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
+from treemoe_jax import models  # pylint: disable=g-import-not-at-top
+
+GEMM_N = 8192  # a GPU reaches its matmul rate only on large products; 2048 is far below it
+
+
+def plan(args) -> list[tuple[str, Callable[[], list[dict]]]]:
+  """(name, measure) pairs in the order they run: the targets' figures first."""
+  batches = [int(b) for b in args.batches.split(',')]
+  ends = sorted({batches[0], batches[-1]})
+  first = ends + [b for b in batches if b not in ends]  # latency and the largest batch first
+  cases = {}
+
+  def case(architecture, dtype, lowering='auto'):
+    key = (architecture, dtype, lowering)
+    if key not in cases:
+      cases[key] = run_all.forward_case(architecture, args.variant, dtype, lowering)
+    return cases[key]
+
+  def forward(architecture, dtype, batch, lowering='auto'):
+    return lambda: [run_all.forward_row(case(architecture, dtype, lowering), batch,
+                                        args.min_seconds)]
+
+  def plain(architecture, batch):
+    return lambda: [run_all.plain_port_row(case(architecture, 'float32'), batch,
+                                           args.min_seconds)]
+
+  def train(architecture, dtype):
+    return lambda: [run_all.train_row(architecture, args.variant, dtype, args.train_batch)]
+
+  items = []
+  for architecture in args.architectures.split(','):
+    for dtype in ('bfloat16', 'float32'):
+      items += [(f'forward {architecture} {dtype} batch {b}', forward(architecture, dtype, b))
+                for b in first]
+      if dtype == 'float32':
+        items += [(f'plain port {architecture} batch {b}', plain(architecture, b)) for b in ends]
+      items.append((f'train {architecture} {dtype}', train(architecture, dtype)))
+  for architecture in args.architectures.split(','):
+    for lowering in args.other_lowerings.split(','):
+      items += [(f'forward {architecture} bfloat16 {lowering} batch {b}',
+                 forward(architecture, 'bfloat16', b, lowering)) for b in ends]
+  return items
+
+
+def failed(error: Exception) -> str:
+  """One line for the log and the JSON: out of memory said plainly, anything else abridged."""
+  text = str(error)
+  if 'RESOURCE_EXHAUSTED' in text or 'out of memory' in text.lower():
+    return 'out of memory'
+  return f'{type(error).__name__}: {text.splitlines()[0][:300] if text else ""}'
 
 
 def main() -> int:
@@ -28,31 +96,105 @@ def main() -> int:
   parser.add_argument('--variant', default='full', help="'tiny' for a CPU smoke test")
   parser.add_argument('--batches', default='1,8,32,256,1024')
   parser.add_argument('--train_batch', type=int, default=256)
+  parser.add_argument('--other_lowerings', default='merged/scan,merged/vmap,vmap/scan',
+                      help="'CNN/MLP' committee lowerings measured beside 'auto'")
+  parser.add_argument('--only', default='',
+                      help="comma-separated substrings: run only the items whose name holds one")
+  parser.add_argument('--min_seconds', type=float, default=1.0)
+  parser.add_argument('--budget_s', type=float, default=480,
+                      help='no new item starts after this many seconds')
+  parser.add_argument('--count_flops', default='',
+                      help='comma-separated JSONs of GPU runs: fill their FLOPs here and merge')
+  parser.add_argument('--merged_json', default='docs/data/gpu_benchmark_h100.json')
+  parser.add_argument('--auto_was', default='',
+                      help="'CNN/MLP' that 'auto' ran as in rows recorded without it")
   args = parser.parse_args()
+  if args.count_flops:
+    merged = merge_with_flops(args.count_flops.split(','), args.auto_was)
+    pathlib.Path(args.merged_json).write_text(json.dumps(merged, indent=1) + '\n')
+    print(run_all.markdown(merged))
+    print(targets(merged))
+    return 0
+  start = time.perf_counter()
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   report = out / 'gpu_benchmark.json'
-  largest = args.batches.split(',')[-1]
-  sys.argv = [sys.argv[0], f'--architectures={args.architectures}', f'--variants={args.variant}',
-              f'--batches_full={args.batches}', f'--batches_tiny={args.batches}',
-              f'--plain_batches=1,{largest}', f'--train_batch_full={args.train_batch}',
-              f'--train_batch_tiny={args.train_batch}', f'--before={args.architectures}',
-              '--no_pipeline',
-              '--min_seconds=1', f'--json={report}', '--doc=']
-  run_all.main()
-  results = json.loads(report.read_text())
-  bf16 = results['gemm_gflops_bf16']
-  print(f'\nTargets (bf16 GEMM {bf16:.0f} GFLOP/s in this process):')
-  for r in results['rows']:
-    if r['kind'] == 'forward' and r['dtype'] == 'bfloat16' and r['batch'] in (1, int(largest)):
-      what = 'latency ms' if r['batch'] == 1 else 'img/s'
-      value = 1e3 * r['seconds'] if r['batch'] == 1 else r['img_s']
-      print(f'- {r["architecture"]} bf16 forward batch {r["batch"]} ({r["lowering"]}): '
-            f'{what} {value:.2f}')
-    if r['kind'] == 'train':
-      print(f'- {r["architecture"]} {r["dtype"]} train batch {r["batch"]} ({r["lowering"]}): '
-            f'{r["img_s"]:.0f} img/s, {100 * r["gflops"] / bf16:.1f}% of the bf16 GEMM rate')
+  results = {'machine': run_all.machine(), 'script': 'benchmarks/gpu_benchmark.py',
+             'argv': ' '.join(sys.argv[1:]), 'json': str(report), 'gemm_n': GEMM_N,
+             'gemm_gflops_start': common.gemm_gflops(GEMM_N),
+             'gemm_gflops_bf16': common.gemm_gflops(GEMM_N, jnp.bfloat16),
+             'rows': [], 'failed': {}, 'skipped': []}
+  run_all.log(f'{results["machine"]}; GEMM {GEMM_N}^3 {results["gemm_gflops_start"]:.0f} '
+              f'GFLOP/s fp32, {results["gemm_gflops_bf16"]:.0f} bf16')
+  for name, measure in plan(args):
+    if args.only and not any(part in name for part in args.only.split(',')):
+      continue
+    if time.perf_counter() - start > args.budget_s:
+      results['skipped'].append(name)
+      continue
+    try:
+      results['rows'] += measure()
+    except Exception as error:  # pylint: disable=broad-except
+      results['failed'][name] = failed(error)
+      run_all.log(f'{name}: {results["failed"][name]}')
+    report.write_text(json.dumps(results, indent=1) + '\n')
+  results['gemm_gflops_end'] = common.gemm_gflops(GEMM_N)
+  report.write_text(json.dumps(results, indent=1) + '\n')
+  print(run_all.markdown(results))
+  if results['skipped']:
+    print(f'\nNot started within --budget_s {args.budget_s:.0f}: {", ".join(results["skipped"])}')
+  print(targets(results))
   return 0
+
+
+def merge_with_flops(paths: list[str], auto_was: str = '') -> dict:
+  """The rows of several runs on one machine, each with XLA's FLOP count of its computation
+  lowered here (rows that already have one keep it). The first run's GEMM rates stay."""
+  runs = [json.loads(pathlib.Path(path).read_text()) for path in paths]
+  merged = dict(runs[0], rows=[], json=str(paths), argv=' + '.join(r['argv'] for r in runs))
+  for run in runs:
+    for row in run['rows']:
+      row = dict(row)
+      if not row.get('resolved'):
+        row['resolved'] = auto_was if row.get('lowering', 'auto') == 'auto' else row['lowering']
+      if not row['gflop_img']:
+        flops = counted_flops(row)
+        row.update(gflop_img=flops / row['batch'] / 1e9, gflops=flops / row['seconds'] / 1e9,
+                   flops_counted_on=jax.default_backend())
+      merged['rows'].append(row)
+  return merged
+
+
+def counted_flops(row: dict) -> float:
+  """XLA's FLOPs (common.countable, before optimisation) of the computation a row timed."""
+  config = run_all.config_for(row['architecture'], row['variant'], row['dtype'], row['resolved'])
+  if row['kind'] == 'train':
+    mesh, state, _, batches = train_speed.setup_step(config, row['batch'], num_batches=1)
+    return train_speed.step_flops(config, 'alignment', mesh, state, batches[0])
+  model = models.create(config)
+  counted = models.create(common.countable(config))
+  variables = jax.eval_shape(lambda key: models.init(model, key), jax.random.key(0))
+  images, init = run_all.inputs(row['batch'])
+  if row['kind'] == 'plain_port':
+    fn = plain_port.make_forward(model)
+  else:
+    fn = lambda v, x, s: counted.apply(v, x, s)['shape']
+  return common.lowered_flops(jax.jit(fn).lower(variables, images, init))
+
+
+def targets(results: dict) -> str:
+  """The issue's GPU targets as measured: bf16 latency and largest-batch img/s, training MFU."""
+  bf16 = results['gemm_gflops_bf16']
+  lines = [f'\nTargets (bf16 GEMM {GEMM_N}^3 {bf16:.0f} GFLOP/s in this process):']
+  for r in results['rows']:
+    if r['kind'] == 'forward' and r['dtype'] == 'bfloat16' and r['lowering'] == 'auto':
+      what = (f'latency {1e3 * r["seconds"]:.2f} ms' if r['batch'] == 1
+              else f'{r["img_s"]:.0f} img/s')
+      lines.append(f'- {r["architecture"]} bf16 forward batch {r["batch"]}: {what}')
+    if r['kind'] == 'train':
+      lines.append(f'- {r["architecture"]} {r["dtype"]} train batch {r["batch"]}: '
+                   f'{r["img_s"]:.0f} img/s, {100 * r["gflops"] / bf16:.1f}% of the bf16 GEMM')
+  return '\n'.join(lines)
 
 
 if __name__ == '__main__':

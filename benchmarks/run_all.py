@@ -55,11 +55,9 @@ def config_for(architecture: str, variant: str, dtype: str, lowering: str = 'aut
 
 
 def other_lowering() -> str:
-  """The committee lowerings 'auto' does not pick on this backend, as 'CNN/MLP': on CPU the
-  nn.vmap pair used until they were measured; elsewhere the pair 'auto' picks on CPU."""
-  if experts.resolve_cnn_lowering('auto') == 'merged':
-    return 'vmap/vmap'
-  return 'merged/scan'
+  """The committee lowerings before they were measured per backend, as 'CNN/MLP': the nn.vmap
+  pair ('auto' picks 'merged'/'scan' on CPU, and 'merged' CNNs on a GPU from 32 faces)."""
+  return 'vmap/vmap'
 
 
 def inputs(batch: int, size: int = 150):
@@ -84,8 +82,22 @@ def timed_forward(fn, variables, batch: int, min_seconds: float, counted=None,
               gflop_img=flops / batch / 1e9, gflops=flops / seconds / 1e9)
 
 
-def forward_rows(architecture, variant, dtype, batches, args, lowering='auto',
-                 xla='tuned') -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class ForwardCase:
+  """One model set up for timing: its parameters, the compiler options its jit sites use and
+  the countable twin whose FLOPs XLA can see (common.countable)."""
+  architecture: str
+  variant: str
+  dtype: str
+  lowering: str
+  xla: str
+  model: object
+  counted: object
+  variables: object
+  options: dict | None
+
+
+def forward_case(architecture, variant, dtype, lowering='auto', xla='tuned') -> ForwardCase:
   """xla: 'tuned' compiles with treemoe_jax.xla_options (as evaluation and Aligner do),
   'defaults' with XLA's own options (the before of that change)."""
   config = config_for(architecture, variant, dtype, lowering)
@@ -94,23 +106,40 @@ def forward_rows(architecture, variant, dtype, batches, args, lowering='auto',
              if xla == 'tuned' else None)
   counted = models.create(common.countable(config))
   variables = jax.jit(lambda key: models.init(model, key))(jax.random.key(0))
-  rows = []
-  for batch in batches:
-    row = timed_forward(lambda v, x, s: model.apply(v, x, s)['shape'], variables, batch,
-                        args.min_seconds, lambda v, x, s: counted.apply(v, x, s)['shape'],
-                        options)
-    rows.append(dict(kind='forward', architecture=architecture, variant=variant, dtype=dtype,
-                     lowering=lowering, xla=xla, options=options, **row))
-    log(f'forward {architecture} {variant} {dtype} {lowering} XLA {xla} batch {batch}: '
-        f'{row["img_s"]:.1f} img/s, {row["gflops"]:.1f} GFLOP/s')
+  return ForwardCase(architecture, variant, dtype, lowering, xla, model, counted, variables,
+                     options)
+
+
+def forward_row(case: ForwardCase, batch: int, min_seconds: float) -> dict:
+  row = timed_forward(lambda v, x, s: case.model.apply(v, x, s)['shape'], case.variables, batch,
+                      min_seconds, lambda v, x, s: case.counted.apply(v, x, s)['shape'],
+                      case.options)
+  log(f'forward {case.architecture} {case.variant} {case.dtype} {case.lowering} XLA {case.xla} '
+      f'batch {batch}: {row["img_s"]:.1f} img/s, {row["gflops"]:.1f} GFLOP/s')
+  return dict(kind='forward', architecture=case.architecture, variant=case.variant,
+              dtype=case.dtype, lowering=case.lowering,
+              resolved=resolved_lowering(case.lowering, batch), xla=case.xla,
+              options=case.options, **row)
+
+
+def plain_port_row(case: ForwardCase, batch: int, min_seconds: float) -> dict:
+  """The plain port of `case`'s model on its parameters, compiled with the same options (the
+  ratio is the code's, not the compiler's)."""
+  row = timed_forward(plain_port.make_forward(case.model), case.variables, batch, min_seconds,
+                      options=case.options)
+  log(f'plain port {case.architecture} batch {batch}: {row["img_s"]:.1f} img/s')
+  return dict(kind='plain_port', architecture=case.architecture, variant=case.variant,
+              dtype=case.dtype, **row)
+
+
+def forward_rows(architecture, variant, dtype, batches, args, lowering='auto',
+                 xla='tuned') -> list[dict]:
+  """Forward rows at each batch, and the plain port beside the full float32 'auto' model."""
+  case = forward_case(architecture, variant, dtype, lowering, xla)
+  rows = [forward_row(case, batch, args.min_seconds) for batch in batches]
   if (lowering == 'auto' and xla == 'tuned' and dtype == 'float32' and variant == 'full'
       and args.plain_batches):
-    port = plain_port.make_forward(model)
-    for batch in args.plain_batches:  # the same compiler options: the ratio is the code's
-      row = timed_forward(port, variables, batch, args.min_seconds, options=options)
-      rows.append(dict(kind='plain_port', architecture=architecture, variant=variant,
-                       dtype=dtype, **row))
-      log(f'plain port {architecture} batch {batch}: {row["img_s"]:.1f} img/s')
+    rows += [plain_port_row(case, batch, args.min_seconds) for batch in args.plain_batches]
   return rows
 
 
@@ -120,7 +149,7 @@ def train_row(architecture, variant, dtype, batch, lowering='auto') -> dict:
   log(f'train {architecture} {variant} {dtype} {lowering} batch {batch}: '
       f'{row["img_s"]:.1f} img/s')
   return dict(kind='train', architecture=architecture, variant=variant, dtype=dtype,
-              lowering=lowering, batch=batch, **row)
+              lowering=lowering, resolved=resolved_lowering(lowering, batch), batch=batch, **row)
 
 
 def _render(job: tuple[int, int]) -> int:
@@ -193,13 +222,17 @@ def machine() -> dict:
           'date': time.strftime('%Y-%m-%d %H:%M')}
 
 
-def _lowering(row: dict) -> str:
-  """'CNN/MLP' committee lowerings of a row ('auto' resolved for the platform it ran on)."""
-  if row.get('lowering', 'auto') != 'auto':
-    return row['lowering']
-  backend = row.get('platform', jax.default_backend())
-  return (f'{experts.resolve_cnn_lowering("auto", backend)}/'
-          f'{experts.resolve_mlp_lowering("auto", backend)}')
+def resolved_lowering(lowering: str, batch: int | None, backend: str | None = None) -> str:
+  """'CNN/MLP' committee lowerings that `lowering` ('auto' or 'CNN/MLP') runs at `batch` faces."""
+  cnn, mlp = lowering.split('/') if lowering != 'auto' else ('auto', 'auto')
+  return (f'{experts.resolve_cnn_lowering(cnn, backend, batch)}/'
+          f'{experts.resolve_mlp_lowering(mlp, backend)}')
+
+
+def _lowering(row: dict, backend: str) -> str:
+  """A row's committee lowerings: as recorded when it ran, else 'auto' resolved today."""
+  return row.get('resolved') or resolved_lowering(row.get('lowering', 'auto'), row.get('batch'),
+                                                  backend)
 
 
 def _xla(row: dict) -> str:
@@ -216,10 +249,13 @@ def markdown(results: dict) -> str:
   rate = {'float32': results['gemm_gflops_start'], 'bfloat16': results['gemm_gflops_bf16']}
   gemm = rate['float32']
   m = results['machine']
-  lines = [f'Generated by `python benchmarks/run_all.py {results["argv"]}` on {m["date"]}: '
+  backend = m.get('platform', 'cpu')
+  script = results.get('script', 'benchmarks/run_all.py')
+  n = results.get('gemm_n', 2048)
+  lines = [f'Generated by `python {script} {results["argv"]}` on {m["date"]}: '
            f'{m["device"]} x{m["device_count"]} ({m["cpu_count"]} CPU cores), jax {m["jax"]}. '
-           f'jit GEMM 2048^3 fp32: {gemm:.1f} GFLOP/s at the start, '
-           f'{results["gemm_gflops_end"]:.1f} at the end, bf16 {results["gemm_gflops_bf16"]:.1f}; '
+           f'jit GEMM {n}^3 fp32: {gemm:.1f} GFLOP/s at the start, '
+           f'{results.get("gemm_gflops_end", float("nan")):.1f} at the end, bf16 {results["gemm_gflops_bf16"]:.1f}; '
            f'"% GEMM" is against the fp32 start rate for float32 rows and the bf16 rate for '
            f'bfloat16 rows. JSON: '
            f'`{results["json"]}`.', '',
@@ -234,7 +270,7 @@ def markdown(results: dict) -> str:
     port = plain.get((r['architecture'], r['batch'])) if (
         r['variant'] == 'full' and r['dtype'] == 'float32') else None
     lines.append(
-        f'| {r["architecture"]} | {r["variant"]} | {r["dtype"]} | {_lowering(r)} | '
+        f'| {r["architecture"]} | {r["variant"]} | {r["dtype"]} | {_lowering(r, backend)} | '
         f'{_xla(r)} | {r["batch"]} | '
         f'{r["compile_s"]:.1f} | {r["gflop_img"]:.2f} | {r["img_s"]:.1f} | '
         f'{1e3 * r["seconds"]:.1f} | {100 * r["gflops"] / rate[r["dtype"]]:.1f} | '
@@ -244,7 +280,7 @@ def markdown(results: dict) -> str:
             '% GEMM |', '|---' * 9 + '|']
   for r in rows:
     if r['kind'] == 'train':
-      lines.append(f'| {r["architecture"]} | {r["variant"]} | {r["dtype"]} | {_lowering(r)} | '
+      lines.append(f'| {r["architecture"]} | {r["variant"]} | {r["dtype"]} | {_lowering(r, backend)} | '
                    f'{r["batch"]} | '
                    f'{r["compile_s"]:.1f} | {r["gflop_img"]:.2f} | {r["img_s"]:.1f} | '
                    f'{100 * r["gflops"] / rate[r["dtype"]]:.1f} |')
@@ -326,15 +362,17 @@ def main() -> int:
     batches = args.batches_full if variant == 'full' else args.batches_tiny
     for architecture in args.architectures.split(','):
       for dtype in args.dtypes.split(','):
-        results['rows'] += forward_rows(architecture, variant, dtype, batches, args)
+        tuned = forward_rows(architecture, variant, dtype, batches, args)
+        results['rows'] += tuned
         batch = args.train_batch_full if variant == 'full' else args.train_batch_tiny
         results['rows'].append(train_row(architecture, variant, dtype, batch))
         if variant == 'full' and dtype == 'float32' and architecture in args.before.split(','):
           # Before/after in the same process: the committee lowerings 'auto' does not pick here.
           other = other_lowering()
           results['rows'] += forward_rows(architecture, variant, dtype, batches, args, other)
-          results['rows'] += forward_rows(architecture, variant, dtype, batches, args,
-                                          xla='defaults')
+          if tuned[0]['options']:  # XLA's defaults differ from the tuned options (CPU only)
+            results['rows'] += forward_rows(architecture, variant, dtype, batches, args,
+                                            xla='defaults')
           results['rows'].append(train_row(architecture, variant, dtype, batch, other))
   if not args.no_pipeline:
     results['pipeline'] = pipeline_rates(args.train_batch_tiny)

@@ -22,20 +22,30 @@ Dtype = Any
 CONV_IMPLS = ('im2col', 'xla')
 # How a committee of expert CNNs is computed (the parameters are the same): 'vmap' is nn.vmap of
 # one expert, which XLA lowers to grouped convolutions; 'merged' is `merged_committee`; 'auto'
-# picks per backend what benchmarks/cnn_lowering.py measured faster: 'merged' on CPU (4.3x the
-# forward, 1.2x the gradient of 8 pose experts at batch 32), 'vmap' elsewhere (not yet measured).
+# picks per backend what was measured faster. CPU: 'merged' (benchmarks/cnn_lowering.py: 4.3x the
+# forward, 1.2x the gradient of 8 pose experts at batch 32). GPU: by batch, since one H100
+# (benchmarks/gpu_benchmark.py, full pose_tree_moe forward in bf16, 'merged' against 'vmap')
+# measured batch 1 at 10.7 against 2.9 ms, batch 32 at 2738 against 2638 img/s, 256 at 5298
+# against 3970, 1024 at 5777 against 2052. Other backends: 'vmap' (not measured).
 CNN_LOWERINGS = ('auto', 'vmap', 'merged')
+GPU_MERGED_MIN_BATCH = 32  # faces; below it the GPU's 'auto' keeps 'vmap'
 
 
-def resolve_cnn_lowering(lowering: str, backend: str | None = None) -> str:
-  """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend)."""
-  return _resolve('CNN committee', lowering, CNN_LOWERINGS, 'merged', backend)
+def resolve_cnn_lowering(lowering: str, backend: str | None = None,
+                         batch: int | None = None) -> str:
+  """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend) for
+  `batch` faces (None: a small batch)."""
+  resolved = _resolve('CNN committee', lowering, CNN_LOWERINGS, 'merged', backend)
+  if (lowering == 'auto' and (backend or jax.default_backend()) == 'gpu'
+      and (batch or 0) >= GPU_MERGED_MIN_BATCH):
+    return 'merged'
+  return resolved
 
 
 def _resolve(committee: str, lowering: str, valid: tuple[str, ...], on_cpu: str,
              backend: str | None) -> str:
   """A committee's lowering: `lowering` itself, or for 'auto' `on_cpu` on CPU and 'vmap'
-  elsewhere (the only backend measured so far is the CPU)."""
+  elsewhere."""
   if lowering not in valid:
     raise ValueError(f'unknown {committee} lowering {lowering!r}; valid: {", ".join(valid)}')
   if lowering != 'auto':
@@ -292,7 +302,7 @@ class ExpertCNNs(nn.Module):
     if self.is_initializing():
       return committee(patches)
     if chosen is None:
-      if resolve_cnn_lowering(self.lowering) == 'merged':
+      if resolve_cnn_lowering(self.lowering, batch=patches.shape[0]) == 'merged':
         return merged_committee(self.variables['params']['experts'], patches, dtype=self.dtype)
       return committee(patches)
     return gathered(lambda p, x: expert().apply({'params': p}, x[None])[0],
@@ -304,8 +314,10 @@ ROUTED_LOWERINGS = ('auto', 'gather', 'dense')
 # How the dense regression committee is computed (the parameters are the same): 'vmap' is nn.vmap
 # of one regressor, which XLA:CPU lowers to a copy of the whole [E, F, H] first-layer kernel into
 # [F, E*H] on every call before one GEMM; 'scan' runs the experts one after another on their own
-# kernel slices (`scanned`), reading each weight once. 'auto' picks per backend what
-# benchmarks/mlp_lowering.py measured faster: 'scan' on CPU, 'vmap' elsewhere (not yet measured).
+# kernel slices (`scanned`), reading each weight once. 'auto' picks per backend what was measured
+# faster: 'scan' on CPU (benchmarks/mlp_lowering.py), 'vmap' elsewhere (one H100, full
+# pose_tree_moe bf16 forward with 'vmap' CNNs: batch 1 at 2.9 ms against 6.9 with 'scan'; with
+# 'merged' CNNs, batch 1024 at 5777 against 5646 img/s).
 MLP_LOWERINGS = ('auto', 'vmap', 'scan')
 
 

@@ -1,0 +1,65 @@
+"""benchmarks/gpu_benchmark.py: FLOPs filled in afterwards equal those counted where a row ran.
+
+XLA's GPU cost analysis counts no convolution or matmul FLOPs, so the GPU run's rows are filled
+on a CPU from the same computation; here both ends run on the CPU, where the timed row carries
+its own count to compare with.
+"""
+
+import argparse
+import json
+
+import pytest
+
+from benchmarks import gpu_benchmark
+from benchmarks import run_all
+
+
+@pytest.fixture(scope='module')
+def timed_rows():
+  case = run_all.forward_case('pose_tree_moe', 'tiny', 'float32', 'vmap/vmap')
+  forward = run_all.forward_row(case, 2, min_seconds=0)
+  train = run_all.train_row('tree_moe', 'tiny', 'bfloat16', 4)
+  return [forward, train]
+
+
+def test_filled_flops_equal_the_counts_taken_when_timed(timed_rows, tmp_path):
+  run = {'machine': run_all.machine(), 'argv': 'x', 'json': 'x', 'gemm_gflops_start': 1.0,
+         'gemm_gflops_bf16': 1.0,
+         'rows': [dict(r, gflop_img=0.0, gflops=0.0) for r in timed_rows]}
+  path = tmp_path / 'gpu.json'
+  path.write_text(json.dumps(run))
+  merged = gpu_benchmark.merge_with_flops([str(path)])
+  assert [r['kind'] for r in merged['rows']] == ['forward', 'train']
+  for filled, timed in zip(merged['rows'], timed_rows):
+    assert timed['gflop_img'] > 0
+    assert filled['gflop_img'] == pytest.approx(timed['gflop_img'], rel=1e-6)
+    assert filled['gflops'] == pytest.approx(filled['gflop_img'] * filled['img_s'], rel=1e-6)
+    assert filled['resolved'] == timed['resolved']
+  assert merged['rows'][0]['resolved'] == 'vmap/vmap'
+
+
+def test_rows_without_a_recorded_lowering_take_auto_was(timed_rows, tmp_path):
+  row = {k: v for k, v in timed_rows[0].items() if k != 'resolved'}
+  run = {'machine': run_all.machine(), 'argv': 'x', 'rows': [dict(row, lowering='auto')]}
+  path = tmp_path / 'old.json'
+  path.write_text(json.dumps(run))
+  merged = gpu_benchmark.merge_with_flops([str(path)], auto_was='vmap/vmap')
+  assert merged['rows'][0]['resolved'] == 'vmap/vmap'
+  assert merged['rows'][0]['gflop_img'] == timed_rows[0]['gflop_img']  # kept, not recounted
+
+
+def test_plan_puts_latency_and_largest_batch_first():
+  args = argparse.Namespace(batches='1,8,32,256,1024', architectures='pose_tree_moe,tree_moe',
+                            other_lowerings='merged/vmap', variant='tiny', min_seconds=0,
+                            train_batch=8)
+  names = [name for name, _ in gpu_benchmark.plan(args)]
+  assert names[:6] == [f'forward pose_tree_moe bfloat16 batch {b}' for b in (1, 1024, 8, 32, 256)
+                       ] + ['train pose_tree_moe bfloat16']
+  assert 'plain port pose_tree_moe batch 1024' in names
+  assert names[-1] == 'forward tree_moe bfloat16 merged/vmap batch 1024'
+
+
+def test_out_of_memory_is_said_plainly():
+  assert gpu_benchmark.failed(RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying '
+                                           'to allocate 9 GiB')) == 'out of memory'
+  assert gpu_benchmark.failed(ValueError('bad shape\nmore')) == 'ValueError: bad shape'
