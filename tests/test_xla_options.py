@@ -71,3 +71,32 @@ def test_forward_equals_xla_defaults(architecture):
   for kind in ('representation', 'regression'):
     np.testing.assert_allclose(tuned['gates'][kind], plain['gates'][kind], atol=1e-5)
   assert not jnp.allclose(plain['shape'], init)  # the forward moved the landmarks
+
+
+def test_training_evaluation_compiles_with_the_options_and_matches_defaults(monkeypatch):
+  """train.evaluate (the in-loop evaluation) picks its options from the task, like evaluate.py,
+  and its metrics equal those compiled with XLA's defaults."""
+  import numpy as np  # pylint: disable=g-import-not-at-top,reimported
+  import optax  # pylint: disable=g-import-not-at-top
+  from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import parallel, tasks, train  # pylint: disable=g-import-not-at-top
+  config = default.get_config('pose_tree_moe', 'tiny')
+  assert tasks.pose_task(config).runs_pose_estimator
+  assert not tasks.alignment_task(default.get_config('tree_moe', 'tiny')).runs_pose_estimator
+  task = tasks.alignment_task(config)
+  assert task.runs_pose_estimator
+  mesh = parallel.make_mesh()
+  state = train.create_train_state(task, optax.adam(1e-3), mesh, jax.random.key(0))
+  batch = train_speed.random_batch(config, 4, np.random.default_rng(0)) | {
+      'mask': np.array([True, True, True, False])}
+  asked = []
+  tuned_options = xla_options.inference_options
+  monkeypatch.setattr(xla_options, 'inference_options',
+                      lambda runs: asked.append(runs) or tuned_options(runs))
+  tuned = train.evaluate(task, state, iter([batch]), mesh)
+  assert asked == [True]
+  monkeypatch.setattr(xla_options, 'inference_options', lambda runs: None)
+  plain = train.evaluate(task, state, iter([batch]), mesh)
+  assert tuned.keys() == plain.keys() and tuned['num_examples'] == 3
+  for key, value in plain.items():
+    np.testing.assert_allclose(tuned[key], value, rtol=1e-4, err_msg=key)

@@ -35,6 +35,9 @@ class Task:
   loss: Callable[..., tuple[jax.Array, tuple[Any, dict]]]  # (params, batch_stats, batch)
   eval_sums: Callable[[dict, Batch], dict]  # (variables, batch) -> masked sums over the batch
   batch_keys: tuple[str, ...]
+  # Whether its forward runs the ResNet-50 pose estimator: picks the XLA:CPU options of its
+  # evaluation (xla_options.inference_options).
+  runs_pose_estimator: bool = False
 
 
 def apply(model, params, batch_stats, *args, train: bool, **kwargs):
@@ -91,7 +94,7 @@ def pose_task(config: ml_collections.ConfigDict) -> Task:
     sums = {f'mae_deg/{a}': masked_sum(error[:, i], mask) for i, a in enumerate(pose_lib.ANGLES)}
     return sums | {'count': jnp.sum(mask.astype(jnp.float32))}
 
-  return Task('pose', model, init, loss, eval_sums, ('image', 'pose'))
+  return Task('pose', model, init, loss, eval_sums, ('image', 'pose'), runs_pose_estimator=True)
 
 
 # 'l2': section 3.5's squared error (px^2). 'distance': each landmark's Euclidean error (px), the
@@ -153,4 +156,5 @@ def alignment_task(config: ml_collections.ConfigDict) -> Task:
                    'count': jnp.sum(mask.astype(jnp.float32))}
 
   return Task('alignment', model, init, loss, eval_sums,
-              ('image', 'landmarks', 'init_shape') + (('pose',) if truth_pose else ()))
+              ('image', 'landmarks', 'init_shape') + (('pose',) if truth_pose else ()),
+              runs_pose_estimator=model.pose_estimator is not None)

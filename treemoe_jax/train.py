@@ -40,6 +40,7 @@ from treemoe_jax import models
 from treemoe_jax import parallel
 from treemoe_jax import tasks
 from treemoe_jax import workdirs
+from treemoe_jax import xla_options
 from treemoe_jax.schedules import SCHEDULES, learning_rate_schedule  # noqa: F401 (re-exported)
 
 
@@ -131,7 +132,8 @@ def evaluate(task: tasks.Task, state: TrainState, batches: Iterator[dict], mesh
 
   replicated = parallel.replicated(mesh)
   step = jax.jit(sums, in_shardings=(replicated, parallel.batch_sharding(mesh)),
-                 out_shardings=replicated)
+                 out_shardings=replicated,  # on CPU, the options evaluate.py's forward uses
+                 compiler_options=xla_options.inference_options(task.runs_pose_estimator))
   totals = None
   for local in batches:
     out = step(variables, parallel.global_batch(local, task.batch_keys + ('mask',), mesh))
