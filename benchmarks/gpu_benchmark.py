@@ -2,13 +2,15 @@
 
   python benchmarks/gpu_benchmark.py --out DIR        # writes DIR/gpu_benchmark.json
   python benchmarks/gpu_benchmark.py --variant tiny --batches 1,8 --train_batch 8   # CPU smoke
+  python benchmarks/gpu_benchmark.py --only 'merged'    # the items whose name holds 'merged'
 
 Installs nothing beyond the project's wheels (jax, flax, optax, orbax, chex; ml_collections).
 Measures, most important first, so that a lease cut short still answers the targets: the
 full-size pose_tree_moe forward in bfloat16 (batch-1 latency, img/s up to batch 1024) and its
 training step (% of the bf16 GEMM rate measured in this process: the MFU); then float32 with the
-plain port beside it; then tree_moe; then the committees' other lowerings (to decide what
-'auto' picks on a GPU). Each item starts only while `--budget_s` lasts; a batch that does not
+plain port beside it; then tree_moe; then the committees' other lowerings, forward and training
+(by default the nn.vmap pair against the CPU's: what decided, and still checks, what 'auto' picks
+on a GPU; one H100 measured the forward, not yet the training step). Each item starts only while `--budget_s` lasts; a batch that does not
 fit in memory is recorded as such. The JSON is rewritten after every row (a run killed at its
 limit keeps what it measured), in run_all's format (`run_all.py --from_json` renders it).
 Prints the targets' figures last.
@@ -63,8 +65,9 @@ def plan(args) -> list[tuple[str, Callable[[], list[dict]]]]:
     return lambda: [run_all.plain_port_row(case(architecture, 'float32'), batch,
                                            args.min_seconds)]
 
-  def train(architecture, dtype):
-    return lambda: [run_all.train_row(architecture, args.variant, dtype, args.train_batch)]
+  def train(architecture, dtype, lowering='auto'):
+    return lambda: [run_all.train_row(architecture, args.variant, dtype, args.train_batch,
+                                      lowering)]
 
   items = []
   for architecture in args.architectures.split(','):
@@ -78,6 +81,8 @@ def plan(args) -> list[tuple[str, Callable[[], list[dict]]]]:
     for lowering in args.other_lowerings.split(','):
       items += [(f'forward {architecture} bfloat16 {lowering} batch {b}',
                  forward(architecture, 'bfloat16', b, lowering)) for b in ends]
+      items.append((f'train {architecture} bfloat16 {lowering}',
+                    train(architecture, 'bfloat16', lowering)))
   return items
 
 
@@ -96,7 +101,7 @@ def main() -> int:
   parser.add_argument('--variant', default='full', help="'tiny' for a CPU smoke test")
   parser.add_argument('--batches', default='1,8,32,256,1024')
   parser.add_argument('--train_batch', type=int, default=256)
-  parser.add_argument('--other_lowerings', default='merged/scan,merged/vmap,vmap/scan',
+  parser.add_argument('--other_lowerings', default='vmap/vmap,merged/scan',
                       help="'CNN/MLP' committee lowerings measured beside 'auto'")
   parser.add_argument('--only', default='',
                       help="comma-separated substrings: run only the items whose name holds one")
