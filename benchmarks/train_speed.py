@@ -1,6 +1,7 @@
 """Training img/s of the data-parallel step, tiny and full size, on whatever devices JAX sees.
 
   python benchmarks/train_speed.py [--architectures pose_tree_moe,tree_moe] [--full_batch 8]
+  python benchmarks/train_speed.py --variants full --full_batch 8,32,64 --no_pose   # batch sweep
 
 Random batches fed straight to the jitted step (no TensorFlow: the same script runs on a GPU
 machine without it), so this is the step's own speed; the input pipeline has its own benchmark
@@ -82,20 +83,23 @@ def measure(architecture: str, variant: str, batch: int, task_name: str) -> dict
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--architectures', default='pose_tree_moe,tree_moe')
-  parser.add_argument('--tiny_batch', type=int, default=16)
-  parser.add_argument('--full_batch', type=int, default=8)
+  ints = lambda s: [int(b) for b in s.split(',')]
+  parser.add_argument('--tiny_batch', type=ints, default=[16])
+  parser.add_argument('--full_batch', type=ints, default=[8])
   parser.add_argument('--variants', default='tiny,full')
+  parser.add_argument('--no_pose', action='store_true', help='skip the pose estimator alone')
   args = parser.parse_args()
   gemm = common.print_header(('what', 'variant', 'batch', 'compile s', 'train img/s', 'GFLOP/s',
                               '% of GEMM'))
-  runs = [(a, 'alignment') for a in args.architectures.split(',')] + [('pose_tree_moe', 'pose')]
+  runs = [(a, 'alignment') for a in args.architectures.split(',')]
+  runs += [] if args.no_pose else [('pose_tree_moe', 'pose')]
   for variant in args.variants.split(','):
-    batch = args.tiny_batch if variant == 'tiny' else args.full_batch
     for architecture, task in runs:
-      r = measure(architecture, variant, batch, task)
-      what = 'pose estimator' if task == 'pose' else architecture
-      print(f'| {what} | {variant} | {batch} | {r["compile_s"]:.1f} | {r["img_s"]:.2f} | '
-            f'{r["gflops"]:.1f} | {100 * r["gflops"] / gemm:.1f} |', flush=True)
+      for batch in args.tiny_batch if variant == 'tiny' else args.full_batch:
+        r = measure(architecture, variant, batch, task)
+        what = 'pose estimator' if task == 'pose' else architecture
+        print(f'| {what} | {variant} | {batch} | {r["compile_s"]:.1f} | {r["img_s"]:.2f} | '
+              f'{r["gflops"]:.1f} | {100 * r["gflops"] / gemm:.1f} |', flush=True)
 
 
 if __name__ == '__main__':
