@@ -34,7 +34,8 @@ GPU_MERGED_MIN_BATCH = 32  # faces; below it the GPU's 'auto' keeps 'vmap'
 def resolve_cnn_lowering(lowering: str, backend: str | None = None,
                          batch: int | None = None) -> str:
   """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend) for
-  `batch` faces (None: a small batch)."""
+  `batch` faces (None: a small batch). Inside a data-parallel jit the traced batch is the global
+  one, so on several GPUs the rule reads the global batch, not each card's (measured on one)."""
   resolved = _resolve('CNN committee', lowering, CNN_LOWERINGS, 'merged', backend)
   if (lowering == 'auto' and (backend or jax.default_backend()) == 'gpu'
       and (batch or 0) >= GPU_MERGED_MIN_BATCH):

@@ -157,4 +157,4 @@ def alignment_task(config: ml_collections.ConfigDict) -> Task:
 
   return Task('alignment', model, init, loss, eval_sums,
               ('image', 'landmarks', 'init_shape') + (('pose',) if truth_pose else ()),
-              runs_pose_estimator=model.pose_estimator is not None)
+              runs_pose_estimator=getattr(model, 'pose_estimator', None) is not None)
