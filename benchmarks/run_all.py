@@ -340,8 +340,8 @@ def main() -> int:
   parser.add_argument('--train_batch_tiny', type=int, default=16)
   parser.add_argument('--min_seconds', type=float, default=2.0)
   parser.add_argument('--before', default='pose_tree_moe,tree_moe',
-                      help='architectures also measured with the committee lowerings that auto '
-                           'does not pick on this backend (before/after)')
+                      help='architectures also measured with the nn.vmap committees, the '
+                           'lowering before any was measured per backend (before/after)')
   parser.add_argument('--no_pipeline', action='store_true')
   parser.add_argument('--numerics_workdir', default='')
   parser.add_argument('--json', default='docs/data/benchmarks_run_all.json')
@@ -369,7 +369,7 @@ def main() -> int:
         batch = args.train_batch_full if variant == 'full' else args.train_batch_tiny
         results['rows'].append(train_row(architecture, variant, dtype, batch))
         if variant == 'full' and dtype == 'float32' and architecture in args.before.split(','):
-          # Before/after in the same process: the committee lowerings 'auto' does not pick here.
+          # Before/after in the same process: the nn.vmap committees (other_lowering).
           other = other_lowering()
           results['rows'] += forward_rows(architecture, variant, dtype, batches, args, other)
           if tuned[0]['options']:  # XLA's defaults differ from the tuned options (CPU only)
