@@ -111,6 +111,8 @@ def main() -> int:
   parser.add_argument('--count_flops', default='',
                       help='comma-separated JSONs of GPU runs: fill their FLOPs here and merge')
   parser.add_argument('--merged_json', default='docs/data/gpu_benchmark_h100.json')
+  parser.add_argument('--plot', default='',
+                      help='with --count_flops: a PNG of forward img/s against batch')
   parser.add_argument('--auto_was', default='',
                       help="'CNN/MLP' that 'auto' ran as in rows recorded without it")
   args = parser.parse_args()
@@ -119,6 +121,8 @@ def main() -> int:
     pathlib.Path(args.merged_json).write_text(json.dumps(merged, indent=1) + '\n')
     print(run_all.markdown(merged))
     print(targets(merged))
+    if args.plot:
+      plot(merged, args.plot)
     return 0
   start = time.perf_counter()
   out = pathlib.Path(args.out)
@@ -185,6 +189,33 @@ def counted_flops(row: dict) -> float:
   else:
     fn = lambda v, x, s: counted.apply(v, x, s)['shape']
   return common.lowered_flops(jax.jit(fn).lower(variables, images, init))
+
+
+def plot(results: dict, path: str) -> None:
+  """Forward img/s against batch, one line per architecture, dtype and committee lowering, with
+  the plain port and the issue's 20,000 img/s: where each lowering wins is read off the crossing."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  lines = {}
+  for r in results['rows']:
+    if r['kind'] in ('forward', 'plain_port'):
+      name = (f'{r["architecture"]} {r["dtype"]} ' + (r['resolved'] if r['kind'] == 'forward'
+                                                      else 'plain port'))
+      lines.setdefault(name, []).append((r['batch'], r['img_s']))
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for name, points in sorted(lines.items()):
+    if len(points) > 1:
+      batch, img_s = zip(*sorted(points))
+      ax.plot(batch, img_s, 'o-' if 'plain' not in name else 's--', label=name)
+  ax.axhline(20000, color='grey', linestyle=':', label="the issue's target (bf16, batch 1024)")
+  ax.set(xscale='log', yscale='log', xlabel='batch (faces)', ylabel='forward img/s',
+         title=f'{results["machine"]["device"]}, jax {results["machine"]["jax"]}')
+  ax.grid(True, which='both', alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def targets(results: dict) -> str:

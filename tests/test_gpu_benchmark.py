@@ -64,3 +64,12 @@ def test_out_of_memory_is_said_plainly():
   assert gpu_benchmark.failed(RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying '
                                            'to allocate 9 GiB')) == 'out of memory'
   assert gpu_benchmark.failed(ValueError('bad shape\nmore')) == 'ValueError: bad shape'
+
+
+def test_plot_writes_a_png(timed_rows, tmp_path):
+  rows = [timed_rows[0], dict(timed_rows[0], batch=8, img_s=2 * timed_rows[0]['img_s'])]
+  results = {'machine': run_all.machine(), 'rows': rows}
+  path = tmp_path / 'gpu.png'
+  gpu_benchmark.plot(results, str(path))
+  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert path.stat().st_size > 10_000
