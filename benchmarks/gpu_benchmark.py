@@ -10,9 +10,10 @@ full-size pose_tree_moe forward in bfloat16 (batch-1 latency, img/s up to batch 
 training step (% of the bf16 GEMM rate measured in this process: the MFU); then float32 with the
 plain port beside it; then tree_moe; then the committees' other lowerings, forward and training
 (by default the nn.vmap pair against the CPU's: what decided, and still checks, what 'auto' picks
-on a GPU; one H100 measured the forward, not yet the training step). Each item starts only while `--budget_s` lasts; a batch that does not
-fit in memory is recorded as such. The JSON is rewritten after every row (a run killed at its
-limit keeps what it measured), in run_all's format (`run_all.py --from_json` renders it).
+on a GPU; one H100 measured the forward, not yet the training step). Each item starts only while
+`--budget_s` lasts; a batch that does not fit in memory is recorded as such. The JSON is
+rewritten after every row (a run killed at its limit keeps what it measured), in run_all's
+format (`run_all.py --from_json` renders it).
 Prints the targets' figures last.
 
 XLA's GPU cost analysis (jax 0.11.2) counts no FLOPs for convolutions and matmuls before
@@ -39,7 +40,6 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import plain_port  # pylint: disable=g-import-not-at-top
 from benchmarks import run_all  # pylint: disable=g-import-not-at-top
 from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
-from treemoe_jax import models  # pylint: disable=g-import-not-at-top
 
 GEMM_N = 8192  # a GPU reaches its matmul rate only on large products; 2048 is far below it
 
@@ -180,15 +180,11 @@ def counted_flops(row: dict) -> float:
   if row['kind'] == 'train':
     mesh, state, _, batches = train_speed.setup_step(config, row['batch'], num_batches=1)
     return train_speed.step_flops(config, 'alignment', mesh, state, batches[0])
-  model = models.create(config)
-  counted = models.create(common.countable(config))
-  variables = jax.eval_shape(lambda key: models.init(model, key), jax.random.key(0))
+  case = run_all.forward_case(row['architecture'], row['variant'], row['dtype'], row['resolved'],
+                              abstract=True)
+  fn = plain_port.make_forward(case.model) if row['kind'] == 'plain_port' else case.counted_forward
   images, init = run_all.inputs(row['batch'])
-  if row['kind'] == 'plain_port':
-    fn = plain_port.make_forward(model)
-  else:
-    fn = lambda v, x, s: counted.apply(v, x, s)['shape']
-  return common.lowered_flops(jax.jit(fn).lower(variables, images, init))
+  return common.lowered_flops(jax.jit(fn).lower(case.variables, images, init))
 
 
 def plot(results: dict, path: str) -> None:

@@ -96,23 +96,32 @@ class ForwardCase:
   variables: object
   options: dict | None
 
+  def forward(self, variables, images, init):
+    return self.model.apply(variables, images, init)['shape']
 
-def forward_case(architecture, variant, dtype, lowering='auto', xla='tuned') -> ForwardCase:
+  def counted_forward(self, variables, images, init):
+    return self.counted.apply(variables, images, init)['shape']
+
+
+def forward_case(architecture, variant, dtype, lowering='auto', xla='tuned',
+                 abstract=False) -> ForwardCase:
   """xla: 'tuned' compiles with treemoe_jax.xla_options (as evaluation and Aligner do),
-  'defaults' with XLA's own options (the before of that change)."""
+  'defaults' with XLA's own options (the before of that change). abstract: parameters as shapes
+  only (enough to lower and count FLOPs, nothing to run)."""
   config = config_for(architecture, variant, dtype, lowering)
   model = models.create(config)
   options = (xla_options.inference_options(model.pose_estimator is not None)
              if xla == 'tuned' else None)
   counted = models.create(common.countable(config))
-  variables = jax.jit(lambda key: models.init(model, key))(jax.random.key(0))
+  init = lambda key: models.init(model, key)
+  key = jax.random.key(0)
+  variables = jax.eval_shape(init, key) if abstract else jax.jit(init)(key)
   return ForwardCase(architecture, variant, dtype, lowering, xla, model, counted, variables,
                      options)
 
 
 def forward_row(case: ForwardCase, batch: int, min_seconds: float) -> dict:
-  row = timed_forward(lambda v, x, s: case.model.apply(v, x, s)['shape'], case.variables, batch,
-                      min_seconds, lambda v, x, s: case.counted.apply(v, x, s)['shape'],
+  row = timed_forward(case.forward, case.variables, batch, min_seconds, case.counted_forward,
                       case.options)
   log(f'forward {case.architecture} {case.variant} {case.dtype} {case.lowering} XLA {case.xla} '
       f'batch {batch}: {row["img_s"]:.1f} img/s, {row["gflops"]:.1f} GFLOP/s')

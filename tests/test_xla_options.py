@@ -26,8 +26,7 @@ def test_choice_per_model_and_backend(monkeypatch):
   assert xla_options.inference_options(False, backend='cpu') is None
 
 
-@cpu_only
-def test_an_unknown_value_falls_back_with_a_warning():
+def test_an_unknown_value_falls_back_with_a_warning():  # probed on the CPU device anywhere
   with pytest.warns(UserWarning, match='refused'):
     assert not xla_options._accepted('LIBRARY_FUSION_TYPE_NO_SUCH_THING')
 
