@@ -16,6 +16,18 @@ faces, from the same `[E, ...]` parameters, each lowering jitted alone:
 Forward and gradient (w.r.t. the parameters) times, and each lowering's largest difference from
 the reference. Read the ratios within one run.
 
+  python benchmarks/cnn_lowering.py --set gpu --faces 1024 --dtype bfloat16   # a GPU's candidates
+
+times, beside vmap and merged, what suits a GPU's matrix units (experts.grouped_committee):
+  merged_cpu_grads merged with the CPU's custom VJP (space-to-depth input gradients);
+  merged_none      merged with XLA's own gradients (no custom VJP: 'auto' off the CPU);
+  merged_pad8      merged, each expert's widths zero-padded to multiples of 8 (7-14-28-56 -> 8-16-32-56);
+  grouped1_pad8    every later layer one grouped convolution, a group per expert, padded;
+  grouped2_pad8, grouped4_pad8   groups of 2 / 4 experts with block-diagonal kernels, padded;
+  blockdiag        one group: every later layer one dense convolution, block-diagonal kernel
+                   (8x those layers' FLOPs; `cnn_lowering='blockdiag'`).
+The FLOP rate is the reference's count (the useful work) over each lowering's time.
+
   python benchmarks/cnn_lowering.py --layers --faces 16
 
 times each layer of one expert alone: forward, kernel gradient and input gradient, as XLA's
@@ -209,6 +221,10 @@ def main() -> None:
   parser.add_argument('--rules', action='store_true', help='committee gradient per rule for '
                       'the im2col kernel gradients')
   parser.add_argument('--repeats', type=int, default=2)
+  parser.add_argument('--set', default='cpu', choices=('cpu', 'gpu'),
+                      help="which lowerings: the CPU study's or a GPU's candidates")
+  parser.add_argument('--dtype', default='float32', help='the computation (parameters float32)')
+  parser.add_argument('--gemm_n', type=int, default=2048, help='8192 on a GPU')
   args = parser.parse_args()
   if args.train_step:
     train_step_table(args.repeats)
@@ -219,32 +235,58 @@ def main() -> None:
   if args.layers:
     layer_table(args.faces)
     return
+  dtype = jnp.dtype(args.dtype)
   crops = jax.random.normal(jax.random.key(0), (args.faces, 68, 32, 32))
-  module = experts.ExpertCNNs(8, FEATURES, KERNELS, lowering='vmap')
+  module = experts.ExpertCNNs(8, FEATURES, KERNELS, lowering='vmap', dtype=dtype)
   variables = jax.jit(module.init)(jax.random.key(1), crops)
   params = variables['params']['experts']
   vmapped = lambda p, x: module.apply({'params': {'experts': p}}, x)
-  lowerings = {'vmap': vmapped, 'unrolled': unrolled,
-               'merged': lambda p, x: experts.merged_committee(p, x),
-               'merged_xla_kernel_grads': lambda p, x: experts.merged_committee(
-                   p, x, kernel_grad='xla'),
-               'merged_em': merged_expert_major, 'merged_im2col': merged_im2col,
-               'merged_batched': merged_batched}
-  gemm = common.gemm_gflops()
-  print(f'device: {jax.devices()[0].device_kind}, {args.faces} faces x 68 patches, '
-        f'jit GEMM {gemm:.1f} GFLOP/s')
+  lowerings = (gpu_lowerings(vmapped, dtype) if args.set == 'gpu' else
+               cpu_lowerings(vmapped, dtype))
+  gemm = common.gemm_gflops(args.gemm_n, dtype)
+  counted = experts.ExpertCNNs(8, FEATURES, KERNELS, lowering='vmap', conv_impl='xla')
+  flops = common.lowered_flops(jax.jit(lambda p, x: counted.apply(
+      {'params': {'experts': p}}, x)).lower(params, crops))  # the useful work, on any backend
+  print(f'device: {jax.devices()[0].device_kind}, {args.faces} faces x 68 patches, {args.dtype}, '
+        f'jit GEMM {gemm:.1f} GFLOP/s, {flops / 1e9:.1f} GFLOP forward (counted as nn.vmap)')
   print('| lowering | forward ms | % GEMM | gradient ms | max diff |')
   print('|---|---|---|---|---|')
   reference = jax.jit(vmapped)(params, crops)
   for name, fn in lowerings.items():
-    forward = jax.jit(fn).lower(params, crops).compile()
-    seconds = common.time_call(lambda: forward(params, crops))
-    flops = common.compiled_flops(forward)
-    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(fn(p, x) ** 2))).lower(params, crops).compile()
-    grad_seconds = common.time_call(lambda: grad(params, crops))
+    try:
+      forward = jax.jit(fn).lower(params, crops).compile()
+      seconds = common.time_call(lambda: forward(params, crops))
+      grad = jax.jit(jax.grad(lambda p, x: jnp.sum(fn(p, x) ** 2))).lower(params, crops).compile()
+      grad_seconds = common.time_call(lambda: grad(params, crops))
+    except Exception as error:  # pylint: disable=broad-except
+      print(f'| {name} | failed: {str(error).splitlines()[0][:200]} | | | |', flush=True)
+      continue
     diff = float(jnp.abs(forward(params, crops) - reference).max())
-    print(f'| {name} | {1e3 * seconds:.0f} | {100 * flops / seconds / 1e9 / gemm:.1f} | '
-          f'{1e3 * grad_seconds:.0f} | {diff:.1e} |', flush=True)
+    print(f'| {name} | {1e3 * seconds:.1f} | {100 * flops / seconds / 1e9 / gemm:.1f} | '
+          f'{1e3 * grad_seconds:.1f} | {diff:.1e} |', flush=True)
+
+
+def cpu_lowerings(vmapped, dtype):
+  return {'vmap': vmapped, 'unrolled': unrolled,
+          'merged': lambda p, x: experts.merged_committee(p, x, dtype=dtype),
+          'merged_xla_kernel_grads': lambda p, x: experts.merged_committee(
+              p, x, dtype=dtype, kernel_grad='xla'),
+          'merged_em': merged_expert_major, 'merged_im2col': merged_im2col,
+          'merged_batched': merged_batched}
+
+
+def gpu_lowerings(vmapped, dtype):
+  def grouped(experts_per_group, multiple):
+    return lambda p, x: experts.grouped_committee(p, x, experts_per_group, multiple, dtype=dtype)
+  return {'vmap': vmapped,
+          'merged_cpu_grads': lambda p, x: experts.merged_committee(
+              p, x, dtype=dtype, kernel_grad='xla'),
+          'merged_none': lambda p, x: experts.merged_committee(p, x, dtype=dtype,
+                                                               kernel_grad='none'),
+          'merged_pad8': lambda p, x: experts.merged_committee(
+              experts.padded_channels(p, 8), x, dtype=dtype, kernel_grad='none'),
+          'grouped1_pad8': grouped(1, 8), 'grouped2_pad8': grouped(2, 8),
+          'grouped4_pad8': grouped(4, 8), 'blockdiag': grouped(None, 1)}
 
 
 if __name__ == '__main__':

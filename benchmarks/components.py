@@ -1,6 +1,7 @@
 """Where a full-size forward spends its time: each component of one stage, timed alone.
 
   python benchmarks/components.py [--batch 8]
+  python benchmarks/components.py --batch 1024 --dtype bfloat16 --pose_only --gemm_n 8192  # GPU
 
 Pose estimator (ResNet-50), patch extraction, the representation committee (1 CNN of section
 3.5 widths, and 8 pose expert CNNs as one nn.vmap), the 64-expert regression committee and the
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
@@ -39,16 +41,22 @@ def report(name, seconds, flops, gemm):
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--dtype', default='float32', help="the pose estimator's computation")
+  parser.add_argument('--pose_only', action='store_true', help='the pose estimator alone')
+  parser.add_argument('--gemm_n', type=int, default=2048, help='8192 on a GPU')
   args = parser.parse_args()
   b = args.batch
-  gemm = common.gemm_gflops()
-  print(f'device: {jax.devices()[0].device_kind}, batch {b}, jit GEMM {gemm:.1f} GFLOP/s')
+  gemm = common.gemm_gflops(args.gemm_n, jnp.dtype(args.dtype))
+  print(f'device: {jax.devices()[0].device_kind}, batch {b}, jit GEMM ({args.dtype}) '
+        f'{gemm:.1f} GFLOP/s')
   print('| component (one stage unless noted) | ms | GFLOP | GFLOP/s | % of GEMM |')
   print('|---|---|---|---|---|')
   images = jax.random.uniform(jax.random.key(1), (b, 150, 150), minval=-1, maxval=1)
   shape = 75 + 20 * jax.random.normal(jax.random.key(2), (b, 68, 2))
-  time_module('pose estimator (ResNet-50, once per image)', pose.PoseEstimator(), images,
-              gemm=gemm, train=False)
+  time_module(f'pose estimator (ResNet-50, once per image, {args.dtype})',
+              pose.PoseEstimator(dtype=jnp.dtype(args.dtype)), images, gemm=gemm, train=False)
+  if args.pose_only:
+    return
   extract = jax.jit(patches.extract_patches).lower(images, shape).compile()
   report('patch extraction 68 x 32x32', common.time_call(lambda: extract(images, shape)),
          common.compiled_flops(extract), gemm)

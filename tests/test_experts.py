@@ -93,12 +93,14 @@ def test_conv_impls_share_parameters_and_outputs():
     (1, (4, 6, 8, 8, 5), (5, 5, 3, 3, 1), 16),  # one CNN, a 16 px patch: the last map pooled
     (3, (4,), (3,), 8),  # a single layer: no ReLU anywhere
 ])
-def test_merged_lowering_equals_vmap(num_experts, features, kernels, patch):
-  """The 'merged' committee (one conv for the shared first layer, then per expert) is the plain
+@pytest.mark.parametrize('lowering', ['merged', 'blockdiag'])
+def test_committee_lowerings_equal_vmap(num_experts, features, kernels, patch, lowering):
+  """The 'merged' committee (one conv for the shared first layer, then per expert) and the
+  'blockdiag' one (then every layer one convolution with a block-diagonal kernel) are the plain
   nn.vmap committee: outputs and parameter gradients, from the same [E, ...] parameters."""
   crops = jax.random.normal(jax.random.key(0), (2, 5, patch, patch))
   plain = experts.ExpertCNNs(num_experts, features, kernels, lowering='vmap')
-  merged = experts.ExpertCNNs(num_experts, features, kernels, lowering='merged')
+  merged = experts.ExpertCNNs(num_experts, features, kernels, lowering=lowering)
   variables = jax.jit(plain.init)(jax.random.key(1), crops)
   np.testing.assert_allclose(jax.jit(merged.apply)(variables, crops),
                              jax.jit(plain.apply)(variables, crops), rtol=1e-4, atol=1e-5)
@@ -106,6 +108,65 @@ def test_merged_lowering_equals_vmap(num_experts, features, kernels, patch):
            for m in (plain, merged)]
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+
+
+def test_group_block_diagonal_equals_a_loop():
+  """Entry [i, j, a*C + c, (J*G + b)*F + f] is expert J*G+a's kernel where a == b, else 0."""
+  kernel = np.asarray(jax.random.normal(jax.random.key(0), (6, 3, 3, 2, 4)))  # [E, k, k, C, F]
+  for g in (1, 2, 3, 6):
+    blocks = np.asarray(experts.group_block_diagonal(jnp.asarray(kernel), g))
+    expected = np.zeros((3, 3, g * 2, 6 * 4))
+    for e in range(6):
+      a = e % g
+      expected[:, :, a * 2:(a + 1) * 2, e * 4:(e + 1) * 4] = kernel[e]
+    np.testing.assert_array_equal(blocks, expected)
+  with pytest.raises(ValueError, match='6 experts do not split into groups of 4'):
+    experts.group_block_diagonal(jnp.asarray(kernel), 4)
+
+
+@pytest.mark.parametrize('experts_per_group,channel_multiple', [(1, 1), (1, 8), (2, 8), (4, 1),
+                                                                 (None, 8)])
+def test_grouped_committee_equals_vmap(experts_per_group, channel_multiple):
+  """Any grouping of the experts, with or without zero-padded widths, is the nn.vmap committee,
+  outputs and parameter gradients (the gradients w.r.t. the unpadded parameters)."""
+  crops = jax.random.normal(jax.random.key(0), (2, 5, 32, 32))
+  plain = experts.ExpertCNNs(4, (7, 14, 28, 56, 30), (5, 5, 3, 3, 1), lowering='vmap')
+  params = jax.jit(plain.init)(jax.random.key(1), crops)['params']
+  grouped = jax.jit(lambda p: experts.grouped_committee(p['experts'], crops, experts_per_group,
+                                                        channel_multiple))
+  reference = jax.jit(lambda p: plain.apply({'params': p}, crops))
+  np.testing.assert_allclose(grouped(params), reference(params), rtol=1e-4, atol=1e-5)
+  grads = [jax.grad(lambda p, f=f: jnp.sum(jnp.sin(f(p))))(params) for f in (reference, grouped)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+
+
+def test_padded_channels_pad_with_zeros_to_the_multiple():
+  params = {f'conv{i}': {'kernel': jnp.ones((2, 3, 3, c, f)), 'bias': jnp.ones((2, f))}
+            for i, (c, f) in enumerate([(1, 7), (7, 14), (14, 30)])}
+  padded = experts.padded_channels(params, 8)
+  assert [padded[f'conv{i}']['kernel'].shape for i in range(3)] == [
+      (2, 3, 3, 1, 8), (2, 3, 3, 8, 16), (2, 3, 3, 16, 30)]  # the features keep their width
+  for i in range(3):
+    kernel, bias = padded[f'conv{i}']['kernel'], padded[f'conv{i}']['bias']
+    original = params[f'conv{i}']['kernel']
+    assert float(kernel.sum()) == float(original.sum())  # what was added is zero
+    assert float(bias.sum()) == float(params[f'conv{i}']['bias'].sum())
+
+
+def test_merged_committee_with_xlas_own_gradients_equals_vmap():
+  """kernel_grad='none' (no custom VJP: what 'auto' means off the CPU) gives vmap's gradients."""
+  crops = jax.random.normal(jax.random.key(0), (2, 5, 32, 32))
+  plain = experts.ExpertCNNs(3, (3, 4, 5, 6, 3), (5, 5, 3, 3, 1), lowering='vmap')
+  params = jax.jit(plain.init)(jax.random.key(1), crops)['params']
+  grads = [jax.grad(lambda p, f=f: jnp.sum(f(p) ** 2))(params) for f in (
+      lambda p: plain.apply({'params': p}, crops),
+      lambda p: experts.merged_committee(p['experts'], crops, kernel_grad='none'))]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+  with pytest.raises(ValueError, match="unknown kernel_grad 'cudnn'"):
+    experts.merged_committee(params['experts'], crops, kernel_grad='cudnn')
 
 
 def test_scanned_regressors_have_the_gradients_of_the_vmapped_ones():
@@ -143,7 +204,7 @@ def test_cnn_lowering_per_backend():
     experts.resolve_cnn_lowering('grouped')
 
 
-@pytest.mark.parametrize('lowering', ['vmap', 'merged'])
+@pytest.mark.parametrize('lowering', ['vmap', 'merged', 'blockdiag'])
 def test_bfloat16_committees_keep_float32_parameters_and_outputs(lowering):
   crops = jax.random.normal(jax.random.key(0), (2, 5, 16, 16))
   cnns = experts.ExpertCNNs(4, (4, 6, 8, 8, 5), lowering=lowering, dtype=jnp.bfloat16)

@@ -27,7 +27,10 @@ CONV_IMPLS = ('im2col', 'xla')
 # (benchmarks/gpu_benchmark.py, full pose_tree_moe forward in bf16, 'merged' against 'vmap')
 # measured batch 1 at 10.7 against 2.9 ms, batch 32 at 2738 against 2638 img/s, 256 at 5298
 # against 3970, 1024 at 5777 against 2052. Other backends: 'vmap' (not measured).
-CNN_LOWERINGS = ('auto', 'vmap', 'merged')
+# 'blockdiag' is `grouped_committee` with one group: every later layer one dense convolution over
+# all experts' channels with a block-diagonal kernel (E times the FLOPs of those layers, in one
+# wide convolution for a GPU's matrix units instead of E narrow ones).
+CNN_LOWERINGS = ('auto', 'vmap', 'merged', 'blockdiag')
 GPU_MERGED_MIN_BATCH = 32  # faces; below it the GPU's 'auto' keeps 'vmap'
 
 
@@ -159,6 +162,10 @@ def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 KERNEL_GRADS = ('xla', 'im2col')
+# merged_committee's kernel_grad: these, or 'none' (XLA's own gradient of its strided convolution,
+# no custom VJP) or 'auto' (`kernel_grad_for` per layer on CPU, where they were measured; 'none'
+# elsewhere).
+MERGED_KERNEL_GRADS = KERNEL_GRADS + ('none', 'auto')
 
 
 def im2col_kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int) -> jax.Array:
@@ -221,11 +228,94 @@ def kernel_grad_for(kernel_size: int, channels: int) -> str:
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
           kernel_grad: str = 'xla') -> jax.Array:
   """nn.Conv's 'SAME' strided convolution: x [N, H, W, C], kernel [k, k, C, F] -> [N, H', W', F]."""
-  if stride == 2:
+  if kernel_grad not in MERGED_KERNEL_GRADS:
+    raise ValueError(f'unknown kernel_grad {kernel_grad!r}; valid: {", ".join(MERGED_KERNEL_GRADS)}')
+  if kernel_grad == 'auto' and jax.default_backend() != 'cpu':
+    kernel_grad = 'none'
+  if stride == 2 and kernel_grad != 'none':
     if kernel_grad == 'auto':
       kernel_grad = kernel_grad_for(kernel.shape[0], kernel.shape[2])
     return stride2_conv(x, kernel, kernel_grad) + bias
   return _xla_conv(x, kernel, stride) + bias
+
+
+def _merged_first_layer(layers: list[dict], patches: jax.Array, stride: int, dtype: Dtype,
+                        kernel_grad: str) -> jax.Array:
+  """Every expert's first convolution as one, E x F0 outputs, expert-major: [B*P, H, W, E*F0]
+  (all experts read the same patch)."""
+  batch, num_patches, size, _ = patches.shape
+  kernel0 = layers[0]['kernel'].astype(dtype)  # [E, k, k, C, F0]
+  num_experts, k, _, channels, width = kernel0.shape
+  merged = jnp.moveaxis(kernel0, 0, -2).reshape(k, k, channels, num_experts * width)  # e-major
+  x = patches.reshape(batch * num_patches, size, size, 1).astype(dtype)
+  x = _conv(x, merged, layers[0]['bias'].astype(dtype).reshape(-1), stride, kernel_grad)
+  return nn.relu(x) if len(layers) > 1 else x
+
+
+def padded_channels(params: dict, multiple: int) -> dict:
+  """The committee's parameters with each expert's hidden widths zero-padded up to `multiple`.
+
+  The same function: a padded channel's kernel and bias are 0, so it is relu(0) = 0, and the next
+  layer's kernel rows that read it are 0. Why: a GPU's matrix units take channels in multiples of
+  8 (the pose experts' are 7-14-28-56). Leaves `[E, k, k, C, F]` / `[E, F]`; the last layer's
+  outputs (the features) keep their width. Differentiable: the gradient of a pad is a slice.
+  """
+  padded, extra_in = {}, 0
+  for i in range(len(params)):
+    kernel, bias = params[f'conv{i}']['kernel'], params[f'conv{i}']['bias']
+    extra_out = 0 if i == len(params) - 1 else -kernel.shape[-1] % multiple
+    padded[f'conv{i}'] = {
+        'kernel': jnp.pad(kernel, [(0, 0)] * 3 + [(0, extra_in), (0, extra_out)]),
+        'bias': jnp.pad(bias, [(0, 0), (0, extra_out)])}
+    extra_in = extra_out
+  return padded
+
+
+def group_block_diagonal(kernel: jax.Array, experts_per_group: int) -> jax.Array:
+  """Expert kernels [E, k, k, C, F] -> one grouped-convolution kernel [k, k, G*C, E*F].
+
+  E / G groups of G experts; within a group the kernel is block-diagonal (expert a's outputs read
+  only expert a's inputs). Input and output channels are expert-major, as in `merged_committee`;
+  used with feature_group_count = E / G.
+  """
+  num_experts, k, _, channels, features = kernel.shape
+  g = experts_per_group
+  if num_experts % g:
+    raise ValueError(f'{num_experts} experts do not split into groups of {g}')
+  kernel = kernel.reshape(num_experts // g, g, k, k, channels, features)  # [J, G, k, k, C, F]
+  blocks = jnp.einsum('jakicf,ab->kiacjbf', kernel, jnp.eye(g, dtype=kernel.dtype))
+  return blocks.reshape(k, k, g * channels, num_experts * features)
+
+
+def grouped_committee(params: dict, patches: jax.Array, experts_per_group: int | None = None,
+                      channel_multiple: int = 1, stride: int = 2,
+                      dtype: Dtype = jnp.float32) -> jax.Array:
+  """What nn.vmap(PatchCNN) computes, `[B, E, P*n]`, with every layer one convolution.
+
+  The first layer as in `merged_committee`; every later layer one convolution over all experts'
+  channels, grouped by `experts_per_group` G (None: all E in one group, the block-diagonal
+  lowering; 1: a grouped convolution, one group per expert, as nn.vmap lowers to) with each group's
+  kernel block-diagonal (`group_block_diagonal`). G trades FLOPs (G times those layers') for wider
+  convolutions; `channel_multiple` pads each expert's widths (`padded_channels`). XLA's gradients.
+  """
+  if channel_multiple > 1:
+    params = padded_channels(params, channel_multiple)
+  batch, num_patches = patches.shape[:2]
+  layers = [params[f'conv{i}'] for i in range(len(params))]
+  num_experts = layers[0]['kernel'].shape[0]
+  g = experts_per_group or num_experts
+  x = _merged_first_layer(layers, patches, stride, dtype, 'none')  # [B*P, H, W, E*F0]
+  for i, layer in enumerate(layers[1:], start=1):
+    kernel = group_block_diagonal(layer['kernel'].astype(dtype), g)
+    x = jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                     feature_group_count=num_experts // g)
+    x = x + layer['bias'].astype(dtype).reshape(-1)
+    if i < len(layers) - 1:
+      x = nn.relu(x)
+  features = x.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, E*n]
+  features = features.reshape(batch, num_patches, num_experts, -1)  # [B, P, E, n]
+  return jnp.swapaxes(features, 1, 2).reshape(batch, num_experts, -1)  # [B, E, P*n]
 
 
 def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
@@ -236,20 +326,14 @@ def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
   convolution with E x F0 outputs; each expert's later layers are plain convolutions on its own
   channels. On XLA:CPU this avoids the grouped convolutions nn.vmap lowers to (2-3% of the GEMM
   rate; benchmarks/cnn_lowering.py). `params` is the committee's {'conv{i}': {'kernel' [E, k, k,
-  C, F], 'bias' [E, F]}}; patches [B, P, S, S]. `kernel_grad` ('auto', 'xla', 'im2col'): how
-  the stride-2 layers take their kernel gradients ('auto': `kernel_grad_for` each layer).
+  C, F], 'bias' [E, F]}}; patches [B, P, S, S]. `kernel_grad` (MERGED_KERNEL_GRADS): how the
+  stride-2 layers take their gradients.
   """
-  batch, num_patches, size, _ = patches.shape
+  batch, num_patches = patches.shape[:2]
   layers = [params[f'conv{i}'] for i in range(len(params))]
   last = len(layers) - 1
-  kernel0 = layers[0]['kernel'].astype(dtype)  # [E, k, k, C, F0]
-  num_experts, k, _, channels, width = kernel0.shape
-  merged = jnp.moveaxis(kernel0, 0, -2).reshape(k, k, channels, num_experts * width)  # e-major
-  x = patches.reshape(batch * num_patches, size, size, 1).astype(dtype)
-  x = _conv(x, merged, layers[0]['bias'].astype(dtype).reshape(-1), stride,
-            kernel_grad)  # [B*P, H, W, E*F0]
-  if last > 0:
-    x = nn.relu(x)
+  num_experts, width = layers[0]['bias'].shape
+  x = _merged_first_layer(layers, patches, stride, dtype, kernel_grad)  # [B*P, H, W, E*F0]
   x = x.reshape(x.shape[:3] + (num_experts, width))  # [B*P, H, W, E, F0]
   outputs = []
   for e in range(num_experts):
@@ -303,8 +387,11 @@ class ExpertCNNs(nn.Module):
     if self.is_initializing():
       return committee(patches)
     if chosen is None:
-      if resolve_cnn_lowering(self.lowering, batch=patches.shape[0]) == 'merged':
+      lowering = resolve_cnn_lowering(self.lowering, batch=patches.shape[0])
+      if lowering == 'merged':
         return merged_committee(self.variables['params']['experts'], patches, dtype=self.dtype)
+      if lowering == 'blockdiag':
+        return grouped_committee(self.variables['params']['experts'], patches, dtype=self.dtype)
       return committee(patches)
     return gathered(lambda p, x: expert().apply({'params': p}, x[None])[0],
                     self.variables['params']['experts'], chosen, patches)
