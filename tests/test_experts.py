@@ -93,7 +93,7 @@ def test_conv_impls_share_parameters_and_outputs():
     (1, (4, 6, 8, 8, 5), (5, 5, 3, 3, 1), 16),  # one CNN, a 16 px patch: the last map pooled
     (3, (4,), (3,), 8),  # a single layer: no ReLU anywhere
 ])
-@pytest.mark.parametrize('lowering', ['merged', 'blockdiag'])
+@pytest.mark.parametrize('lowering', ['merged', 'blockdiag', 'padded'])
 def test_committee_lowerings_equal_vmap(num_experts, features, kernels, patch, lowering):
   """The 'merged' committee (one conv for the shared first layer, then per expert) and the
   'blockdiag' one (then every layer one convolution with a block-diagonal kernel) are the plain

@@ -30,7 +30,8 @@ CONV_IMPLS = ('im2col', 'xla')
 # 'blockdiag' is `grouped_committee` with one group: every later layer one dense convolution over
 # all experts' channels with a block-diagonal kernel (E times the FLOPs of those layers, in one
 # wide convolution for a GPU's matrix units instead of E narrow ones).
-CNN_LOWERINGS = ('auto', 'vmap', 'merged', 'blockdiag')
+# 'padded' is 'merged' on each expert's widths zero-padded to multiples of 8 (`padded_channels`).
+CNN_LOWERINGS = ('auto', 'vmap', 'merged', 'blockdiag', 'padded')
 GPU_MERGED_MIN_BATCH = 32  # faces; below it the GPU's 'auto' keeps 'vmap'
 
 
@@ -388,8 +389,11 @@ class ExpertCNNs(nn.Module):
       return committee(patches)
     if chosen is None:
       lowering = resolve_cnn_lowering(self.lowering, batch=patches.shape[0])
-      if lowering == 'merged':
-        return merged_committee(self.variables['params']['experts'], patches, dtype=self.dtype)
+      if lowering in ('merged', 'padded'):
+        params = self.variables['params']['experts']
+        if lowering == 'padded':
+          params = padded_channels(params, 8)
+        return merged_committee(params, patches, dtype=self.dtype)
       if lowering == 'blockdiag':
         return grouped_committee(self.variables['params']['experts'], patches, dtype=self.dtype)
       return committee(patches)
