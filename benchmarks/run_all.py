@@ -56,7 +56,7 @@ def config_for(architecture: str, variant: str, dtype: str, lowering: str = 'aut
 
 def other_lowering() -> str:
   """The committee lowerings before they were measured per backend, as 'CNN/MLP': the nn.vmap
-  pair ('auto' picks 'merged'/'scan' on CPU, and 'merged' CNNs on a GPU from 32 faces)."""
+  pair ('auto' picks 'merged'/'scan' on CPU, 'blockdiag'/'vmap' on a GPU)."""
   return 'vmap/vmap'
 
 
@@ -127,7 +127,7 @@ def forward_row(case: ForwardCase, batch: int, min_seconds: float) -> dict:
       f'batch {batch}: {row["img_s"]:.1f} img/s, {row["gflops"]:.1f} GFLOP/s')
   return dict(kind='forward', architecture=case.architecture, variant=case.variant,
               dtype=case.dtype, lowering=case.lowering,
-              resolved=resolved_lowering(case.lowering, batch), xla=case.xla,
+              resolved=resolved_lowering(case.lowering), xla=case.xla,
               options=case.options, **row)
 
 
@@ -158,7 +158,7 @@ def train_row(architecture, variant, dtype, batch, lowering='auto') -> dict:
   log(f'train {architecture} {variant} {dtype} {lowering} batch {batch}: '
       f'{row["img_s"]:.1f} img/s')
   return dict(kind='train', architecture=architecture, variant=variant, dtype=dtype,
-              lowering=lowering, resolved=resolved_lowering(lowering, batch), batch=batch, **row)
+              lowering=lowering, resolved=resolved_lowering(lowering), batch=batch, **row)
 
 
 def _render(job: tuple[int, int]) -> int:
@@ -231,10 +231,10 @@ def machine() -> dict:
           'date': time.strftime('%Y-%m-%d %H:%M')}
 
 
-def resolved_lowering(lowering: str, batch: int | None, backend: str | None = None) -> str:
-  """'CNN/MLP' committee lowerings that `lowering` ('auto' or 'CNN/MLP') runs at `batch` faces."""
+def resolved_lowering(lowering: str, backend: str | None = None) -> str:
+  """'CNN/MLP' committee lowerings that `lowering` ('auto' or 'CNN/MLP') runs on `backend`."""
   cnn, mlp = lowering.split('/') if lowering != 'auto' else ('auto', 'auto')
-  return (f'{experts.resolve_cnn_lowering(cnn, backend, batch)}/'
+  return (f'{experts.resolve_cnn_lowering(cnn, backend)}/'
           f'{experts.resolve_mlp_lowering(mlp, backend)}')
 
 
@@ -242,7 +242,7 @@ def _lowering(row: dict, backend: str) -> str:
   """A row's committee lowerings: as recorded when it ran, else 'auto' resolved today."""
   if row.get('resolved') or row.get('lowering', 'auto') != 'auto':
     return row.get('resolved') or row['lowering']
-  return resolved_lowering('auto', row.get('batch'), backend)
+  return resolved_lowering('auto', backend)
 
 
 def _xla(row: dict) -> str:

@@ -21,30 +21,29 @@ Dtype = Any
 
 CONV_IMPLS = ('im2col', 'xla')
 # How a committee of expert CNNs is computed (the parameters are the same): 'vmap' is nn.vmap of
-# one expert, which XLA lowers to grouped convolutions; 'merged' is `merged_committee`; 'auto'
-# picks per backend what was measured faster. CPU: 'merged' (benchmarks/cnn_lowering.py: 4.3x the
-# forward, 1.2x the gradient of 8 pose experts at batch 32). GPU: by batch, since one H100
-# (benchmarks/gpu_benchmark.py, full pose_tree_moe forward in bf16, 'merged' against 'vmap')
-# measured batch 1 at 10.7 against 2.9 ms, batch 32 at 2738 against 2638 img/s, 256 at 5298
-# against 3970, 1024 at 5777 against 2052. Other backends: 'vmap' (not measured).
+# one expert, which XLA lowers to grouped convolutions; 'merged' is `merged_committee`; 'padded'
+# is 'merged' on each expert's widths zero-padded to multiples of 8 (`padded_channels`);
 # 'blockdiag' is `grouped_committee` with one group: every later layer one dense convolution over
-# all experts' channels with a block-diagonal kernel (E times the FLOPs of those layers, in one
-# wide convolution for a GPU's matrix units instead of E narrow ones).
-# 'padded' is 'merged' on each expert's widths zero-padded to multiples of 8 (`padded_channels`).
+# all experts' channels with a block-diagonal kernel (E times those layers' FLOPs, in one wide
+# convolution for a GPU's matrix units instead of E narrow ones). 'auto' picks per backend what
+# was measured faster. CPU: 'merged' (benchmarks/cnn_lowering.py: 4.3x the forward, 1.2x the
+# gradient of 8 pose experts at batch 32). GPU: 'blockdiag' (one H100, full pose_tree_moe bf16
+# forward, benchmarks/gpu_benchmark.py: batch 1 at 2.35 ms against vmap's 2.50, batch 8 2131
+# against 1751 img/s, 32 6838 against 'padded' 3898 and 'merged' 2738, 1024 12070 against
+# 'merged' 5812; the bf16 training step at batch 256 3592 against 'merged' 1979 img/s).
+# Other backends: 'vmap' (not measured).
 CNN_LOWERINGS = ('auto', 'vmap', 'merged', 'blockdiag', 'padded')
-GPU_MERGED_MIN_BATCH = 32  # faces; below it the GPU's 'auto' keeps 'vmap'
+CNN_AUTO = {'cpu': 'merged', 'gpu': 'blockdiag'}
 
 
-def resolve_cnn_lowering(lowering: str, backend: str | None = None,
-                         batch: int | None = None) -> str:
-  """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend) for
-  `batch` faces (None: a small batch). Inside a data-parallel jit the traced batch is the global
-  one, so on several GPUs the rule reads the global batch, not each card's (measured on one)."""
-  resolved = _resolve('CNN committee', lowering, CNN_LOWERINGS, 'merged', backend)
-  if (lowering == 'auto' and (backend or jax.default_backend()) == 'gpu'
-      and (batch or 0) >= GPU_MERGED_MIN_BATCH):
-    return 'merged'
-  return resolved
+def resolve_cnn_lowering(lowering: str, backend: str | None = None) -> str:
+  """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend)."""
+  if lowering not in CNN_LOWERINGS:
+    raise ValueError(f'unknown CNN committee lowering {lowering!r}; valid: '
+                     f'{", ".join(CNN_LOWERINGS)}')
+  if lowering != 'auto':
+    return lowering
+  return CNN_AUTO.get(backend or jax.default_backend(), 'vmap')
 
 
 def _resolve(committee: str, lowering: str, valid: tuple[str, ...], on_cpu: str,
@@ -164,8 +163,9 @@ def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 KERNEL_GRADS = ('xla', 'im2col')
 # merged_committee's kernel_grad: these, or 'none' (XLA's own gradient of its strided convolution,
-# no custom VJP) or 'auto' (`kernel_grad_for` per layer on CPU, where they were measured; 'none'
-# elsewhere).
+# no custom VJP) or 'auto': `kernel_grad_for` per layer on CPU, where it was measured; 'xla'
+# elsewhere (the space-to-depth input gradient; one H100, 8 pose experts on 1024 faces in bf16,
+# benchmarks/cnn_lowering.py --set gpu: the committee gradient in 96 ms against 'none' 119).
 MERGED_KERNEL_GRADS = KERNEL_GRADS + ('none', 'auto')
 
 
@@ -232,7 +232,7 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
   if kernel_grad not in MERGED_KERNEL_GRADS:
     raise ValueError(f'unknown kernel_grad {kernel_grad!r}; valid: {", ".join(MERGED_KERNEL_GRADS)}')
   if kernel_grad == 'auto' and jax.default_backend() != 'cpu':
-    kernel_grad = 'none'
+    kernel_grad = 'xla'
   if stride == 2 and kernel_grad != 'none':
     if kernel_grad == 'auto':
       kernel_grad = kernel_grad_for(kernel.shape[0], kernel.shape[2])
@@ -297,7 +297,8 @@ def grouped_committee(params: dict, patches: jax.Array, experts_per_group: int |
   channels, grouped by `experts_per_group` G (None: all E in one group, the block-diagonal
   lowering; 1: a grouped convolution, one group per expert, as nn.vmap lowers to) with each group's
   kernel block-diagonal (`group_block_diagonal`). G trades FLOPs (G times those layers') for wider
-  convolutions; `channel_multiple` pads each expert's widths (`padded_channels`). XLA's gradients.
+  convolutions; `channel_multiple` pads each expert's widths (`padded_channels`). The later
+  layers take XLA's gradients, the first as `merged_committee`'s 'auto'.
   """
   if channel_multiple > 1:
     params = padded_channels(params, channel_multiple)
@@ -305,7 +306,7 @@ def grouped_committee(params: dict, patches: jax.Array, experts_per_group: int |
   layers = [params[f'conv{i}'] for i in range(len(params))]
   num_experts = layers[0]['kernel'].shape[0]
   g = experts_per_group or num_experts
-  x = _merged_first_layer(layers, patches, stride, dtype, 'none')  # [B*P, H, W, E*F0]
+  x = _merged_first_layer(layers, patches, stride, dtype, 'auto')  # [B*P, H, W, E*F0]
   for i, layer in enumerate(layers[1:], start=1):
     kernel = group_block_diagonal(layer['kernel'].astype(dtype), g)
     x = jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
@@ -388,7 +389,7 @@ class ExpertCNNs(nn.Module):
     if self.is_initializing():
       return committee(patches)
     if chosen is None:
-      lowering = resolve_cnn_lowering(self.lowering, batch=patches.shape[0])
+      lowering = resolve_cnn_lowering(self.lowering)
       if lowering in ('merged', 'padded'):
         params = self.variables['params']['experts']
         if lowering == 'padded':
