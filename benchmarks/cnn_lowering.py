@@ -26,7 +26,8 @@ times, beside vmap and merged, what suits a GPU's matrix units (experts.grouped_
   grouped2_pad8, grouped4_pad8   groups of 2 / 4 experts with block-diagonal kernels, padded;
   blockdiag        one group: every later layer one dense convolution, block-diagonal kernel
                    (8x those layers' FLOPs; `cnn_lowering='blockdiag'`).
-The FLOP rate is the reference's count (the useful work) over each lowering's time.
+The FLOP rate is the reference's count (the useful work) over each lowering's time;
+`--lowerings blockdiag,grouped2_pad8` times only those (the reference is always computed).
 
   python benchmarks/cnn_lowering.py --layers --faces 16
 
@@ -225,6 +226,8 @@ def main() -> None:
                       help="which lowerings: the CPU study's or a GPU's candidates")
   parser.add_argument('--dtype', default='float32', help='the computation (parameters float32)')
   parser.add_argument('--gemm_n', type=int, default=2048, help='8192 on a GPU')
+  parser.add_argument('--lowerings', default='',
+                      help="comma-separated names: only these (e.g. 'blockdiag,grouped2_pad8')")
   args = parser.parse_args()
   if args.train_step:
     train_step_table(args.repeats)
@@ -243,6 +246,11 @@ def main() -> None:
   vmapped = lambda p, x: module.apply({'params': {'experts': p}}, x)
   lowerings = (gpu_lowerings(vmapped, dtype) if args.set == 'gpu' else
                cpu_lowerings(vmapped, dtype))
+  if args.lowerings:
+    unknown = set(args.lowerings.split(',')) - set(lowerings)
+    if unknown:
+      parser.error(f'unknown lowerings {sorted(unknown)}; valid: {", ".join(lowerings)}')
+    lowerings = {name: fn for name, fn in lowerings.items() if name in args.lowerings.split(',')}
   gemm = common.gemm_gflops(args.gemm_n, dtype)
   counted = experts.ExpertCNNs(8, FEATURES, KERNELS, lowering='vmap', conv_impl='xla')
   flops = common.lowered_flops(jax.jit(lambda p, x: counted.apply(

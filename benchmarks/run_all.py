@@ -107,9 +107,10 @@ def forward_case(architecture, variant, dtype, lowering='auto', xla='tuned',
                  abstract=False) -> ForwardCase:
   """xla: 'tuned' compiles with treemoe_jax.xla_options (as evaluation and Aligner do),
   'defaults' with XLA's own options (the before of that change). abstract: parameters as shapes
-  only (enough to lower and count FLOPs, nothing to run)."""
+  only (enough to lower and count FLOPs, nothing to run). The model is built for inference, as
+  evaluation and Aligner build it (`models.create(..., inference=True)`)."""
   config = config_for(architecture, variant, dtype, lowering)
-  model = models.create(config)
+  model = models.create(config, inference=True)
   options = (xla_options.inference_options(model.pose_estimator is not None)
              if xla == 'tuned' else None)
   counted = models.create(common.countable(config))
@@ -127,7 +128,7 @@ def forward_row(case: ForwardCase, batch: int, min_seconds: float) -> dict:
       f'batch {batch}: {row["img_s"]:.1f} img/s, {row["gflops"]:.1f} GFLOP/s')
   return dict(kind='forward', architecture=case.architecture, variant=case.variant,
               dtype=case.dtype, lowering=case.lowering,
-              resolved=resolved_lowering(case.lowering), xla=case.xla,
+              resolved=resolved_lowering(case.lowering, inference=True), xla=case.xla,
               options=case.options, **row)
 
 
@@ -213,7 +214,7 @@ def numerics(workdir: str) -> dict:
     config = run.config.copy_and_resolve_references()
     with config.unlocked():
       config.model.dtype = dtype
-    typed = dataclasses.replace(run, config=config, model=models.create(config))
+    typed = dataclasses.replace(run, config=config, model=models.create(config, inference=True))
     predict = evaluate.make_predict(typed.model, mesh)
     for view in ('frontal', 'large_pose', 'occluded', 'yaw_0_30', 'yaw_30_60', 'yaw_60_90'):
       arrays = evaluate.predict_split(typed, predict, variables, mesh, run.config.dataset,
@@ -231,10 +232,11 @@ def machine() -> dict:
           'date': time.strftime('%Y-%m-%d %H:%M')}
 
 
-def resolved_lowering(lowering: str, backend: str | None = None) -> str:
-  """'CNN/MLP' committee lowerings that `lowering` ('auto' or 'CNN/MLP') runs on `backend`."""
+def resolved_lowering(lowering: str, backend: str | None = None, inference: bool = False) -> str:
+  """'CNN/MLP' committee lowerings that `lowering` ('auto' or 'CNN/MLP') runs on `backend` (in a
+  forward never differentiated if `inference`)."""
   cnn, mlp = lowering.split('/') if lowering != 'auto' else ('auto', 'auto')
-  return (f'{experts.resolve_cnn_lowering(cnn, backend)}/'
+  return (f'{experts.resolve_cnn_lowering(cnn, backend, inference)}/'
           f'{experts.resolve_mlp_lowering(mlp, backend)}')
 
 

@@ -129,8 +129,9 @@ def test_group_block_diagonal_equals_a_loop():
 def test_grouped_committee_equals_vmap(experts_per_group, channel_multiple):
   """Any grouping of the experts, with or without zero-padded widths, is the nn.vmap committee,
   outputs and parameter gradients (the gradients w.r.t. the unpadded parameters)."""
-  crops = jax.random.normal(jax.random.key(0), (2, 5, 32, 32))
-  plain = experts.ExpertCNNs(4, (7, 14, 28, 56, 30), (5, 5, 3, 3, 1), lowering='vmap')
+  crops = jax.random.normal(jax.random.key(0), (1, 3, 32, 32))
+  plain = experts.ExpertCNNs(4, (3, 5, 6, 9, 4), (5, 5, 3, 3, 1), lowering='vmap',
+                             conv_impl='xla')
   params = jax.jit(plain.init)(jax.random.key(1), crops)['params']
   grouped = jax.jit(lambda p: experts.grouped_committee(p['experts'], crops, experts_per_group,
                                                         channel_multiple))
@@ -157,8 +158,9 @@ def test_padded_channels_pad_with_zeros_to_the_multiple():
 
 def test_merged_committee_with_xlas_own_gradients_equals_vmap():
   """kernel_grad='none' (no custom VJP: what 'auto' means off the CPU) gives vmap's gradients."""
-  crops = jax.random.normal(jax.random.key(0), (2, 5, 32, 32))
-  plain = experts.ExpertCNNs(3, (3, 4, 5, 6, 3), (5, 5, 3, 3, 1), lowering='vmap')
+  crops = jax.random.normal(jax.random.key(0), (1, 3, 16, 16))
+  plain = experts.ExpertCNNs(3, (3, 4, 5, 6, 3), (5, 5, 3, 3, 1), lowering='vmap',
+                             conv_impl='xla')
   params = jax.jit(plain.init)(jax.random.key(1), crops)['params']
   grads = [jax.grad(lambda p, f=f: jnp.sum(f(p) ** 2))(params) for f in (
       lambda p: plain.apply({'params': p}, crops),
@@ -197,6 +199,10 @@ def test_cnn_lowering_per_backend():
   assert experts.resolve_cnn_lowering('auto', 'tpu') == 'vmap'
   assert experts.resolve_cnn_lowering('vmap', 'gpu') == 'vmap'
   assert experts.resolve_cnn_lowering('padded', 'cpu') == 'padded'
+  # A forward never differentiated: the CPU takes 'padded' (faster forward, slower gradient).
+  assert experts.resolve_cnn_lowering('auto', 'cpu', inference=True) == 'padded'
+  assert experts.resolve_cnn_lowering('auto', 'gpu', inference=True) == 'blockdiag'
+  assert experts.resolve_cnn_lowering('merged', 'cpu', inference=True) == 'merged'
   with pytest.raises(ValueError, match="unknown CNN committee lowering 'grouped'"):
     experts.resolve_cnn_lowering('grouped')
 

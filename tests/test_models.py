@@ -316,3 +316,18 @@ def test_bfloat16_model_keeps_float32_parameters_coordinates_and_loss():
       variables['params'], variables.get('batch_stats', {}), batch)
   assert loss.dtype == jnp.float32 and np.isfinite(loss)
   assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+
+
+def test_an_inference_model_computes_what_the_trained_one_does():
+  """models.create(..., inference=True) may lower its committees differently (the CPU: 'padded'
+  expert CNNs), never what they compute: the same variables give the same shapes and gates."""
+  config = default.get_config('pose_tree_moe', 'tiny')
+  trained, inference = models.create(config), models.create(config, inference=True)
+  assert inference.stage.inference and not trained.stage.inference
+  images = jax.random.uniform(jax.random.key(0), (2, 150, 150), minval=-1, maxval=1)
+  init_shape = jax.random.uniform(jax.random.key(1), (2, 68, 2), minval=40, maxval=110)
+  variables = tiny_variables('pose_tree_moe')
+  expected = jax.jit(trained.apply)(variables, images, init_shape)
+  got = jax.jit(inference.apply)(variables, images, init_shape)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)

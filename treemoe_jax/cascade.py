@@ -34,6 +34,9 @@ class StageSpec:
   cnn_conv_impl: str = 'im2col'  # how the expert convolutions are computed (experts.CONV_IMPLS)
   cnn_lowering: str = 'auto'  # how the CNN committee is computed (experts.CNN_LOWERINGS)
   mlp_lowering: str = 'auto'  # how the regression committee is computed (experts.MLP_LOWERINGS)
+  # A forward that is never differentiated (evaluation, Aligner, export): 'auto' lowerings may
+  # then pick one with a slower gradient (experts.CNN_AUTO_INFERENCE). Not a model property.
+  inference: bool = False
   # Computation dtype of the committees ('float32' or 'bfloat16'); parameters, patch coordinates,
   # gates, displacements and the loss stay float32 (a bfloat16 landmark is off by up to 0.5 px).
   dtype: str = 'float32'
@@ -114,7 +117,7 @@ class CascadeStage(nn.Module):
     representation = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
                                         spec.cnn_kernel_sizes, spec.cnn_conv_impl,
                                         spec.cnn_lowering, jnp.dtype(spec.dtype),
-                                        name='representation')
+                                        inference=spec.inference, name='representation')
     h, rep_weights = gated_committee(representation, rep_gate, gate_input, crops, routing)
     num_outputs = 2 * spec.num_landmarks
     regression = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,

@@ -86,7 +86,7 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None) -> Run:
   variables = {'params': state['params']}
   if state.get('batch_stats'):
     variables['batch_stats'] = state['batch_stats']
-  return Run(workdir, config, models.create(config), variables, step,
+  return Run(workdir, config, models.create(config, inference=True), variables, step,
              workdirs.load_mean_shape(workdir))
 
 

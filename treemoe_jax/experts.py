@@ -31,19 +31,27 @@ CONV_IMPLS = ('im2col', 'xla')
 # forward, benchmarks/gpu_benchmark.py: batch 1 at 2.35 ms against vmap's 2.50, batch 8 2131
 # against 1751 img/s, 32 6838 against 'padded' 3898 and 'merged' 2738, 1024 12070 against
 # 'merged' 5812; the bf16 training step at batch 256 3592 against 'merged' 1979 img/s).
-# Other backends: 'vmap' (not measured).
+# Other backends: 'vmap' (not measured). A forward that is never differentiated (evaluation,
+# Aligner, export) may differ: on CPU 'padded' (full pose_tree_moe forward at batch 32, float32:
+# 1.15x 'merged'), whose gradient is slower (the training step at batch 8: 0.85x).
 CNN_LOWERINGS = ('auto', 'vmap', 'merged', 'blockdiag', 'padded')
 CNN_AUTO = {'cpu': 'merged', 'gpu': 'blockdiag'}
+CNN_AUTO_INFERENCE = {'cpu': 'padded'}  # over CNN_AUTO for a forward that is never differentiated
 
 
-def resolve_cnn_lowering(lowering: str, backend: str | None = None) -> str:
-  """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend)."""
+def resolve_cnn_lowering(lowering: str, backend: str | None = None,
+                         inference: bool = False) -> str:
+  """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend), for
+  a forward that is never differentiated if `inference`."""
   if lowering not in CNN_LOWERINGS:
     raise ValueError(f'unknown CNN committee lowering {lowering!r}; valid: '
                      f'{", ".join(CNN_LOWERINGS)}')
   if lowering != 'auto':
     return lowering
-  return CNN_AUTO.get(backend or jax.default_backend(), 'vmap')
+  backend = backend or jax.default_backend()
+  if inference and backend in CNN_AUTO_INFERENCE:
+    return CNN_AUTO_INFERENCE[backend]
+  return CNN_AUTO.get(backend, 'vmap')
 
 
 def _resolve(committee: str, lowering: str, valid: tuple[str, ...], on_cpu: str,
@@ -375,6 +383,9 @@ class ExpertCNNs(nn.Module):
   # convolution (conv_impl picks the lowering inside nn.vmap only).
   lowering: str = 'auto'
   dtype: Dtype = jnp.float32  # computation; parameters and outputs are float32
+  # True: this forward is never differentiated, so 'auto' may pick a lowering whose gradient is
+  # slower (CNN_AUTO_INFERENCE). Outputs are the same either way.
+  inference: bool = False
 
   @nn.compact
   def __call__(self, patches: jax.Array, chosen: jax.Array | None = None
@@ -389,7 +400,7 @@ class ExpertCNNs(nn.Module):
     if self.is_initializing():
       return committee(patches)
     if chosen is None:
-      lowering = resolve_cnn_lowering(self.lowering)
+      lowering = resolve_cnn_lowering(self.lowering, inference=self.inference)
       if lowering in ('merged', 'padded'):
         params = self.variables['params']['experts']
         if lowering == 'padded':

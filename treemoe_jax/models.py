@@ -122,8 +122,10 @@ class FaceAligner(nn.Module):
     return outputs
 
 
-def stage_spec(model_config: ml_collections.ConfigDict) -> cascade.StageSpec:
-  """The stage of `model_config`, with the gates its architecture name stands for."""
+def stage_spec(model_config: ml_collections.ConfigDict,
+               inference: bool = False) -> cascade.StageSpec:
+  """The stage of `model_config`, with the gates its architecture name stands for
+  (`inference`: StageSpec.inference)."""
   architecture = parse_architecture(model_config.architecture)
   representation_gate, regression_gate = GATES[architecture]
   spec = cascade.StageSpec(
@@ -135,6 +137,7 @@ def stage_spec(model_config: ml_collections.ConfigDict) -> cascade.StageSpec:
       cnn_conv_impl=model_config.cnn_conv_impl,
       cnn_lowering=model_config.get('cnn_lowering', 'auto'),
       mlp_lowering=model_config.get('mlp_lowering', 'auto'),
+      inference=inference,
       dtype=model_config.get('dtype', 'float32'),
       representation_gate=representation_gate,
       representation_gate_depth=model_config.get('representation_gate_depth'),
@@ -167,9 +170,13 @@ def head_output(pose_config: ml_collections.ConfigDict) -> str:
   return pose_config.get('head_output', 'tanh')
 
 
-def create(config: ml_collections.ConfigDict) -> FaceAligner:
-  """The face aligner that `config.model` describes (`config.pose` sizes its pose estimator)."""
-  spec = stage_spec(config.model)
+def create(config: ml_collections.ConfigDict, inference: bool = False) -> FaceAligner:
+  """The face aligner that `config.model` describes (`config.pose` sizes its pose estimator).
+
+  `inference`: its forward will never be differentiated (evaluation, Aligner, export), so the
+  committees may be computed in the way fastest for that (the same outputs, the same parameters).
+  """
+  spec = stage_spec(config.model, inference)
   if config.model.num_stages < 1:
     raise ValueError(f'num_stages must be >= 1, got {config.model.num_stages}')
   return FaceAligner(
