@@ -37,32 +37,26 @@ CONV_IMPLS = ('im2col', 'xla')
 CNN_LOWERINGS = ('auto', 'vmap', 'merged', 'blockdiag', 'padded')
 CNN_AUTO = {'cpu': 'merged', 'gpu': 'blockdiag'}
 CNN_AUTO_INFERENCE = {'cpu': 'padded'}  # over CNN_AUTO for a forward that is never differentiated
+PADDED_MULTIPLE = 8  # 'padded': each expert's hidden widths rounded up to this
 
 
 def resolve_cnn_lowering(lowering: str, backend: str | None = None,
                          inference: bool = False) -> str:
   """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend), for
   a forward that is never differentiated if `inference`."""
-  if lowering not in CNN_LOWERINGS:
-    raise ValueError(f'unknown CNN committee lowering {lowering!r}; valid: '
-                     f'{", ".join(CNN_LOWERINGS)}')
-  if lowering != 'auto':
-    return lowering
-  backend = backend or jax.default_backend()
-  if inference and backend in CNN_AUTO_INFERENCE:
-    return CNN_AUTO_INFERENCE[backend]
-  return CNN_AUTO.get(backend, 'vmap')
+  auto = (CNN_AUTO | CNN_AUTO_INFERENCE) if inference else CNN_AUTO
+  return _resolve('CNN committee', lowering, CNN_LOWERINGS, auto, backend)
 
 
-def _resolve(committee: str, lowering: str, valid: tuple[str, ...], on_cpu: str,
+def _resolve(committee: str, lowering: str, valid: tuple[str, ...], auto: dict[str, str],
              backend: str | None) -> str:
-  """A committee's lowering: `lowering` itself, or for 'auto' `on_cpu` on CPU and 'vmap'
-  elsewhere."""
+  """A committee's lowering: `lowering` itself, or for 'auto' `auto[backend]` ('vmap' for a
+  backend it does not name)."""
   if lowering not in valid:
     raise ValueError(f'unknown {committee} lowering {lowering!r}; valid: {", ".join(valid)}')
   if lowering != 'auto':
     return lowering
-  return on_cpu if (backend or jax.default_backend()) == 'cpu' else 'vmap'
+  return auto.get(backend or jax.default_backend(), 'vmap')
 
 
 def im2col(x: jax.Array, k: int, stride: int) -> jax.Array:
@@ -239,11 +233,10 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
   """nn.Conv's 'SAME' strided convolution: x [N, H, W, C], kernel [k, k, C, F] -> [N, H', W', F]."""
   if kernel_grad not in MERGED_KERNEL_GRADS:
     raise ValueError(f'unknown kernel_grad {kernel_grad!r}; valid: {", ".join(MERGED_KERNEL_GRADS)}')
-  if kernel_grad == 'auto' and jax.default_backend() != 'cpu':
-    kernel_grad = 'xla'
+  if kernel_grad == 'auto':  # measured per layer on XLA:CPU; elsewhere the custom VJP as a whole
+    kernel_grad = (kernel_grad_for(kernel.shape[0], kernel.shape[2])
+                   if jax.default_backend() == 'cpu' else 'xla')
   if stride == 2 and kernel_grad != 'none':
-    if kernel_grad == 'auto':
-      kernel_grad = kernel_grad_for(kernel.shape[0], kernel.shape[2])
     return stride2_conv(x, kernel, kernel_grad) + bias
   return _xla_conv(x, kernel, stride) + bias
 
@@ -404,7 +397,7 @@ class ExpertCNNs(nn.Module):
       if lowering in ('merged', 'padded'):
         params = self.variables['params']['experts']
         if lowering == 'padded':
-          params = padded_channels(params, 8)
+          params = padded_channels(params, PADDED_MULTIPLE)
         return merged_committee(params, patches, dtype=self.dtype)
       if lowering == 'blockdiag':
         return grouped_committee(self.variables['params']['experts'], patches, dtype=self.dtype)
@@ -423,11 +416,12 @@ ROUTED_LOWERINGS = ('auto', 'gather', 'dense')
 # pose_tree_moe bf16 forward with 'vmap' CNNs: batch 1 at 2.9 ms against 6.9 with 'scan'; with
 # 'merged' CNNs, batch 1024 at 5777 against 5646 img/s).
 MLP_LOWERINGS = ('auto', 'vmap', 'scan')
+MLP_AUTO = {'cpu': 'scan'}
 
 
 def resolve_mlp_lowering(lowering: str, backend: str | None = None) -> str:
   """'auto' -> the lowering measured faster on `backend` (default: JAX's default backend)."""
-  return _resolve('regression committee', lowering, MLP_LOWERINGS, 'scan', backend)
+  return _resolve('regression committee', lowering, MLP_LOWERINGS, MLP_AUTO, backend)
 
 
 def scanned(apply_one, committee_params, x: jax.Array) -> jax.Array:

@@ -106,6 +106,8 @@ LOSS_TYPES = ('l2', 'distance')
 def alignment_task(config: ml_collections.ConfigDict) -> Task:
   """Section 3.5: L2 on landmark positions of every stage (or the last), NME per stage logged."""
   model = models.create(config)
+  # The same parameters, lowered for a forward never differentiated (evaluation: eval_sums).
+  inference_model = models.create(config, inference=True)
   normalizer = config.nme_normalizer
   if config.loss_stages not in ('all', 'last'):
     raise ValueError(f"loss_stages must be 'all' or 'last', got {config.loss_stages!r}")
@@ -146,8 +148,8 @@ def alignment_task(config: ml_collections.ConfigDict) -> Task:
     return loss, (updates.get('batch_stats'), metrics)
 
   def eval_sums(variables, batch):
-    out = model.apply(variables, batch['image'], batch['init_shape'], train=False,
-                      **pose_of(batch))
+    out = inference_model.apply(variables, batch['image'], batch['init_shape'], train=False,
+                                **pose_of(batch))
     mask = batch['mask']
     nme = stage_nme(out, batch)  # [K, B]
     init_nme = metrics_lib.nme_jax(batch['init_shape'], batch['landmarks'], normalizer)
