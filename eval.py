@@ -13,6 +13,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from input_pipeline import pipeline
 from treemoe_jax import cli
 from treemoe_jax import evaluate
 from treemoe_jax import protocols
@@ -44,6 +45,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
+  pipeline.run_ops_on_one_thread()  # before TensorFlow starts: tf.data's map is the parallelism
   protocol = _PROTOCOL.value or (_CONFIG.value.get('eval_protocol') if _CONFIG.value else None)
   common = dict(data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
                 batch_size=_BATCH_SIZE.value, figures=_FIGURES.value, routing=_ROUTING.value)

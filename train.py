@@ -14,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from input_pipeline import pipeline
 from treemoe_jax import cli
 from treemoe_jax import train
 
@@ -46,6 +47,7 @@ def main(argv):
   logging.info('process %d/%d, %d local of %d devices: %s', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].device_kind)
+  pipeline.run_ops_on_one_thread()  # before TensorFlow starts: tf.data's map is the parallelism
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info('done; evaluation on %s: %s', _CONFIG.value.eval_split,
                '  '.join(f'{k} {v:.4f}' for k, v in sorted(results.items())))

@@ -28,6 +28,7 @@ _STEPS = flags.DEFINE_integer('steps', 50, 'Timed batches.')
 def main(argv: list[str]) -> None:
   del argv
   tfds.disable_progress_bar()
+  pipeline.run_ops_on_one_thread()  # as train.py does
   start = time.perf_counter()
   builder = pipeline.get_builder(f'synthetic_faces/{_CONFIG.value}', data_dir=_DATA_DIR.value)
   mean_shape = pipeline.mean_shape(builder)

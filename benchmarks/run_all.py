@@ -191,6 +191,7 @@ def pipeline_rates(batch: int) -> dict:
   except ImportError:
     return out
   tfds.disable_progress_bar()
+  out['tf_ops_one_thread'] = pipeline.run_ops_on_one_thread()  # as train.py does
   builder = pipeline.get_builder('synthetic_faces/small')
   batches = pipeline.train_dataset(builder, global_batch_size=batch, seed=0,
                                    mean_shape=pipeline.mean_shape(builder)).as_numpy_iterator()
@@ -304,6 +305,8 @@ def markdown(results: dict) -> str:
               '| source | img/s | ' + ' | '.join(f'vs fastest {v} step' for v in variants(rows))
               + ' |', '|---' * (2 + len(variants(rows))) + '|']
     for name, rate in feed.items():
+      if not name.endswith('_img_s'):
+        continue
       ratios = []
       for variant in variants(rows):
         fastest = max((r for r in rows if r['kind'] == 'train' and r['variant'] == variant),
@@ -312,6 +315,9 @@ def markdown(results: dict) -> str:
                       f'{fastest["dtype"]}, {fastest["img_s"]:.0f} img/s)')
       lines.append(f'| {name.replace("_img_s", "").replace("_", " ")} | {rate:.0f} | '
                    + ' | '.join(ratios) + ' |')
+    if 'tf_ops_one_thread' in feed:
+      lines += ['', 'The pipeline ran TensorFlow\'s ops on one thread each, as train.py runs them '
+                f'(`pipeline.run_ops_on_one_thread`): {"yes" if feed["tf_ops_one_thread"] else "no"}.']
   num = results.get('numerics')
   if num:
     lines += ['', f'bfloat16 against float32, NME % on the synthetic views (`{num["workdir"]}`, '

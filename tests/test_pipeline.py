@@ -1,5 +1,9 @@
 """tf.data pipeline: crop geometry, flips, section 3.5 augmentation, determinism, sharding, eval."""
 
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 from PIL import Image
 import pytest
@@ -200,6 +204,31 @@ def test_one_pixel_pattern_shrinks_to_grey(pattern):
     assert abs(got.mean() - 127.5) < 1
     assert got.std() < 0.05 * 255 and np.abs(got - 127.5).max() < 0.1 * 255
   assert _bilinear_reference(image, window, S).std() > 0.15 * 255  # What it replaces.
+
+
+def test_shrinking_crop_of_a_colour_photo_matches_pil_per_channel():
+  """Channels and axes stay apart: a non-square RGB image, each channel against PIL's resize."""
+  image = np.random.default_rng(2).uniform(0, 255, (700, 900, 3)).astype(np.float32)
+  image[..., 1] *= 0.5  # Channels that differ, so a channel mix-up shows.
+  window = np.array([620.4, -40.3, 2.7 * S], np.float32)  # Shrinks 2.7x, crosses two edges.
+  got = pipeline.crop_image(tf.constant(image), tf.constant(window), S).numpy()
+  for c in range(3):
+    expected = _pil_antialiased(image[..., c], window)
+    assert np.abs(got[..., c] - expected).mean() < 0.02
+    np.testing.assert_allclose(got[..., c], expected, atol=0.1)
+
+
+def test_run_ops_on_one_thread_before_and_after_tensorflow_starts():
+  """Before any op it sets TensorFlow's intra-op pool to 1; once TensorFlow runs, it changes nothing."""
+  script = (
+      'import sys, tensorflow as tf; from input_pipeline import pipeline\n'
+      'if sys.argv[1] == "after": tf.constant(1.0) + 1.0\n'
+      'print(pipeline.run_ops_on_one_thread(), '
+      'tf.config.threading.get_intra_op_parallelism_threads())\n')
+  outputs = [subprocess.run([sys.executable, '-c', script, when], capture_output=True, text=True,
+                            check=True, cwd=pathlib.Path(__file__).parents[1]).stdout.split()
+             for when in ('before', 'after')]
+  assert outputs == [['True', '1'], ['False', '0']]
 
 
 def test_shrinking_crop_outside_the_image_reads_black():
