@@ -1,0 +1,186 @@
+"""Where a training step's time goes, by model part and direction, from a jax.profiler trace.
+
+  python benchmarks/step_profile.py [--architecture pose_tree_moe] [--variant full] [--batch 8]
+
+Runs the jitted data-parallel step (random batches, as benchmarks/train_speed.py; no TensorFlow)
+under jax.profiler with a perfetto trace and sums the time of every XLA op (XLA:CPU traces one
+event per thunk) by the model part its HLO metadata names: the pose estimator, each cascade
+module (summed over the stages), and what lies outside the model (the loss and the optimizer).
+A fusion without metadata of its own (XLA:CPU's library calls for kernel gradients) takes the
+part most of its inner instructions name. Ops that run side by side both count, so the parts
+can sum to more than the step's wall time.
+"""
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
+from configs import default  # pylint: disable=g-import-not-at-top
+
+OUTSIDE = 'outside the model (loss, optimizer)'
+# Trace events that are not one XLA op: the runtime's own spans and Python's.
+_NOT_OPS = ('ThunkExecutor', '$', 'PjitFunction', 'SlinkyThreadPool', 'PjRt')
+_TRANSFORMS = re.compile(r'\b(?:transpose|jvp|jit|vmap|checkpoint|remat|pjit)\(([^()]*)\)')
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+  """HLO instruction name -> the op_name of its metadata; for a fusion without one, the op_name
+  most instructions of its called computation carry."""
+  own = dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"', hlo_text, re.M))
+  calls = dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?calls=%?([\w.\-]+)', hlo_text,
+                          re.M))
+  inner = {}
+  for name, body in re.findall(r'^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}', hlo_text, re.M | re.S):
+    names = re.findall(r'op_name="([^"]*)"', body)
+    if names:
+      inner[name] = collections.Counter(names).most_common(1)[0][0]
+  names = {n: inner[c] for n, c in calls.items() if c in inner}
+  names.update(own)
+  return names
+
+
+def operands(hlo_text: str) -> dict[str, list[str]]:
+  """HLO instruction name -> the instructions it reads, in order."""
+  reads = {}
+  for name, args in re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = \S+ [\w\-]+\(([^)]*)\)', hlo_text,
+                               re.M):
+    reads[name] = re.findall(r'%([\w.\-]+)', args)
+  return reads
+
+
+def by_operand(name: str, names: dict[str, str], reads: dict[str, list[str]],
+               model: str = 'FaceAligner') -> str | None:
+  """For an op without metadata (a copy or library call XLA inserted): the op_name of the
+  nearest op it reads, breadth first, that names a model part."""
+  seen, queue = {name}, list(reads.get(name, []))
+  while queue:
+    current = queue.pop(0)
+    if current in seen:
+      continue
+    seen.add(current)
+    if model in names.get(current, ''):
+      return names[current]
+    queue += reads.get(current, [])
+  return None
+
+
+def part_of(op_name: str | None, model: str = 'FaceAligner') -> tuple[str, str]:
+  """(model part, 'forward' or 'backward') of an op_name such as
+  'jit(train_step)/transpose(jvp(FaceAligner))/cascade/stage2/representation/conv'."""
+  if not op_name:
+    return OUTSIDE, 'forward'
+  direction = 'backward' if 'transpose(' in op_name else 'forward'
+  path = op_name
+  while _TRANSFORMS.search(path):
+    path = _TRANSFORMS.sub(r'\1', path)
+  parts = [p for p in path.split('/') if p]
+  if model not in parts:
+    return OUTSIDE, direction
+  parts = parts[parts.index(model) + 1:]
+  parts = [p for p in parts if not re.fullmatch(r'stage\d+', p)]  # summed over the stages
+  if parts[:1] == ['cascade'] and len(parts) > 1:
+    return f'cascade/{parts[1]}', direction
+  return (parts[0] if parts else model), direction
+
+
+def trace_events(trace_dir: str) -> list[dict]:
+  """The complete ('X') events of the perfetto trace jax.profiler wrote under `trace_dir`."""
+  files = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)
+  if not files:
+    raise FileNotFoundError(f'no perfetto trace under {trace_dir}')
+  with gzip.open(files[0]) as f:
+    events = json.load(f)['traceEvents']
+  return [e for e in events if e.get('ph') == 'X']
+
+
+NO_METADATA = 'no metadata: part of what it reads'
+
+
+def attribute(events: list[dict], hlo_text: str, model: str = 'FaceAligner'
+              ) -> dict[tuple[str, str], float]:
+  """Microseconds of the op events by (part, direction).
+
+  An op whose HLO carries no op_name (a layout copy, a library call for a kernel gradient) is
+  given the part of the nearest op it reads, and the direction NO_METADATA.
+  """
+  names, reads = op_names(hlo_text), operands(hlo_text)
+  totals = collections.Counter()
+  for event in events:
+    name = event['name']
+    if name.startswith(_NOT_OPS) or name not in reads:
+      continue
+    if name in names:
+      key = part_of(names[name], model)
+    else:
+      key = (part_of(by_operand(name, names, reads, model), model)[0], NO_METADATA)
+    totals[key] += event['dur']
+  return dict(totals)
+
+
+def profile_step(compiled, state, batches, steps: int, model: str = 'FaceAligner'
+                 ) -> tuple[dict, float]:
+  """(µs by (part, direction) over `steps` steps, median wall seconds of one untraced step)."""
+  for i in range(2):  # warm-up
+    state, metrics = compiled(state, batches[i % len(batches)])
+    jax.block_until_ready(metrics['loss'])
+  walls = []
+  for i in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batches[i % len(batches)])
+    jax.block_until_ready(metrics['loss'])
+    walls.append(time.perf_counter() - start)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for i in range(steps):
+        state, metrics = compiled(state, batches[i % len(batches)])
+        jax.block_until_ready(metrics['loss'])
+    events = trace_events(trace_dir)
+  totals = attribute(events, compiled.as_text(), model)
+  return {k: v / steps for k, v in totals.items()}, sorted(walls)[len(walls) // 2]
+
+
+def markdown(per_step: dict, wall_s: float) -> str:
+  total = sum(per_step.values())
+  lines = [f'step wall time {1e3 * wall_s:.1f} ms; XLA ops {total / 1e3:.1f} ms', '',
+           '| part | direction | ms per step | % of the ops |', '|---|---|---|---|']
+  small = 0.0
+  for (part, direction), us in sorted(per_step.items(), key=lambda kv: -kv[1]):
+    if us < 0.001 * total:
+      small += us
+      continue
+    lines.append(f'| {part} | {direction} | {us / 1e3:.1f} | {100 * us / total:.1f} |')
+  if small:
+    lines.append(f'| the other parts, each < 0.1% | | {small / 1e3:.1f} | {100 * small / total:.1f} |')
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--architecture', default='pose_tree_moe')
+  parser.add_argument('--variant', default='full')
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--steps', type=int, default=2)
+  args = parser.parse_args()
+  config = default.get_config(args.architecture, args.variant)
+  _, state, step, batches = train_speed.setup_step(config, args.batch)
+  compiled = step.lower(state, batches[0]).compile()
+  per_step, wall_s = profile_step(compiled, state, batches, args.steps)
+  print(f'{args.architecture} {args.variant}, batch {args.batch}, {jax.devices()[0].device_kind}'
+        f' ({os.cpu_count()} CPU cores)')
+  print(markdown(per_step, wall_s))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,75 @@
+"""benchmarks/step_profile.py: op names read from HLO, parts named, and a real trace attributed."""
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from benchmarks import step_profile
+
+
+def test_part_of_reads_the_model_path_through_jax_transforms():
+  name = 'jit(train_step)/transpose(jvp(FaceAligner))/cascade/stage2/representation/conv'
+  assert step_profile.part_of(name) == ('cascade/representation', 'backward')
+  assert step_profile.part_of('jit(train_step)/jvp(FaceAligner)/pose_estimator/stem/conv') == (
+      'pose_estimator', 'forward')
+  assert step_profile.part_of('jit(train_step)/add') == (step_profile.OUTSIDE, 'forward')
+  assert step_profile.part_of(None) == (step_profile.OUTSIDE, 'forward')
+
+
+def test_op_names_and_operands_from_hlo_text():
+  hlo = '''HloModule m
+
+%fused_computation.1 (p0: f32[4]) -> f32[4] {
+  %p0 = f32[4]{0} parameter(0)
+  ROOT %negate.1 = f32[4]{0} negate(f32[4]{0} %p0), metadata={op_name="jit(f)/Net/head/neg"}
+}
+
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  %add.2 = f32[4]{0} add(f32[4]{0} %a, f32[4]{0} %a), metadata={op_name="jit(f)/Net/trunk/add"}
+  %copy.3 = f32[4]{0} copy(f32[4]{0} %add.2)
+  ROOT %fusion.4 = f32[4]{0} fusion(f32[4]{0} %copy.3), kind=kLoop, calls=%fused_computation.1
+}
+'''
+  names = step_profile.op_names(hlo)
+  assert names['add.2'] == 'jit(f)/Net/trunk/add'
+  assert names['fusion.4'] == 'jit(f)/Net/head/neg'  # from inside the fused computation
+  assert 'copy.3' not in names
+  reads = step_profile.operands(hlo)
+  assert reads['copy.3'] == ['add.2'] and reads['fusion.4'] == ['copy.3']
+  assert step_profile.by_operand('copy.3', names, reads, model='Net') == 'jit(f)/Net/trunk/add'
+
+
+class _Net(nn.Module):
+  """A big layer and a small one: the big one's matmuls are 64x the small one's FLOPs."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(1024, name='big')(x))
+    return nn.Dense(16, name='small')(x)
+
+
+def test_a_traced_step_is_attributed_to_the_layer_that_does_the_work():
+  """A known fact of the computation: the 512 x 1024 x 1024 layer's forward and backward hold
+  most of a step's op time; the 1024 x 16 layer and the optimizer hold little."""
+  net = _Net()
+  x = jax.random.normal(jax.random.key(0), (512, 1024))
+  params = net.init(jax.random.key(1), x)
+  optimizer = optax.sgd(1e-3)
+  state = (params, optimizer.init(params))
+
+  @jax.jit
+  def train_step(state, batch):
+    params, opt_state = state
+    loss, grads = jax.value_and_grad(lambda p: jnp.mean(net.apply(p, batch) ** 2))(params)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return (optax.apply_updates(params, updates), opt_state), {'loss': loss}
+
+  compiled = train_step.lower(state, x).compile()
+  per_step, wall_s = step_profile.profile_step(compiled, state, [x], steps=2, model='_Net')
+  total = sum(per_step.values())
+  big = sum(v for (part, _), v in per_step.items() if part == 'big')
+  assert wall_s > 0 and total > 0
+  assert big > 0.6 * total, per_step
+  assert ('big', 'backward') in per_step and ('big', 'forward') in per_step
