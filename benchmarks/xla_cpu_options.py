@@ -2,6 +2,7 @@
 the full-size components, the whole forwards and the training steps.
 
   python benchmarks/xla_cpu_options.py [--batch 32] [--train_batch 8] [--rounds 2]
+  python benchmarks/xla_cpu_options.py --no_forward  # the training steps only
 
 Every setting is compiled in this one process (`jax.jit(..., compiler_options=...)`) and the
 settings are timed in turn, `--rounds` times, keeping each one's best; so a machine that slows
@@ -120,6 +121,7 @@ def main() -> None:
   parser.add_argument('--train_batch', type=int, default=8)
   parser.add_argument('--rounds', type=int, default=2)
   parser.add_argument('--no_train', action='store_true')
+  parser.add_argument('--no_forward', action='store_true', help='the training steps only')
   args = parser.parse_args()
   if jax.default_backend() != 'cpu':
     raise SystemExit('these are XLA:CPU options; this machine runs JAX on '
@@ -127,7 +129,8 @@ def main() -> None:
   gemm = common.gemm_gflops()
   print(f'device: {jax.devices()[0].device_kind}, jax {jax.__version__}; jit GEMM 2048^3 fp32 '
         f'(XLA defaults): {gemm:.1f} GFLOP/s')
-  time_forwards(args.batch, args.rounds, gemm)
+  if not args.no_forward:
+    time_forwards(args.batch, args.rounds, gemm)
   if not args.no_train:
     time_train_steps(args.train_batch, args.rounds, gemm)
   print(f'\njit GEMM after the run: {common.gemm_gflops():.1f} GFLOP/s')
