@@ -139,9 +139,33 @@ def _triangle_taps(first: tf.Tensor, step: tf.Tensor, size: int, length: tf.Tens
   return tf.clip_by_value(tf.cast(index, tf.int32), 0, length - 1), tf.where(inside, weight, 0.0)
 
 
+# Up to this many taps per output pixel (shrinking up to 3.5x) a crop gathers them all at once
+# (10% faster in the training pipeline); beyond, one at a time, so that memory stays bounded.
+GATHERED_TAPS = 8
+
+
 def _resample_rows(image: tf.Tensor, index: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
-  """[H, X] -> [S, X]: row j is the `weight` [S, K]-weighted sum of rows `index` [S, K]."""
-  return tf.matmul(weight[:, None, :], tf.gather(image, index))[:, 0]  # [S, 1, K] @ [S, K, X]
+  """[H, X] (any dtype) -> float32 [S, X]: row j is the `weight` [S, K]-weighted sum of the rows
+  `index` [S, K].
+
+  Gathering all K taps at once holds [S, K, X]; shrinking a 4000 px face from a 48 MP photo
+  reads K = 81 taps, ~1 GB that way, so past GATHERED_TAPS the taps are summed one at a time.
+  """
+  taps = tf.shape(index)[1]
+
+  def all_at_once():
+    rows = tf.cast(tf.gather(image, index), tf.float32)  # [S, K, X]
+    return tf.matmul(weight[:, None, :], rows)[:, 0]  # [S, 1, K] @ [S, K, X]
+
+  def one_at_a_time():
+    def add_tap(k, total):
+      rows = tf.cast(tf.gather(image, index[:, k]), tf.float32)  # [S, X]
+      return k + 1, total + weight[:, k, None] * rows
+
+    total = tf.zeros([tf.shape(index)[0], tf.shape(image)[1]], tf.float32)
+    return tf.while_loop(lambda k, _: k < taps, add_tap, (0, total))[1]
+
+  return tf.cond(taps <= GATHERED_TAPS, all_at_once, one_at_a_time)
 
 
 def _antialiased_crop(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
@@ -150,8 +174,8 @@ def _antialiased_crop(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tens
   Output pixel j is the weighted mean of the input pixels around x = left + (j + 0.5) * side / S,
   weights a triangle of half-width side / S input px (bilinear's kernel stretched to the output
   spacing, as PIL's and tf.image.resize's antialiased bilinear), the image extended by zeros.
-  Separable: rows, then columns, each a gather of the K taps and a weighted sum. (2.5-3x faster
-  than tf.raw_ops.ScaleAndTranslate, the same kernel, which took most of the pipeline's time.)
+  Separable: rows, then columns, each a weighted sum of K gathered taps. (2-3x faster than
+  tf.raw_ops.ScaleAndTranslate, the same kernel, which took most of the pipeline's time.)
   """
   step = window[2] / size
   height, width, channels = tf.unstack(tf.shape(image))
@@ -159,7 +183,7 @@ def _antialiased_crop(image: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tens
   cols, col_weight = _triangle_taps(window[0] + 0.5 * step, step, size, width)
   # Only the columns some tap reads (a 150 px window of a big photo reads a small part of it).
   first, stop = tf.reduce_min(cols), tf.reduce_max(cols) + 1
-  part = tf.reshape(tf.cast(image[:, first:stop], tf.float32), [height, -1])  # [H, w * C]
+  part = tf.reshape(image[:, first:stop], [height, -1])  # [H, w * C], still the image's dtype
   part = _resample_rows(part, rows, row_weight)  # [S(y), w * C]
   part = tf.reshape(tf.transpose(tf.reshape(part, [size, stop - first, channels]), [1, 0, 2]),
                     [stop - first, size * channels])  # [w, S(y) * C]
