@@ -119,7 +119,12 @@ def attribute(events: list[dict], hlo_text: str, model: str = 'FaceAligner'
   totals = collections.Counter()
   for event in events:
     name = event['name']
-    if name.startswith(_NOT_OPS) or name not in reads:
+    if name.startswith(_NOT_OPS):
+      continue
+    # XLA:CPU names a thunk's event after its instruction. A device kernel's event may carry the
+    # instruction as args['hlo_op'] instead (a GPU's; not yet checked on one).
+    name = event.get('args', {}).get('hlo_op', name)
+    if name not in reads:
       continue
     if name in names:
       key = part_of(names[name], model)
@@ -162,7 +167,8 @@ def markdown(per_step: dict, wall_s: float) -> str:
       continue
     lines.append(f'| {part} | {direction} | {us / 1e3:.1f} | {100 * us / total:.1f} |')
   if small:
-    lines.append(f'| the other parts, each < 0.1% | | {small / 1e3:.1f} | {100 * small / total:.1f} |')
+    lines.append(f'| the other parts, each < 0.1% | | {small / 1e3:.1f} | '
+                 f'{100 * small / total:.1f} |')
   return '\n'.join(lines)
 
 

@@ -41,6 +41,23 @@ ENTRY %main (a: f32[4]) -> f32[4] {
   assert step_profile.by_operand('copy.3', names, reads, model='Net') == 'jit(f)/Net/trunk/add'
 
 
+def test_attribute_sums_events_by_part_and_reads_hlo_op_arguments():
+  """Known durations: the forward op's 3 us and the copy's 5 us (named by its hlo_op argument,
+  as a device kernel may be) go to 'trunk'; runtime spans and unknown names are skipped."""
+  hlo = (
+      'ENTRY %main (a: f32[4]) -> f32[4] {\n'
+      '  %a = f32[4]{0} parameter(0)\n'
+      '  %add.2 = f32[4]{0} add(f32[4]{0} %a, f32[4]{0} %a), '
+      'metadata={op_name="jit(f)/Net/trunk/add"}\n'
+      '  ROOT %copy.3 = f32[4]{0} copy(f32[4]{0} %add.2)\n'
+      '}\n')
+  events = [{'name': 'add.2', 'dur': 3.0},
+            {'name': 'kernel_7', 'dur': 5.0, 'args': {'hlo_op': 'copy.3'}},
+            {'name': 'ThunkExecutor::Execute', 'dur': 100.0}, {'name': 'unknown.9', 'dur': 7.0}]
+  assert step_profile.attribute(events, hlo, model='Net') == {
+      ('trunk', 'forward'): 3.0, ('trunk', step_profile.NO_METADATA): 5.0}
+
+
 class _Net(nn.Module):
   """A big layer and a small one: the big one's matmuls are 64x the small one's FLOPs."""
 
