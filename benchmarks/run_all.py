@@ -169,8 +169,9 @@ def _render(job: tuple[int, int]) -> int:
   return num
 
 
-def pipeline_rates(batch: int) -> dict:
-  """img/s of the tf.data training pipeline (synthetic_faces/small) and of the renderer."""
+def pipeline_rates(batch: int) -> tuple[dict, bool | None]:
+  """img/s of the tf.data training pipeline (synthetic_faces/small) and of the renderer, and
+  whether TensorFlow's ops ran on one thread each as in train.py (None: no TensorFlow here)."""
   from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
   out = {}
   faces = 64
@@ -189,9 +190,9 @@ def pipeline_rates(batch: int) -> dict:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   except ImportError:
-    return out
+    return out, None
   tfds.disable_progress_bar()
-  out['tf_ops_one_thread'] = pipeline.run_ops_on_one_thread()  # as train.py does
+  one_thread = pipeline.run_ops_on_one_thread()  # as train.py does
   builder = pipeline.get_builder('synthetic_faces/small')
   batches = pipeline.train_dataset(builder, global_batch_size=batch, seed=0,
                                    mean_shape=pipeline.mean_shape(builder)).as_numpy_iterator()
@@ -201,7 +202,7 @@ def pipeline_rates(batch: int) -> dict:
   for _ in range(40):
     next(batches)
   out['pipeline_img_s'] = 40 * batch / (time.perf_counter() - start)
-  return out
+  return out, one_thread
 
 
 def numerics(workdir: str) -> dict:
@@ -305,8 +306,6 @@ def markdown(results: dict) -> str:
               '| source | img/s | ' + ' | '.join(f'vs fastest {v} step' for v in variants(rows))
               + ' |', '|---' * (2 + len(variants(rows))) + '|']
     for name, rate in feed.items():
-      if '_img_s' not in name:
-        continue
       ratios = []
       for variant in variants(rows):
         fastest = max((r for r in rows if r['kind'] == 'train' and r['variant'] == variant),
@@ -315,9 +314,10 @@ def markdown(results: dict) -> str:
                       f'{fastest["dtype"]}, {fastest["img_s"]:.0f} img/s)')
       lines.append(f'| {name.replace("_img_s", "").replace("_", " ")} | {rate:.0f} | '
                    + ' | '.join(ratios) + ' |')
-    if 'tf_ops_one_thread' in feed:
+    one_thread = results.get('pipeline_tf_ops_one_thread')
+    if one_thread is not None:
       lines += ['', 'The pipeline ran TensorFlow\'s ops on one thread each, as train.py runs them '
-                f'(`pipeline.run_ops_on_one_thread`): {"yes" if feed["tf_ops_one_thread"] else "no"}.']
+                f'(`pipeline.run_ops_on_one_thread`): {"yes" if one_thread else "no"}.']
   num = results.get('numerics')
   if num:
     lines += ['', f'bfloat16 against float32, NME % on the synthetic views (`{num["workdir"]}`, '
@@ -394,7 +394,8 @@ def main() -> int:
                                             xla='defaults')
           results['rows'].append(train_row(architecture, variant, dtype, batch, other))
   if not args.no_pipeline:
-    results['pipeline'] = pipeline_rates(args.train_batch_tiny)
+    results['pipeline'], results['pipeline_tf_ops_one_thread'] = pipeline_rates(
+        args.train_batch_tiny)
   if args.numerics_workdir:
     results['numerics'] = numerics(args.numerics_workdir)
   results['gemm_gflops_end'] = common.gemm_gflops()

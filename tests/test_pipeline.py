@@ -219,7 +219,8 @@ def test_shrinking_crop_of_a_colour_photo_matches_pil_per_channel():
 
 
 def test_run_ops_on_one_thread_before_and_after_tensorflow_starts():
-  """Before any op it sets TensorFlow's intra-op pool to 1; once TensorFlow runs, it changes nothing."""
+  """Before any op it sets TensorFlow's intra-op pool to 1; once TensorFlow runs, it changes
+  nothing."""
   script = (
       'import sys, tensorflow as tf; from input_pipeline import pipeline\n'
       'if sys.argv[1] == "after": tf.constant(1.0) + 1.0\n'
