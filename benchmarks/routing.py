@@ -6,7 +6,8 @@
 
 1. The regression layer at the paper's size (64 regressors of 2040 -> 128 -> 136, the depth-6
    tree gate), random weights: ms per batch, img/s and XLA's FLOPs per routing, at batch 1 and 32,
-   with the jit GEMM rate of the same run for scale.
+   with the jit GEMM rate of the same run for scale; then the 8 pose expert CNNs, top-1 against
+   dense, per routed lowering.
 2. With trained workdirs: end-to-end img/s of the whole cascade per routing, and NME on the
    synthetic Table 1 views and Table 3 yaw buckets (eval.py's protocols, `--routing`).
 3. The share of regressors holding 90% of the first stage's gate mass, tree vs softmax gate
@@ -44,17 +45,21 @@ class RegressionLayer(nn.Module):
   gate: str = 'tree'
   routing: routing_lib.Routing = routing_lib.DENSE
   mlp_lowering: str = 'auto'  # the dense committee's (experts.MLP_LOWERINGS)
+  routed_lowering: str = 'auto'  # the routed committee's (experts.ROUTED_LOWERINGS)
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:  # [B, F] -> [B, O]
     committee = experts.ExpertMLPs(self.num_experts, self.hidden, self.outputs,
-                                   lowering=self.mlp_lowering, name='regression')
+                                   lowering=self.mlp_lowering,
+                                   routed_lowering=self.routed_lowering, name='regression')
     depth = int(np.log2(self.num_experts))
     gate = gates.make_gate(self.gate, self.num_experts, depth, name='regression_gate')
     return cascade.gated_committee(committee, gate, h, h, self.routing)[0]
 
 
 def layer_speed(gemm: float, batches=(1, 32), features: int = 2040) -> list[dict]:
+  """The layer per routing, its committee routed as 'auto' picks, and beside it with the
+  parameters gathered per face first (experts.gathered, 'auto' before 'rows' was measured)."""
   rows = []
   for batch in batches:
     h = jax.random.normal(jax.random.key(0), (batch, features))
@@ -65,16 +70,66 @@ def layer_speed(gemm: float, batches=(1, 32), features: int = 2040) -> list[dict
       forward = jax.jit(layer.apply).lower(variables, h).compile()
       seconds = common.time_call(lambda: forward(variables, h))
       dense_seconds = dense_seconds or seconds
+      gathered_seconds = None
+      if name != 'dense':
+        gathered = jax.jit(RegressionLayer(routing=routing_lib.parse(name),
+                                           routed_lowering='gather').apply)
+        gathered = gathered.lower(variables, h).compile()
+        gathered_seconds = common.time_call(lambda: gathered(variables, h))
       # Counted on the vmap lowering: XLA counts a scanned committee's loop body once.
-      counted = RegressionLayer(routing=routing_lib.parse(name), mlp_lowering='vmap')
+      counted = RegressionLayer(routing=routing_lib.parse(name), mlp_lowering='vmap',
+                                routed_lowering='gather')
       flops = common.lowered_flops(jax.jit(counted.apply).lower(variables, h))
-      rows.append({'batch': batch, 'routing': name, 'ms': 1e3 * seconds,
+      lowering = ('dense' if name == 'dense' else experts.resolve_routed_lowering(
+          'auto', batch, routing_lib.parse(name).k, RegressionLayer.num_experts))
+      rows.append({'batch': batch, 'routing': name, 'lowering': lowering, 'ms': 1e3 * seconds,
                    'img_per_s': batch / seconds, 'mflop_per_img': flops / batch / 1e6,
                    'speedup': dense_seconds / seconds,
+                   'gathered_ms': gathered_seconds and 1e3 * gathered_seconds,
                    'gemm_fraction': flops / seconds / 1e9 / gemm})
-      print(f'| {batch} | {name} | {1e3 * seconds:.3f} | {batch / seconds:.0f} | '
-            f'{flops / batch / 1e6:.2f} | {dense_seconds / seconds:.1f}x |', flush=True)
+      print(layer_row(rows[-1]), flush=True)
   return rows
+
+
+LAYER_HEADER = ('| batch | routing | lowering | ms | img/s | MFLOP/img (XLA) | speed-up vs dense '
+                '| gathered ms |\n|---|---|---|---|---|---|---|---|')
+
+
+def layer_row(r: dict) -> str:
+  gathered = '-' if r.get('gathered_ms') is None else f'{r["gathered_ms"]:.3f}'
+  return (f'| {r["batch"]} | {r["routing"]} | {r["lowering"]} | {r["ms"]:.3f} | '
+          f'{r["img_per_s"]:.0f} | {r["mflop_per_img"]:.2f} | {r["speedup"]:.1f}x | {gathered} |')
+
+
+def cnn_speed(batches=(1, 8, 32), num_experts: int = 8, patches: int = 68) -> list[dict]:
+  """The pose experts' CNN committee at the paper's size (8 experts, features 7-14-28-56-30, 68
+  patches of 32 px), one random expert per face: ms with the parameters gathered per face first
+  (`gather`) and pair by pair (`rows`), and dense (all experts; its CPU inference lowering)."""
+  rows = []
+  for batch in batches:
+    crops = jax.random.normal(jax.random.key(0), (batch, patches, 32, 32))
+    chosen = jax.random.randint(jax.random.key(2), (batch, 1), 0, num_experts)
+    row = {'batch': batch}
+    for lowering in ('dense', 'gather', 'rows'):
+      committee = experts.ExpertCNNs(num_experts, (7, 14, 28, 56, 30), inference=True,
+                                     routed_lowering='gather' if lowering == 'dense' else lowering)
+      if lowering == 'dense':
+        variables = jax.jit(committee.init)(jax.random.key(1), crops)
+      args = (variables, crops) if lowering == 'dense' else (variables, crops, chosen)
+      forward = jax.jit(committee.apply).lower(*args).compile()
+      row[f'{lowering}_ms'] = 1e3 * common.time_call(lambda: forward(*args))  # pylint: disable=cell-var-from-loop
+    rows.append(row)
+    print(cnn_row(row), flush=True)
+  return rows
+
+
+CNN_HEADER = ('| batch | dense ms | top-1 gathered ms | top-1 pair by pair ms | speed-up vs dense '
+              '|\n|---|---|---|---|---|')
+
+
+def cnn_row(r: dict) -> str:
+  return (f'| {r["batch"]} | {r["dense_ms"]:.1f} | {r["gather_ms"]:.1f} | {r["rows_ms"]:.1f} | '
+          f'{r["dense_ms"] / r["rows_ms"]:.1f}x |')
 
 
 def end_to_end_speed(workdir: str, batch: int = 32) -> dict[str, float]:
@@ -117,14 +172,22 @@ def write_doc(path: pathlib.Path, report: dict) -> None:
   lines = ['# Routing at inference: dense, top-k and greedy experts', '',
            'Written by `python benchmarks/routing.py ' + ' '.join(sys.argv[1:]) + '` on '
            f'{report["device"]}, {report["date"]}; jit GEMM {report["gemm"]:.0f} GFLOP/s in the '
-           'same run. Only the selected experts run: their parameters are gathered per face '
-           '(`treemoe_jax/routing.py`), so the saving is in FLOPs and time, not a mask.', '',
+           'same run. Only the selected experts run (`treemoe_jax/routing.py`), so the saving '
+           'is in FLOPs and time, not a mask. How they run is the committee\'s routed lowering '
+           '(`experts.resolve_routed_lowering`): on CPU one (face, expert) pair after another, '
+           'each expert\'s parameters sliced where they lie (`rows`), or all experts when many '
+           'pairs (`dense`); "gathered ms" is the same routing with the chosen experts\' '
+           'parameters gathered per face first (`gather`, the lowering before `rows`).', '',
            '## The regression layer at the paper\'s size', '',
            '64 regressors (2040 -> 128 -> 136) and the depth-6 tree gate, random weights.', '',
-           '| batch | routing | ms | img/s | MFLOP/img (XLA) | speed-up vs dense |',
-           '|---|---|---|---|---|---|']
-  lines += [f'| {r["batch"]} | {r["routing"]} | {r["ms"]:.3f} | {r["img_per_s"]:.0f} | '
-            f'{r["mflop_per_img"]:.2f} | {r["speedup"]:.1f}x |' for r in report['layer']]
+           LAYER_HEADER]
+  lines += [layer_row(r) for r in report['layer']]
+  if report.get('cnn'):
+    lines += ['', '## The pose experts\' CNN committee at the paper\'s size', '',
+              '8 expert CNNs (features 7-14-28-56-30) on 68 patches of 32 px per face, random '
+              'weights, one random expert per face (`ExpertCNNs(routed_lowering=...)`); dense is '
+              'all 8 in their CPU inference lowering.', '', CNN_HEADER]
+    lines += [cnn_row(r) for r in report['cnn']]
   for kind in ('tree', 'softmax'):
     acc = report.get(f'{kind}_accuracy')
     if not acc:
@@ -157,11 +220,12 @@ def main() -> None:
   parser.add_argument('--doc', help='write the Markdown report here (e.g. docs/routing.md)')
   parser.add_argument('--json', help='write the figures as JSON here')
   args = parser.parse_args()
-  print('| batch | routing | ms | img/s | MFLOP/img | speed-up vs dense |')
-  print('|---|---|---|---|---|---|', flush=True)
+  print(LAYER_HEADER, flush=True)
   gemm = common.gemm_gflops()
   report = {'device': f'{jax.devices()[0].device_kind} x{jax.device_count()}',
             'date': time.strftime('%Y-%m-%d'), 'gemm': gemm, 'layer': layer_speed(gemm)}
+  print(CNN_HEADER, flush=True)
+  report['cnn'] = cnn_speed()
   from treemoe_jax import workdirs  # pylint: disable=g-import-not-at-top
   for kind in ('tree', 'softmax'):
     workdir = getattr(args, f'{kind}_workdir')

@@ -80,7 +80,7 @@ def test_topk_selects_the_k_largest_renormalised():
   assert routing.select(weights, routing.DENSE) is None
 
 
-@pytest.mark.parametrize('lowering', ['gather', 'dense', 'auto'])
+@pytest.mark.parametrize('lowering', ['gather', 'rows', 'dense', 'auto'])
 def test_gathered_regressors_equal_the_dense_committee_picked_by_index(lowering):
   committee = experts.ExpertMLPs(num_experts=8, hidden=16, outputs=10, routed_lowering=lowering)
   h = jax.random.normal(jax.random.key(1), (5, 12))
@@ -92,17 +92,44 @@ def test_gathered_regressors_equal_the_dense_committee_picked_by_index(lowering)
                              rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('conv_impl', ['im2col', 'xla'])
-def test_gathered_cnns_equal_the_dense_committee_picked_by_index(conv_impl):
+@pytest.mark.parametrize('conv_impl,lowering', [('im2col', 'gather'), ('xla', 'gather'),
+                                                 ('im2col', 'rows'), ('xla', 'auto')])
+def test_gathered_cnns_equal_the_dense_committee_picked_by_index(conv_impl, lowering):
   committee = experts.ExpertCNNs(num_experts=4, features=(4, 6, 5), kernel_sizes=(5, 3, 1),
-                                 conv_impl=conv_impl)
+                                 conv_impl=conv_impl, routed_lowering=lowering)
   crops = jax.random.normal(jax.random.key(3), (3, 2, 8, 8))
   variables = committee.init(jax.random.key(4), crops)
   dense = np.asarray(committee.apply(variables, crops))  # [B, E, P*n]
-  chosen = jnp.array([[2], [0], [3]])
+  chosen = jnp.array([[2, 1], [0, 0], [3, 2]])  # two per row, one row twice the same expert
   gathered = np.asarray(committee.apply(variables, crops, chosen))
   np.testing.assert_allclose(gathered, np.take_along_axis(dense, np.asarray(chosen)[..., None], 1),
                              rtol=1e-4, atol=1e-5)
+
+
+def test_routed_lowering_per_backend_follows_the_measured_rule():
+  resolve = experts.resolve_routed_lowering
+  # CPU: pair by pair while few pairs, or few experts a row of many; else all experts.
+  assert resolve('auto', 32, 1, 64, 'cpu') == 'rows'  # 32 pairs < 128
+  assert resolve('auto', 1024, 1, 64, 'cpu') == 'rows'  # top-1 of 64: 1 <= 64 / 16
+  assert resolve('auto', 128, 4, 64, 'cpu') == 'rows'  # 4 <= 64 / 16
+  assert resolve('auto', 32, 8, 64, 'cpu') == 'dense'  # 256 pairs, 8 > 4
+  assert resolve('auto', 8, 8, 64, 'cpu') == 'rows'  # 64 pairs < 128
+  assert resolve('auto', 16, 1, 8, 'cpu') == 'dense'  # 16 pairs = 2 E, 1 > 8 / 16
+  # Elsewhere, unmeasured with 'rows': gather while fewer pairs than experts.
+  assert resolve('auto', 32, 1, 64, 'gpu') == 'gather'
+  assert resolve('auto', 64, 1, 64, 'gpu') == 'dense'
+  assert resolve('rows', 64, 1, 64, 'gpu') == 'rows'  # an explicit choice is kept
+  with pytest.raises(ValueError, match='valid: auto, gather, rows, dense'):
+    resolve('scan', 1, 1, 64)
+
+
+def test_unknown_routed_lowering_of_cnns_is_refused():
+  committee = experts.ExpertCNNs(num_experts=2, features=(3, 2), kernel_sizes=(3, 1),
+                                 routed_lowering='dense')
+  crops = jnp.zeros((1, 1, 8, 8))
+  variables = committee.init(jax.random.key(0), crops)
+  with pytest.raises(ValueError, match='valid: auto, gather, rows'):
+    committee.apply(variables, crops, jnp.array([[1]]))
 
 
 @functools.lru_cache(maxsize=None)

@@ -363,6 +363,53 @@ def gathered(apply_one, committee_params, chosen: jax.Array, x: jax.Array) -> ja
   return jax.vmap(per_row)(picked, x)  # over B
 
 
+ROW_UNROLL = 8  # pairs per loop iteration: 1.3-1.4 ms against 1.7-4.0 for 1 and 13 for all 32
+
+
+def rowwise(apply_one, committee_params, chosen: jax.Array, x: jax.Array,
+            unroll: int = ROW_UNROLL) -> jax.Array:
+  """What `gathered` computes, one (row, expert) pair after another: `[B, K, ...]`.
+
+  A `lax.scan` over the B x K pairs slices each pair's expert parameters where they lie. Why: on
+  XLA:CPU, `gathered` first copies B x K experts' parameters into a fresh buffer (33 MB for 32
+  of the 64 full-size regressors), which costs as much as running all 64 experts; pair by pair the
+  copy is one expert's, in a buffer the loop reuses (benchmarks/routing.py).
+  """
+  batch, k = chosen.shape
+  pairs_x = jnp.repeat(x, k, axis=0)  # [B*K, ...]: row b's input once per chosen expert
+
+  def pair(carry, chosen_and_x):
+    expert, x_i = chosen_and_x  # [], [...]
+    params = jax.tree.map(lambda p: p[expert], committee_params)  # leaves without the expert axis
+    return carry, apply_one(params, x_i)
+  _, out = jax.lax.scan(pair, None, (chosen.reshape(-1), pairs_x),
+                        unroll=max(1, min(unroll, batch * k)))
+  return out.reshape((batch, k) + out.shape[1:])  # [B, K, ...]
+
+
+ROUTED_LOWERINGS = ('auto', 'gather', 'rows', 'dense')
+
+
+def resolve_routed_lowering(lowering: str, batch: int, k: int, num_experts: int,
+                            backend: str | None = None) -> str:
+  """How B rows with K chosen experts each of E are computed: `lowering`, or for 'auto' what was
+  measured faster (benchmarks/routing.py, the full-size regression layer).
+
+  On CPU 'rows' (`rowwise`, about 50 µs a pair there) while B x K < 2E or K <= E / 16, else
+  'dense': at batch 32 with top-1 of 64, 1.5-1.9 ms against 12.4-13.7 dense and 12.6-16.6
+  gathered; 'dense' from 8 of 64 at batch 32 (12.4 against 12.1 ms pair by pair). Elsewhere (not measured with 'rows'):
+  'gather' while B x K < E, else 'dense', as the regressors are memory-bound there.
+  """
+  if lowering not in ROUTED_LOWERINGS:
+    raise ValueError(f'unknown routed_lowering {lowering!r}; valid: {", ".join(ROUTED_LOWERINGS)}')
+  if lowering != 'auto':
+    return lowering
+  pairs = batch * k
+  if (backend or jax.default_backend()) == 'cpu':
+    return 'rows' if pairs < 2 * num_experts or 16 * k <= num_experts else 'dense'
+  return 'gather' if pairs < num_experts else 'dense'
+
+
 class ExpertCNNs(nn.Module):
   """The representation committee: L expert CNNs -> H `[B, E, P*n]` (eq. 3).
 
@@ -379,6 +426,9 @@ class ExpertCNNs(nn.Module):
   # True: this forward is never differentiated, so 'auto' may pick a lowering whose gradient is
   # slower (CNN_AUTO_INFERENCE). Outputs are the same either way.
   inference: bool = False
+  # With `chosen`: 'gather' (`gathered`), 'rows' (`rowwise`) or 'auto': 'rows' on CPU (1.6-1.9x
+  # faster than 'gather' for 8 full-size pose experts at batch 8-32, benchmarks/routing.py).
+  routed_lowering: str = 'auto'
 
   @nn.compact
   def __call__(self, patches: jax.Array, chosen: jax.Array | None = None
@@ -402,12 +452,17 @@ class ExpertCNNs(nn.Module):
       if lowering == 'blockdiag':
         return grouped_committee(self.variables['params']['experts'], patches, dtype=self.dtype)
       return committee(patches)
-    return gathered(lambda p, x: expert().apply({'params': p}, x[None])[0],
-                    self.variables['params']['experts'], chosen, patches)
+    lowering = self.routed_lowering
+    if lowering not in ('auto', 'gather', 'rows'):
+      raise ValueError(f"unknown routed_lowering {lowering!r} for CNNs; valid: auto, gather, rows")
+    if lowering == 'auto':
+      lowering = 'rows' if jax.default_backend() == 'cpu' else 'gather'
+    routed = rowwise if lowering == 'rows' else gathered
+    return routed(lambda p, x: expert().apply({'params': p}, x[None])[0],
+                  self.variables['params']['experts'], chosen, patches)
 
 
 OUTPUT_INITS = ('lecun', 'zeros')
-ROUTED_LOWERINGS = ('auto', 'gather', 'dense')
 # How the dense regression committee is computed (the parameters are the same): 'vmap' is nn.vmap
 # of one regressor, which XLA:CPU lowers to a copy of the whole [E, F, H] first-layer kernel into
 # [F, E*H] on every call before one GEMM; 'scan' runs the experts one after another on their own
@@ -461,8 +516,9 @@ class ExpertMLPs(nn.Module):
   """The regression committee: L' expert regressors -> dS `[B, E, O]` (eq. 5).
 
   With `chosen` int `[B, K]`, only those experts run: `[B, K, O]` (routing.py). How, is
-  `routed_lowering`: 'gather' their parameters per example (B * K expert evaluations), 'dense'
-  (run all E, keep K: the same result), or 'auto': gather while B * K < E.
+  `routed_lowering`: 'gather' their parameters per example (B * K expert evaluations), 'rows'
+  (the same B * K, pair by pair: `rowwise`), 'dense' (run all E, keep K: the same result), or
+  'auto' (`resolve_routed_lowering`: measured per backend).
   """
   num_experts: int
   hidden: int
@@ -484,14 +540,15 @@ class ExpertMLPs(nn.Module):
       return committee(h)
     if chosen is None:
       return self._dense(committee, h)
-    if self.routed_lowering not in ROUTED_LOWERINGS:
-      raise ValueError(f'unknown routed_lowering {self.routed_lowering!r}; valid: '
-                       f'{", ".join(ROUTED_LOWERINGS)}')
-    if self.routed_lowering == 'dense' or (self.routed_lowering == 'auto'
-                                           and chosen.size >= self.num_experts):
-      # B * K >= E: gathering would read every expert's weights more than once, while the
+    lowering = resolve_routed_lowering(self.routed_lowering, *chosen.shape, self.num_experts)
+    if lowering == 'dense':
+      # Many pairs: gathering would read every expert's weights more than once, while the
       # regressors are memory-bound; running all E and keeping K is faster (docs/alignment.md).
       return jnp.take_along_axis(self._dense(committee, h), chosen[..., None], axis=1)  # [B,K,O]
+    if lowering == 'rows':
+      # One row as a batch of 1: XLA:CPU's [1, F] x [F, H] product beat its [F] x [F, H] one.
+      return rowwise(lambda p, h_i: self._apply_one(p, h_i[None])[0],
+                     self.variables['params']['experts'], chosen, h)
     return gathered(self._apply_one, self.variables['params']['experts'], chosen, h)
 
   def _apply_one(self, params: dict, h: jax.Array) -> jax.Array:
