@@ -101,6 +101,14 @@ def layer_row(r: dict) -> str:
           f'{r["img_per_s"]:.0f} | {r["mflop_per_img"]:.2f} | {r["speedup"]:.1f}x | {gathered} |')
 
 
+def weights_read_ms(num_experts: int = 64, features: int = 2040, hidden: int = 128) -> float:
+  """ms to read the first-layer kernels of all `num_experts` regressors once (a jitted sum): the
+  memory floor that a routed layer reading fewer experts scales from."""
+  kernels = jnp.ones((num_experts, features, hidden), jnp.float32)
+  total = jax.jit(jnp.sum)
+  return 1e3 * common.time_call(lambda: total(kernels))
+
+
 def cnn_speed(batches=(1, 8, 32), num_experts: int = 8, patches: int = 68) -> list[dict]:
   """The pose experts' CNN committee at the paper's size (8 experts, features 7-14-28-56-30, 68
   patches of 32 px), one random expert per face: ms with the parameters gathered per face first
@@ -182,6 +190,11 @@ def write_doc(path: pathlib.Path, report: dict) -> None:
            '64 regressors (2040 -> 128 -> 136) and the depth-6 tree gate, random weights.', '',
            LAYER_HEADER]
   lines += [layer_row(r) for r in report['layer']]
+  if report.get('weights_read_ms'):
+    read = report['weights_read_ms']
+    lines += ['', f'Reading the 64 first-layer kernels once (67 MB, a jitted sum) took {read:.2f} '
+              f'ms in the same run ({0.067 / read * 1e3:.0f} GB/s): top-1 of 64 at batch 32 reads '
+              f'at most 32 of them, about {read / 2:.2f} ms, the memory floor of that row.']
   if report.get('cnn'):
     lines += ['', '## The pose experts\' CNN committee at the paper\'s size', '',
               '8 expert CNNs (features 7-14-28-56-30) on 68 patches of 32 px per face, random '
@@ -224,6 +237,9 @@ def main() -> None:
   gemm = common.gemm_gflops()
   report = {'device': f'{jax.devices()[0].device_kind} x{jax.device_count()}',
             'date': time.strftime('%Y-%m-%d'), 'gemm': gemm, 'layer': layer_speed(gemm)}
+  report['weights_read_ms'] = weights_read_ms()
+  print(f'reading the 64 regressors\' first-layer kernels (67 MB): '
+        f'{report["weights_read_ms"]:.2f} ms', flush=True)
   print(CNN_HEADER, flush=True)
   report['cnn'] = cnn_speed()
   from treemoe_jax import workdirs  # pylint: disable=g-import-not-at-top

@@ -1,6 +1,7 @@
 """Where a training step's time goes, by model part and direction, from a jax.profiler trace.
 
   python benchmarks/step_profile.py [--architecture pose_tree_moe] [--variant full] [--batch 8]
+      [--top_ops 20]
 
 Runs the jitted data-parallel step (random batches, as benchmarks/train_speed.py; no TensorFlow)
 under jax.profiler with a perfetto trace and sums the time of every XLA op (XLA:CPU traces one
@@ -134,9 +135,8 @@ def attribute(events: list[dict], hlo_text: str, model: str = 'FaceAligner'
   return dict(totals)
 
 
-def profile_step(compiled, state, batches, steps: int, model: str = 'FaceAligner'
-                 ) -> tuple[dict, float]:
-  """(µs by (part, direction) over `steps` steps, median wall seconds of one untraced step)."""
+def trace_step(compiled, state, batches, steps: int) -> tuple[list[dict], float]:
+  """(the op events of `steps` traced steps, median wall seconds of one untraced step)."""
   for i in range(2):  # warm-up
     state, metrics = compiled(state, batches[i % len(batches)])
     jax.block_until_ready(metrics['loss'])
@@ -152,8 +152,32 @@ def profile_step(compiled, state, batches, steps: int, model: str = 'FaceAligner
         state, metrics = compiled(state, batches[i % len(batches)])
         jax.block_until_ready(metrics['loss'])
     events = trace_events(trace_dir)
+  return events, sorted(walls)[len(walls) // 2]
+
+
+def profile_step(compiled, state, batches, steps: int, model: str = 'FaceAligner'
+                 ) -> tuple[dict, float]:
+  """(µs by (part, direction) over `steps` steps, median wall seconds of one untraced step)."""
+  events, wall_s = trace_step(compiled, state, batches, steps)
   totals = attribute(events, compiled.as_text(), model)
-  return {k: v / steps for k, v in totals.items()}, sorted(walls)[len(walls) // 2]
+  return {k: v / steps for k, v in totals.items()}, wall_s
+
+
+def op_kinds(events: list[dict], hlo_text: str) -> list[dict]:
+  """The ops' time by kind: instructions of one name but for their number ('transpose_copy_fusion'
+  from 'transpose_copy_fusion.107') and one result shape, summed; the largest first. Why: the
+  same op repeats per expert and per stage, and only their sum shows what to change."""
+  shapes = dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+)', hlo_text, re.M))
+  kinds = {}
+  for event in events:
+    name = event.get('args', {}).get('hlo_op', event['name'])
+    if name not in shapes:
+      continue
+    key = (re.sub(r'\.\d+$', '', name), shapes[name].split('{')[0])
+    kind = kinds.setdefault(key, {'op': key[0], 'shape': key[1], 'count': 0, 'us': 0.0})
+    kind['count'] += 1
+    kind['us'] += event['dur']
+  return sorted(kinds.values(), key=lambda k: -k['us'])
 
 
 def markdown(per_step: dict, wall_s: float) -> str:
@@ -178,14 +202,24 @@ def main() -> None:
   parser.add_argument('--variant', default='full')
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--steps', type=int, default=2)
+  parser.add_argument('--top_ops', type=int, default=0,
+                      help='also list the N op kinds that take most time')
   args = parser.parse_args()
   config = default.get_config(args.architecture, args.variant)
   _, state, step, batches = train_speed.setup_step(config, args.batch)
   compiled = step.lower(state, batches[0]).compile()
-  per_step, wall_s = profile_step(compiled, state, batches, args.steps)
+  events, wall_s = trace_step(compiled, state, batches, args.steps)
+  hlo_text = compiled.as_text()
+  per_step = {k: v / args.steps for k, v in attribute(events, hlo_text).items()}
   print(f'{args.architecture} {args.variant}, batch {args.batch}, {jax.devices()[0].device_kind}'
         f' ({os.cpu_count()} CPU cores)')
   print(markdown(per_step, wall_s))
+  if args.top_ops:
+    print(f'\nThe {args.top_ops} largest op kinds (per step; ops of a kind may run side by side)\n')
+    print('| op | result shape | ops per step | ms per step |\n|---|---|---|---|')
+    for kind in op_kinds(events, hlo_text)[:args.top_ops]:
+      print(f'| {kind["op"]} | {kind["shape"]} | {kind["count"] / args.steps:.0f} | '
+            f'{kind["us"] / args.steps / 1e3:.1f} |')
 
 
 if __name__ == '__main__':

@@ -58,6 +58,28 @@ def test_attribute_sums_events_by_part_and_reads_hlo_op_arguments():
       ('trunk', 'forward'): 3.0, ('trunk', step_profile.NO_METADATA): 5.0}
 
 
+def test_op_kinds_sum_numbered_instructions_of_one_shape():
+  """Two numbered fusions of one name and shape are one kind (2 ops, 3 + 4 us); the same name
+  with another shape is another; events naming no instruction are left out."""
+  hlo = (
+      'ENTRY %main (a: f32[2,3]) -> f32[3,2] {\n'
+      '  %a = f32[2,3]{1,0} parameter(0)\n'
+      '  %transpose_copy_fusion.1 = f32[3,2]{1,0} fusion(f32[2,3]{1,0} %a), kind=kLoop\n'
+      '  %transpose_copy_fusion.17 = f32[3,2]{1,0} fusion(f32[2,3]{1,0} %a), kind=kLoop\n'
+      '  %transpose_copy_fusion.2 = f32[6]{0} fusion(f32[2,3]{1,0} %a), kind=kLoop\n'
+      '  ROOT %copy.5 = f32[3,2]{0,1} copy(f32[3,2]{1,0} %transpose_copy_fusion.1)\n'
+      '}\n')
+  events = [{'name': 'transpose_copy_fusion.1', 'dur': 3.0},
+            {'name': 'transpose_copy_fusion.17', 'dur': 4.0},
+            {'name': 'transpose_copy_fusion.2', 'dur': 1.0},
+            {'name': 'k', 'dur': 9.0, 'args': {'hlo_op': 'copy.5'}},
+            {'name': 'ThunkExecutor::Execute', 'dur': 50.0}]
+  assert step_profile.op_kinds(events, hlo) == [
+      {'op': 'copy', 'shape': 'f32[3,2]', 'count': 1, 'us': 9.0},
+      {'op': 'transpose_copy_fusion', 'shape': 'f32[3,2]', 'count': 2, 'us': 7.0},
+      {'op': 'transpose_copy_fusion', 'shape': 'f32[6]', 'count': 1, 'us': 1.0}]
+
+
 class _Net(nn.Module):
   """A big layer and a small one: the big one's matmuls are 64x the small one's FLOPs."""
 
