@@ -2,6 +2,7 @@
 4.4.3-4.4.4).
 
   python benchmarks/routing.py                               # speed of the full-size layer
+  python benchmarks/routing.py --routed_lowering rows        # ... pair by pair on any backend
   python benchmarks/routing.py --tree_workdir W --softmax_workdir W2 --doc docs/routing.md
 
 1. The regression layer at the paper's size (64 regressors of 2040 -> 128 -> 136, the depth-6
@@ -57,16 +58,18 @@ class RegressionLayer(nn.Module):
     return cascade.gated_committee(committee, gate, h, h, self.routing)[0]
 
 
-def layer_speed(gemm: float, batches=(1, 32), features: int = 2040) -> list[dict]:
-  """The layer per routing, its committee routed as 'auto' picks, and beside it with the
-  parameters gathered per face first (experts.gathered, 'auto' before 'rows' was measured)."""
+def layer_speed(gemm: float, batches=(1, 32), features: int = 2040,
+                routed_lowering: str = 'auto') -> list[dict]:
+  """The layer per routing, its committee routed by `routed_lowering` (experts.ROUTED_LOWERINGS),
+  and beside it with the parameters gathered per face first (experts.gathered, what 'auto' ran
+  before 'rows' was measured)."""
   rows = []
   for batch in batches:
     h = jax.random.normal(jax.random.key(0), (batch, features))
     variables = jax.jit(RegressionLayer().init)(jax.random.key(1, impl='rbg'), h)
     dense_seconds = None
     for name in ROUTINGS:
-      layer = RegressionLayer(routing=routing_lib.parse(name))
+      layer = RegressionLayer(routing=routing_lib.parse(name), routed_lowering=routed_lowering)
       forward = jax.jit(layer.apply).lower(variables, h).compile()
       seconds = common.time_call(lambda: forward(variables, h))
       dense_seconds = dense_seconds or seconds
@@ -81,7 +84,7 @@ def layer_speed(gemm: float, batches=(1, 32), features: int = 2040) -> list[dict
                                 routed_lowering='gather')
       flops = common.lowered_flops(jax.jit(counted.apply).lower(variables, h))
       lowering = ('dense' if name == 'dense' else experts.resolve_routed_lowering(
-          'auto', batch, routing_lib.parse(name).k, RegressionLayer.num_experts))
+          routed_lowering, batch, routing_lib.parse(name).k, RegressionLayer.num_experts))
       rows.append({'batch': batch, 'routing': name, 'lowering': lowering, 'ms': 1e3 * seconds,
                    'img_per_s': batch / seconds, 'mflop_per_img': flops / batch / 1e6,
                    'speedup': dense_seconds / seconds,
@@ -232,11 +235,14 @@ def main() -> None:
   parser.add_argument('--softmax_workdir', help='a trained softmax-gated run, for Fig. 6')
   parser.add_argument('--doc', help='write the Markdown report here (e.g. docs/routing.md)')
   parser.add_argument('--json', help='write the figures as JSON here')
+  parser.add_argument('--routed_lowering', default='auto',
+                      help="the regression layer's routed lowering: auto, gather, rows, dense")
   args = parser.parse_args()
   print(LAYER_HEADER, flush=True)
   gemm = common.gemm_gflops()
   report = {'device': f'{jax.devices()[0].device_kind} x{jax.device_count()}',
-            'date': time.strftime('%Y-%m-%d'), 'gemm': gemm, 'layer': layer_speed(gemm)}
+            'date': time.strftime('%Y-%m-%d'), 'gemm': gemm,
+            'layer': layer_speed(gemm, routed_lowering=args.routed_lowering)}
   report['weights_read_ms'] = weights_read_ms()
   print(f'reading the 64 regressors\' first-layer kernels (67 MB): '
         f'{report["weights_read_ms"]:.2f} ms', flush=True)

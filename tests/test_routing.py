@@ -202,3 +202,18 @@ def test_routed_regression_layer_costs_k_experts_not_all():
     return (analysis[0] if isinstance(analysis, list) else analysis)['flops']
 
   assert flops(h) / flops(h, chosen) > 30
+
+
+def test_routing_benchmark_layer_counts_one_expert_of_64_for_top1():
+  """benchmarks/routing.py's layer table on a narrow layer (16 features): every routed row is
+  timed with the parameters gathered too, and XLA counts top-1 at under 1/30 of dense's FLOPs
+  (one regressor of 64 runs)."""
+  from benchmarks import routing as routing_benchmark  # pylint: disable=g-import-not-at-top
+  rows = routing_benchmark.layer_speed(gemm=1.0, batches=(2,), features=16)
+  by_name = {r['routing']: r for r in rows}
+  assert set(by_name) == set(routing_benchmark.ROUTINGS)
+  assert by_name['dense']['speedup'] == 1.0 and by_name['dense']['gathered_ms'] is None
+  assert by_name['greedy']['lowering'] == experts.resolve_routed_lowering('auto', 2, 1, 64)
+  assert all(r['gathered_ms'] > 0 and r['ms'] > 0 for r in rows if r['routing'] != 'dense')
+  assert by_name['topk:1']['mflop_per_img'] < by_name['dense']['mflop_per_img'] / 30
+  assert by_name['topk:8']['mflop_per_img'] < by_name['dense']['mflop_per_img'] / 4
