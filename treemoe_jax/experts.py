@@ -400,8 +400,8 @@ def resolve_routed_lowering(lowering: str, batch: int, k: int, num_experts: int,
 
   On CPU 'rows' (`rowwise`, about 50 µs a pair there) while B x K < 2E or K <= E / 16, else
   'dense': at batch 32 with top-1 of 64, 1.5-1.9 ms against 12.4-13.7 dense and 12.6-16.6
-  gathered; 'dense' from 8 of 64 at batch 32 (12.4 against 12.1 ms pair by pair). Elsewhere (not measured with 'rows'):
-  'gather' while B x K < E, else 'dense', as the regressors are memory-bound there.
+  gathered; with 8 of 64, 12.4 ms pair by pair against 12.1 dense. Elsewhere (not measured
+  with 'rows'): 'gather' while B x K < E, else 'dense', as the regressors are memory-bound there.
   """
   if lowering not in ROUTED_LOWERINGS:
     raise ValueError(f'unknown routed_lowering {lowering!r}; valid: {", ".join(ROUTED_LOWERINGS)}')
@@ -429,8 +429,9 @@ class ExpertCNNs(nn.Module):
   # True: this forward is never differentiated, so 'auto' may pick a lowering whose gradient is
   # slower (CNN_AUTO_INFERENCE). Outputs are the same either way.
   inference: bool = False
-  # With `chosen`: 'gather' (`gathered`), 'rows' (`rowwise`) or 'auto': 'rows' on CPU (1.6-1.9x
-  # faster than 'gather' for 8 full-size pose experts at batch 8-32, benchmarks/routing.py).
+  # With `chosen`: 'gather' (`gathered`), 'rows' (`rowwise`) or 'auto': 'rows' on CPU (8
+  # full-size pose experts, top-1: 1.6x faster than 'gather' at batch 32, 1.05-1.9x at batch 8;
+  # benchmarks/routing.py), 'gather' elsewhere.
   routed_lowering: str = 'auto'
 
   @nn.compact
@@ -545,8 +546,8 @@ class ExpertMLPs(nn.Module):
       return self._dense(committee, h)
     lowering = resolve_routed_lowering(self.routed_lowering, *chosen.shape, self.num_experts)
     if lowering == 'dense':
-      # Many pairs: gathering would read every expert's weights more than once, while the
-      # regressors are memory-bound; running all E and keeping K is faster (docs/alignment.md).
+      # Many pairs: each pair reads its expert's weights again, so running all E once and
+      # keeping K is faster (docs/alignment.md).
       return jnp.take_along_axis(self._dense(committee, h), chosen[..., None], axis=1)  # [B,K,O]
     if lowering == 'rows':
       # One row as a batch of 1: XLA:CPU's [1, F] x [F, H] product beat its [F] x [F, H] one.
