@@ -60,7 +60,7 @@ class RegressionLayer(nn.Module):
 
 
 def layer_speed(gemm: float, batches=(1, 32), features: int = 2040,
-                routed_lowering: str = 'auto') -> list[dict]:
+                routed_lowering: str = 'auto', min_seconds: float = 2.0) -> list[dict]:
   """The layer per routing, its committee routed by `routed_lowering` (experts.ROUTED_LOWERINGS),
   and beside it with the parameters gathered per face first (experts.gathered, what 'auto' ran
   before 'rows' was measured)."""
@@ -72,14 +72,14 @@ def layer_speed(gemm: float, batches=(1, 32), features: int = 2040,
     for name in ROUTINGS:
       layer = RegressionLayer(routing=routing_lib.parse(name), routed_lowering=routed_lowering)
       forward = jax.jit(layer.apply).lower(variables, h).compile()
-      seconds = common.time_call(lambda: forward(variables, h))
+      seconds = common.time_call(lambda: forward(variables, h), min_seconds)
       dense_seconds = dense_seconds or seconds
       gathered_seconds = None
       if name != 'dense':
         gathered = jax.jit(RegressionLayer(routing=routing_lib.parse(name),
                                            routed_lowering='gather').apply)
         gathered = gathered.lower(variables, h).compile()
-        gathered_seconds = common.time_call(lambda: gathered(variables, h))
+        gathered_seconds = common.time_call(lambda: gathered(variables, h), min_seconds)
       # Counted on the vmap lowering: XLA counts a scanned committee's loop body once.
       counted = RegressionLayer(routing=routing_lib.parse(name), mlp_lowering='vmap',
                                 routed_lowering='gather')

@@ -209,7 +209,7 @@ def test_routing_benchmark_layer_counts_one_expert_of_64_for_top1():
   timed with the parameters gathered too, and XLA counts top-1 at under 1/30 of dense's FLOPs
   (one regressor of 64 runs)."""
   from benchmarks import routing as routing_benchmark  # pylint: disable=g-import-not-at-top
-  rows = routing_benchmark.layer_speed(gemm=1.0, batches=(2,), features=16)
+  rows = routing_benchmark.layer_speed(gemm=1.0, batches=(2,), features=16, min_seconds=0.01)
   by_name = {r['routing']: r for r in rows}
   assert set(by_name) == set(routing_benchmark.ROUTINGS)
   assert by_name['dense']['speedup'] == 1.0 and by_name['dense']['gathered_ms'] is None
