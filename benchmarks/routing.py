@@ -105,12 +105,13 @@ def layer_row(r: dict) -> str:
           f'{r["img_per_s"]:.0f} | {r["mflop_per_img"]:.2f} | {r["speedup"]:.1f}x | {gathered} |')
 
 
-def weights_read_ms(num_experts: int = 64, features: int = 2040, hidden: int = 128) -> float:
-  """ms to read the first-layer kernels of all `num_experts` regressors once (a jitted sum): the
-  memory floor that a routed layer reading fewer experts scales from."""
+def weights_read(num_experts: int = 64, features: int = 2040, hidden: int = 128
+                 ) -> tuple[float, int]:
+  """(ms, bytes) to read the first-layer kernels of all `num_experts` regressors once (a jitted
+  sum): the memory floor that a routed layer reading fewer experts scales from."""
   kernels = jnp.ones((num_experts, features, hidden), jnp.float32)
   total = jax.jit(jnp.sum)
-  return 1e3 * common.time_call(lambda: total(kernels))
+  return 1e3 * common.time_call(lambda: total(kernels)), kernels.nbytes
 
 
 def cnn_speed(batches=(1, 8, 32), num_experts: int = 8, patches: int = 68) -> list[dict]:
@@ -121,12 +122,12 @@ def cnn_speed(batches=(1, 8, 32), num_experts: int = 8, patches: int = 68) -> li
   for batch in batches:
     crops = jax.random.normal(jax.random.key(0), (batch, patches, 32, 32))
     chosen = jax.random.randint(jax.random.key(2), (batch, 1), 0, num_experts)
+    make = lambda routed: experts.ExpertCNNs(num_experts, (7, 14, 28, 56, 30), inference=True,
+                                             routed_lowering=routed)
+    variables = jax.jit(make('auto').init)(jax.random.key(1), crops)
     row = {'batch': batch}
     for lowering in ('dense', 'gather', 'rows'):
-      committee = experts.ExpertCNNs(num_experts, (7, 14, 28, 56, 30), inference=True,
-                                     routed_lowering='gather' if lowering == 'dense' else lowering)
-      if lowering == 'dense':
-        variables = jax.jit(committee.init)(jax.random.key(1), crops)
+      committee = make('auto' if lowering == 'dense' else lowering)
       args = (variables, crops) if lowering == 'dense' else (variables, crops, chosen)
       forward = jax.jit(committee.apply).lower(*args).compile()
       row[f'{lowering}_ms'] = 1e3 * common.time_call(functools.partial(forward, *args))
@@ -195,10 +196,11 @@ def write_doc(path: pathlib.Path, report: dict) -> None:
            LAYER_HEADER]
   lines += [layer_row(r) for r in report['layer']]
   if report.get('weights_read_ms'):
-    read = report['weights_read_ms']
-    lines += ['', f'Reading the 64 first-layer kernels once (67 MB, a jitted sum) took {read:.2f} '
-              f'ms in the same run ({0.067 / read * 1e3:.0f} GB/s): top-1 of 64 at batch 32 reads '
-              f'at most 32 of them, about {read / 2:.2f} ms, the memory floor of that row.']
+    read, size = report['weights_read_ms'], report['weights_read_bytes']
+    lines += ['', f'Reading the 64 first-layer kernels once ({size / 1e6:.0f} MB, a jitted sum) '
+              f'took {read:.2f} ms in the same run ({size / read / 1e6:.0f} GB/s): top-1 of 64 at '
+              f'batch 32 reads at most 32 of them, about {read / 2:.2f} ms, the memory floor of '
+              'that row.']
   if report.get('cnn'):
     lines += ['', '## The pose experts\' CNN committee at the paper\'s size', '',
               '8 expert CNNs (features 7-14-28-56-30) on 68 patches of 32 px per face, random '
@@ -244,9 +246,9 @@ def main() -> None:
   report = {'device': f'{jax.devices()[0].device_kind} x{jax.device_count()}',
             'date': time.strftime('%Y-%m-%d'), 'gemm': gemm,
             'layer': layer_speed(gemm, routed_lowering=args.routed_lowering)}
-  report['weights_read_ms'] = weights_read_ms()
-  print(f'reading the 64 regressors\' first-layer kernels (67 MB): '
-        f'{report["weights_read_ms"]:.2f} ms', flush=True)
+  report['weights_read_ms'], report['weights_read_bytes'] = weights_read()
+  print(f'reading the 64 regressors\' first-layer kernels ({report["weights_read_bytes"] / 1e6:.0f}'
+        f' MB): {report["weights_read_ms"]:.2f} ms', flush=True)
   print(CNN_HEADER, flush=True)
   report['cnn'] = cnn_speed()
   from treemoe_jax import workdirs  # pylint: disable=g-import-not-at-top

@@ -121,6 +121,9 @@ def test_routed_lowering_per_backend_follows_the_measured_rule():
   assert resolve('rows', 64, 1, 64, 'gpu') == 'rows'  # an explicit choice is kept
   with pytest.raises(ValueError, match='valid: auto, gather, rows, dense'):
     resolve('scan', 1, 1, 64)
+  # A committee without 'dense' (the CNNs): pair by pair on CPU, gathered elsewhere, any size.
+  assert resolve('auto', 32, 8, 64, 'cpu', dense=False) == 'rows'
+  assert resolve('auto', 64, 1, 64, 'gpu', dense=False) == 'gather'
 
 
 def test_unknown_routed_lowering_of_cnns_is_refused():

@@ -394,23 +394,26 @@ ROUTED_LOWERINGS = ('auto', 'gather', 'rows', 'dense')
 
 
 def resolve_routed_lowering(lowering: str, batch: int, k: int, num_experts: int,
-                            backend: str | None = None) -> str:
+                            backend: str | None = None, dense: bool = True) -> str:
   """How B rows with K chosen experts each of E are computed: `lowering`, or for 'auto' what was
-  measured faster (benchmarks/routing.py, the full-size regression layer).
+  measured faster (benchmarks/routing.py, the full-size regression layer). `dense=False` for a
+  committee that offers no 'dense' (the CNNs: 'auto' is then 'rows' on CPU, 'gather' elsewhere).
 
   On CPU 'rows' (`rowwise`, about 50 µs a pair there) while B x K < 2E or K <= E / 16, else
   'dense': at batch 32 with top-1 of 64, 1.5-1.9 ms against 12.4-13.7 dense and 12.6-16.6
   gathered; with 8 of 64, 12.4 ms pair by pair against 12.1 dense. Elsewhere (not measured
   with 'rows'): 'gather' while B x K < E, else 'dense', as the regressors are memory-bound there.
   """
-  if lowering not in ROUTED_LOWERINGS:
-    raise ValueError(f'unknown routed_lowering {lowering!r}; valid: {", ".join(ROUTED_LOWERINGS)}')
+  valid = ROUTED_LOWERINGS if dense else tuple(v for v in ROUTED_LOWERINGS if v != 'dense')
+  if lowering not in valid:
+    raise ValueError(f'unknown routed_lowering {lowering!r}; valid: {", ".join(valid)}')
   if lowering != 'auto':
     return lowering
   pairs = batch * k
   if (backend or jax.default_backend()) == 'cpu':
-    return 'rows' if pairs < 2 * num_experts or 16 * k <= num_experts else 'dense'
-  return 'gather' if pairs < num_experts else 'dense'
+    few = pairs < 2 * num_experts or 16 * k <= num_experts
+    return 'rows' if few or not dense else 'dense'
+  return 'gather' if pairs < num_experts or not dense else 'dense'
 
 
 class ExpertCNNs(nn.Module):
@@ -456,11 +459,8 @@ class ExpertCNNs(nn.Module):
       if lowering == 'blockdiag':
         return grouped_committee(self.variables['params']['experts'], patches, dtype=self.dtype)
       return committee(patches)
-    lowering = self.routed_lowering
-    if lowering not in ('auto', 'gather', 'rows'):
-      raise ValueError(f"unknown routed_lowering {lowering!r} for CNNs; valid: auto, gather, rows")
-    if lowering == 'auto':
-      lowering = 'rows' if jax.default_backend() == 'cpu' else 'gather'
+    lowering = resolve_routed_lowering(self.routed_lowering, *chosen.shape, self.num_experts,
+                                       dense=False)  # a routed row is one expert on P patches
     routed = rowwise if lowering == 'rows' else gathered
     return routed(lambda p, x: expert().apply({'params': p}, x[None])[0],
                   self.variables['params']['experts'], chosen, patches)
