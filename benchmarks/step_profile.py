@@ -1,7 +1,12 @@
 """Where a training step's time goes, by model part and direction, from a jax.profiler trace.
 
   python benchmarks/step_profile.py [--architecture pose_tree_moe] [--variant full] [--batch 8]
-      [--top_ops 20]
+      [--top_ops 20] [--dtype bfloat16] [--forward] [--out DIR]
+
+`--forward` profiles the inference forward (as evaluation and Aligner compile it) instead of
+the step; `--out` keeps the trace, the compiled HLO and the tables there, to read again later
+(`--from_out DIR`). On a GPU only the device's kernel events count, each named by its HLO
+instruction (the host's launch events would count twice).
 
 Runs the jitted data-parallel step (random batches, as benchmarks/train_speed.py; no TensorFlow)
 under jax.profiler with a perfetto trace and sums the time of every XLA op (XLA:CPU traces one
@@ -22,13 +27,14 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import run_all  # pylint: disable=g-import-not-at-top
 from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
-from configs import default  # pylint: disable=g-import-not-at-top
 
 OUTSIDE = 'outside the model (loss, optimizer)'
 # Trace events that are not one XLA op: the runtime's own spans and Python's.
@@ -96,14 +102,34 @@ def part_of(op_name: str | None, model: str = 'FaceAligner') -> tuple[str, str]:
   return (parts[0] if parts else model), direction
 
 
-def trace_events(trace_dir: str) -> list[dict]:
-  """The complete ('X') events of the perfetto trace jax.profiler wrote under `trace_dir`."""
+def trace_file(trace_dir: str) -> str:
   files = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)
   if not files:
     raise FileNotFoundError(f'no perfetto trace under {trace_dir}')
-  with gzip.open(files[0]) as f:
+  return files[0]
+
+
+def trace_events(path: str, keep: str | None = None) -> list[dict]:
+  """The complete ('X') events of a perfetto trace (a .trace.json.gz, or the folder jax.profiler
+  wrote it under): on an accelerator, those of its device processes only. `keep`: write those
+  and the process names there, as a smaller trace that this function reads again."""
+  with gzip.open(path if path.endswith('.gz') else trace_file(path)) as f:
     events = json.load(f)['traceEvents']
-  return [e for e in events if e.get('ph') == 'X']
+  ops = device_only([e for e in events if e.get('ph') == 'X'], events)
+  if keep:
+    names = [e for e in events if e.get('ph') == 'M']
+    with gzip.open(keep, 'wt') as f:
+      json.dump({'traceEvents': names + ops}, f)
+  return ops
+
+
+def device_only(op_events: list[dict], all_events: list[dict]) -> list[dict]:
+  """`op_events` of the processes named '/device:...' (a GPU's or TPU's kernels), or all of them
+  where there is none (XLA:CPU runs its ops on host threads)."""
+  devices = {e['pid'] for e in all_events
+             if e.get('ph') == 'M' and e.get('name') == 'process_name'
+             and str(e.get('args', {}).get('name', '')).startswith('/device:')}
+  return [e for e in op_events if e['pid'] in devices] if devices else op_events
 
 
 NO_METADATA = 'no metadata: part of what it reads'
@@ -135,24 +161,36 @@ def attribute(events: list[dict], hlo_text: str, model: str = 'FaceAligner'
   return dict(totals)
 
 
-def trace_step(compiled, state, batches, steps: int) -> tuple[list[dict], float]:
-  """(the op events of `steps` traced steps, median wall seconds of one untraced step)."""
-  for i in range(2):  # warm-up
-    state, metrics = compiled(state, batches[i % len(batches)])
-    jax.block_until_ready(metrics['loss'])
+def trace_calls(call: Callable[[], None], steps: int, keep: str | None = None
+                ) -> tuple[list[dict], float]:
+  """(the op events of `steps` traced calls of `call`, which blocks until its results are ready;
+  median wall seconds of one untraced call). `keep`: write the op events there (`trace_events`)."""
+  for _ in range(2):  # warm-up
+    call()
   walls = []
-  for i in range(steps):
+  for _ in range(steps):
     start = time.perf_counter()
-    state, metrics = compiled(state, batches[i % len(batches)])
-    jax.block_until_ready(metrics['loss'])
+    call()
     walls.append(time.perf_counter() - start)
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      for i in range(steps):
-        state, metrics = compiled(state, batches[i % len(batches)])
-        jax.block_until_ready(metrics['loss'])
-    events = trace_events(trace_dir)
+      for _ in range(steps):
+        call()
+    events = trace_events(trace_dir, keep)
   return events, sorted(walls)[len(walls) // 2]
+
+
+def trace_step(compiled, state, batches, steps: int, keep: str | None = None
+               ) -> tuple[list[dict], float]:
+  """(the op events of `steps` traced steps, median wall seconds of one untraced step)."""
+  calls = iter(range(1 << 30))
+
+  def call():
+    nonlocal state
+    state, metrics = compiled(state, batches[next(calls) % len(batches)])
+    jax.block_until_ready(metrics['loss'])
+
+  return trace_calls(call, steps, keep)
 
 
 def profile_step(compiled, state, batches, steps: int, model: str = 'FaceAligner'
@@ -167,7 +205,7 @@ def op_kinds(events: list[dict], hlo_text: str) -> list[dict]:
   """The ops' time by kind: instructions of one name but for their number ('transpose_copy_fusion'
   from 'transpose_copy_fusion.107') and one result shape, summed; the largest first. Why: the
   same op repeats per expert and per stage, and only their sum shows what to change."""
-  shapes = dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+)', hlo_text, re.M))
+  shapes = _shapes(hlo_text)
   kinds = {}
   for event in events:
     name = event.get('args', {}).get('hlo_op', event['name'])
@@ -196,30 +234,86 @@ def markdown(per_step: dict, wall_s: float) -> str:
   return '\n'.join(lines)
 
 
+def forward_call(architecture: str, variant: str, dtype: str, batch: int):
+  """(the inference forward compiled as run_all times it, a call of it that blocks)."""
+  case = run_all.forward_case(architecture, variant, dtype)
+  images, init = run_all.inputs(batch)
+  compiled = jax.jit(case.forward, compiler_options=case.options).lower(
+      case.variables, images, init).compile()
+  return compiled, lambda: jax.block_until_ready(compiled(case.variables, images, init))
+
+
+def report(events: list[dict], hlo_text: str, wall_s: float, steps: int, top_ops: int,
+           title: str) -> str:
+  per_step = {k: v / steps for k, v in attribute(events, hlo_text).items()}
+  lines = [title, markdown(per_step, wall_s)]
+  if top_ops:
+    lines += [f'\nThe {top_ops} largest op kinds (per call; ops of a kind may run side by side)\n',
+              '| op | result shape | ops per call | ms per call |', '|---|---|---|---|']
+    lines += [f'| {kind["op"]} | {kind["shape"]} | {kind["count"] / steps:.0f} | '
+              f'{kind["us"] / steps / 1e3:.2f} |' for kind in op_kinds(events, hlo_text)[:top_ops]]
+    counted = _shapes(hlo_text)
+    unnamed = collections.Counter()
+    for event in events:
+      if event['name'].startswith(_NOT_OPS):
+        continue
+      if event.get('args', {}).get('hlo_op', event['name']) not in counted:
+        unnamed[event['name'][:80]] += event['dur']
+    if unnamed:
+      lines += ['\nEvents not named by an HLO instruction of this module (largest 10)\n',
+                '| event | ms per call |', '|---|---|']
+      lines += [f'| {name} | {us / steps / 1e3:.2f} |' for name, us in unnamed.most_common(10)]
+  return '\n'.join(lines)
+
+
+def _shapes(hlo_text: str) -> dict[str, str]:
+  return dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+)', hlo_text, re.M))
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--architecture', default='pose_tree_moe')
   parser.add_argument('--variant', default='full')
   parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--dtype', default='float32', help="the model's computation")
+  parser.add_argument('--forward', action='store_true',
+                      help='the inference forward instead of the training step')
   parser.add_argument('--steps', type=int, default=2)
   parser.add_argument('--top_ops', type=int, default=0,
                       help='also list the N op kinds that take most time')
+  parser.add_argument('--out', default='', help='keep the trace, HLO and tables in this folder')
+  parser.add_argument('--from_out', default='', help='report a kept --out folder again')
   args = parser.parse_args()
-  config = default.get_config(args.architecture, args.variant)
-  _, state, step, batches = train_speed.setup_step(config, args.batch)
-  compiled = step.lower(state, batches[0]).compile()
-  events, wall_s = trace_step(compiled, state, batches, args.steps)
+  if args.from_out:
+    saved = Path(args.from_out)
+    meta = json.loads((saved / 'profile.json').read_text())
+    hlo_text = gzip.decompress((saved / 'hlo.txt.gz').read_bytes()).decode()
+    events = trace_events(str(saved / 'trace.json.gz'))
+    print(report(events, hlo_text, meta['wall_s'], meta['steps'], args.top_ops, meta['title']))
+    return
+  what = 'forward' if args.forward else 'training step'
+  title = (f'{args.architecture} {args.variant} {args.dtype} {what}, batch {args.batch}, '
+           f'{jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores)')
+  out = Path(args.out) if args.out else None
+  if out:
+    out.mkdir(parents=True, exist_ok=True)
+  keep = str(out / 'trace.json.gz') if out else None
+  if args.forward:
+    compiled, call = forward_call(args.architecture, args.variant, args.dtype, args.batch)
+    events, wall_s = trace_calls(call, args.steps, keep)
+  else:
+    config = run_all.config_for(args.architecture, args.variant, args.dtype)
+    _, state, step, batches = train_speed.setup_step(config, args.batch)
+    compiled = step.lower(state, batches[0]).compile()
+    events, wall_s = trace_step(compiled, state, batches, args.steps, keep)
   hlo_text = compiled.as_text()
-  per_step = {k: v / args.steps for k, v in attribute(events, hlo_text).items()}
-  print(f'{args.architecture} {args.variant}, batch {args.batch}, {jax.devices()[0].device_kind}'
-        f' ({os.cpu_count()} CPU cores)')
-  print(markdown(per_step, wall_s))
-  if args.top_ops:
-    print(f'\nThe {args.top_ops} largest op kinds (per step; ops of a kind may run side by side)\n')
-    print('| op | result shape | ops per step | ms per step |\n|---|---|---|---|')
-    for kind in op_kinds(events, hlo_text)[:args.top_ops]:
-      print(f'| {kind["op"]} | {kind["shape"]} | {kind["count"] / args.steps:.0f} | '
-            f'{kind["us"] / args.steps / 1e3:.1f} |')
+  text = report(events, hlo_text, wall_s, args.steps, args.top_ops, title)
+  print(text)
+  if out:
+    (out / 'hlo.txt.gz').write_bytes(gzip.compress(hlo_text.encode()))
+    (out / 'profile.json').write_text(json.dumps(
+        {'title': title, 'wall_s': wall_s, 'steps': args.steps, 'argv': sys.argv[1:]}) + '\n')
+    (out / 'profile.md').write_text(text + '\n')
 
 
 if __name__ == '__main__':

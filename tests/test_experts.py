@@ -271,3 +271,66 @@ def test_im2col_kernel_grad_equals_a_brute_force_sum(size, kernel, channels):
             jnp.ones((kernel, kernel, channels, 4)))[1](jnp.asarray(g))
   with pytest.raises(ValueError, match="unknown kernel_grad 'fft'"):  # forward alone, too
     experts.stride2_conv(jnp.asarray(x), jnp.ones((kernel, kernel, channels, 4)), 'fft')
+
+
+def same_chain(params, x, stride=2):
+  """The expert CNN as section 3.5 defines it, every layer a 'SAME' strided convolution over its
+  whole input (the reference `receptive_crops` must match): x [N, S, S, 1] -> [N, n]."""
+  last = len(params) - 1
+  for i in range(len(params)):
+    x = jax.lax.conv_general_dilated(x, params[f'conv{i}']['kernel'], (stride, stride), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x = x + params[f'conv{i}']['bias']
+    if i < last:
+      x = jax.nn.relu(x)
+  return x.mean(axis=(1, 2))
+
+
+def test_receptive_crops_of_the_papers_chain_by_hand():
+  # 32 -> 16 -> 8 -> 4 -> 2 -> 1. The 1x1 stride-2 last layer reads pixel (0, 0) of its 2x2
+  # input; that output of the 3x3 layer before reads its input's rows 0-2 (no padding before);
+  # those three outputs read rows 0-6 of the 8x8 map. The 5x5 layer pads one row before: whole.
+  assert experts.receptive_crops(32, (5, 5, 3, 3, 1)) == (None, None, 7, 3, 1)
+  assert experts.receptive_crops(16, (5, 5, 3, 3, 1)) == (None,) * 5  # padded from layer 4 on
+
+
+@pytest.mark.parametrize('patch', [32, 24, 20, 16, 9])
+@pytest.mark.parametrize('conv_impl', experts.CONV_IMPLS)
+def test_cropped_patch_cnn_equals_the_same_chain(patch, conv_impl):
+  """Outputs and parameter gradients of the cropped PatchCNN are those of the uncropped chain."""
+  features, kernels = (4, 6, 8, 8, 5), (5, 5, 3, 3, 1)
+  cnn = experts.PatchCNN(features, kernels, conv_impl=conv_impl)
+  crops = jax.random.normal(jax.random.key(0), (2, 3, patch, patch))
+  params = cnn.init(jax.random.key(1), crops)['params']
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
+
+  def reference(p):
+    return same_chain(p, crops.reshape(6, patch, patch, 1)).reshape(2, -1)
+
+  np.testing.assert_allclose(cnn.apply({'params': params}, crops), reference(params),
+                             rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda p, f=f: jnp.sum(f(p) ** 2))(params)
+           for f in (lambda p: cnn.apply({'params': p}, crops), reference)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_receptive_crops_are_tight():
+  """Each crop reads exactly the rows the features depend on: the gradient of the features with
+  respect to the layer's input is nonzero in its last cropped row and zero beyond."""
+  kernels, patch = (5, 5, 3, 3, 1), 32
+  params = {f'conv{i}': {'kernel': jnp.full((k, k, 1, 1), 0.1), 'bias': jnp.ones(1)}
+            for i, k in enumerate(kernels)}  # positive: every path carries gradient
+  crops = experts.receptive_crops(patch, kernels)
+  x = jnp.ones((1, patch, patch, 1))
+  maps = [x]  # the inputs of layers 0..4 in the 'SAME' chain
+  for i in range(len(kernels) - 1):
+    maps.append(jax.nn.relu(jax.lax.conv_general_dilated(
+        maps[-1], params[f'conv{i}']['kernel'], (2, 2), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + 1.0))
+  for i, crop in enumerate(crops):
+    if crop is None:
+      continue
+    rest = {f'conv{j - i}': params[f'conv{j}'] for j in range(i, len(kernels))}
+    grad = jax.grad(lambda m, r=rest: same_chain(r, m).sum())(maps[i])[0, :, 0, 0]  # [rows]
+    assert grad[crop - 1] != 0 and np.all(np.asarray(grad[crop:]) == 0), (i, crop, grad)

@@ -1,5 +1,8 @@
 """benchmarks/step_profile.py: op names read from HLO, parts named, and a real trace attributed."""
 
+import gzip
+import json
+
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
@@ -112,3 +115,24 @@ def test_a_traced_step_is_attributed_to_the_layer_that_does_the_work():
   assert wall_s > 0 and total > 0
   assert big > 0.6 * total, per_step
   assert ('big', 'backward') in per_step and ('big', 'forward') in per_step
+
+
+def test_on_an_accelerator_only_the_devices_kernels_count(tmp_path):
+  """A GPU trace holds the host's launch of a kernel and the kernel itself, both named by its
+  HLO instruction: only the device's event counts. A trace with no device process (XLA:CPU)
+  keeps all; a kept trace reads back the same."""
+  names = [{'ph': 'M', 'name': 'process_name', 'pid': 1, 'args': {'name': '/host:CPU'}},
+           {'ph': 'M', 'name': 'process_name', 'pid': 7, 'args': {'name': '/device:GPU:0'}}]
+  host = {'ph': 'X', 'pid': 1, 'name': 'fusion.3', 'dur': 50.0}
+  kernel = {'ph': 'X', 'pid': 7, 'name': 'loop_fusion_kernel', 'dur': 4.0,
+            'args': {'hlo_op': 'fusion.3'}}
+  trace = tmp_path / 'a.trace.json.gz'
+  with gzip.open(trace, 'wt') as f:
+    json.dump({'traceEvents': names + [host, kernel]}, f)
+  kept = str(tmp_path / 'kept.json.gz')
+  assert step_profile.trace_events(str(trace), keep=kept) == [kernel]
+  assert step_profile.trace_events(kept) == [kernel]
+  assert step_profile.device_only([host, kernel], names[:1] + [host, kernel]) == [host, kernel]
+  hlo = 'ENTRY %main {\n  %fusion.3 = f32[8,4]{1,0} fusion(%p), kind=kLoop, calls=%c\n}'
+  assert step_profile.op_kinds([kernel], hlo) == [
+      {'op': 'fusion', 'shape': 'f32[8,4]', 'count': 1, 'us': 4.0}]

@@ -74,6 +74,47 @@ def im2col(x: jax.Array, k: int, stride: int) -> jax.Array:
                     for i in range(k) for j in range(k)], axis=-2)
 
 
+def receptive_crops(size: int, kernel_sizes: Sequence[int], stride: int = 2
+                    ) -> tuple[int | None, ...]:
+  """Per layer of a chain of 'SAME' strided convolutions on a size x size map whose last map is
+  averaged: the input rows and columns the layer reads, `c` (it runs 'VALID' on x[:, :c, :c]),
+  or None (it runs 'SAME' on its whole input).
+
+  Why: with 32x32 patches the last stride-2 1x1 layer reads one pixel of its 2x2 input, so the
+  layer before needs one of its four outputs, and the one before that 3x3 of its 4x4; as 'SAME'
+  they compute every output (XLA does not prune them). A layer is cropped where its outputs still
+  needed lie in its input's first rows with no padding before them ('SAME' pads the extra row
+  after), so the cropped chain computes the same features exactly.
+  """
+  sizes = [size]
+  for _ in kernel_sizes:
+    sizes.append(-(-sizes[-1] // stride))
+  crops, needed = [], sizes[-1]  # the last map is averaged: all of it
+  for k, rows in zip(reversed(kernel_sizes), reversed(sizes[:-1])):
+    out = -(-rows // stride)
+    pad_before = max((out - 1) * stride + k - rows, 0) // 2
+    crop = (needed - 1) * stride + k
+    if pad_before == 0 and crop < rows:
+      crops.append(crop)
+      needed = crop
+    else:
+      crops.append(None)
+      needed = rows
+  return tuple(reversed(crops))
+
+
+def cropped_conv(x: jax.Array, kernel: jax.Array, stride: int, crop: int | None,
+                 feature_group_count: int = 1) -> jax.Array:
+  """XLA's strided convolution, 'SAME' on x [N, H, W, C] or, with `crop`, 'VALID' on its first
+  crop x crop (`receptive_crops`); kernel [k, k, C / groups, F]."""
+  padding = 'SAME' if crop is None else 'VALID'
+  if crop is not None:
+    x = x[:, :crop, :crop]
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      feature_group_count=feature_group_count)
+
+
 class Im2colConv(nn.Module):
   """A strided 'SAME' convolution as k*k strided slices and one matmul; nn.Conv's parameters.
 
@@ -85,12 +126,19 @@ class Im2colConv(nn.Module):
   kernel_size: int
   stride: int = 2
   dtype: Dtype = jnp.float32  # computation; the parameters stay float32
+  crop: int | None = None  # 'VALID' on x[:, :crop, :crop] (`receptive_crops`)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, C] -> [N, H/s, W/s, F]
     channels = x.shape[-1]
     k = self.kernel_size
-    columns = im2col(x, k, self.stride)  # [N, H', W', k*k, C]
+    if self.crop is None:
+      columns = im2col(x, k, self.stride)  # [N, H', W', k*k, C]
+    else:  # the windows that lie inside the crop: stride-spaced, no padding
+      x, s = x[:, :self.crop, :self.crop], self.stride
+      out = (self.crop - k) // s + 1
+      columns = jnp.stack([x[:, i:i + s * (out - 1) + 1:s, j:j + s * (out - 1) + 1:s]
+                           for i in range(k) for j in range(k)], axis=-2)
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (k, k, channels, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
@@ -121,12 +169,14 @@ class PatchCNN(nn.Module):
     batch, num_patches, size, _ = patches.shape
     x = patches.reshape(batch * num_patches, size, size, 1).astype(self.dtype)  # [B*P, S, S, 1]
     last = len(self.features) - 1
-    for i, (width, kernel) in enumerate(zip(self.features, self.kernel_sizes)):
+    crops = receptive_crops(size, self.kernel_sizes, self.stride)
+    for i, (width, kernel, crop) in enumerate(zip(self.features, self.kernel_sizes, crops)):
       if self.conv_impl == 'im2col':
-        x = Im2colConv(width, kernel, self.stride, self.dtype, name=f'conv{i}')(x)
+        x = Im2colConv(width, kernel, self.stride, self.dtype, crop, name=f'conv{i}')(x)
       else:
-        x = nn.Conv(width, (kernel, kernel), strides=self.stride, padding='SAME',
-                    dtype=self.dtype, name=f'conv{i}')(x)
+        x = nn.Conv(width, (kernel, kernel), strides=self.stride,
+                    padding='SAME' if crop is None else 'VALID', dtype=self.dtype,
+                    name=f'conv{i}')(x if crop is None else x[:, :crop, :crop])
       if i < last:
         x = nn.relu(x)
     x = x.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, n]; a no-op on the paper's 1x1 map
@@ -229,10 +279,13 @@ def kernel_grad_for(kernel_size: int, channels: int) -> str:
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
-          kernel_grad: str = 'xla') -> jax.Array:
-  """nn.Conv's 'SAME' strided convolution: x [N, H, W, C], kernel [k, k, C, F] -> [N, H', W', F]."""
+          kernel_grad: str = 'xla', crop: int | None = None) -> jax.Array:
+  """nn.Conv's 'SAME' strided convolution: x [N, H, W, C], kernel [k, k, C, F] -> [N, H', W', F];
+  with `crop`, 'VALID' on x's first crop x crop (`cropped_conv`, XLA's own gradients)."""
   if kernel_grad not in MERGED_KERNEL_GRADS:
     raise ValueError(f'unknown kernel_grad {kernel_grad!r}; valid: {", ".join(MERGED_KERNEL_GRADS)}')
+  if crop is not None:
+    return cropped_conv(x, kernel, stride, crop) + bias
   if kernel_grad == 'auto':  # measured per layer on XLA:CPU; elsewhere the custom VJP as a whole
     kernel_grad = (kernel_grad_for(kernel.shape[0], kernel.shape[2])
                    if jax.default_backend() == 'cpu' else 'xla')
@@ -242,7 +295,7 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
 
 
 def _merged_first_layer(layers: list[dict], patches: jax.Array, stride: int, dtype: Dtype,
-                        kernel_grad: str) -> jax.Array:
+                        kernel_grad: str, crop: int | None) -> jax.Array:
   """Every expert's first convolution as one, E x F0 outputs, expert-major: [B*P, H, W, E*F0]
   (all experts read the same patch)."""
   batch, num_patches, size, _ = patches.shape
@@ -250,7 +303,7 @@ def _merged_first_layer(layers: list[dict], patches: jax.Array, stride: int, dty
   num_experts, k, _, channels, width = kernel0.shape
   merged = jnp.moveaxis(kernel0, 0, -2).reshape(k, k, channels, num_experts * width)  # e-major
   x = patches.reshape(batch * num_patches, size, size, 1).astype(dtype)
-  x = _conv(x, merged, layers[0]['bias'].astype(dtype).reshape(-1), stride, kernel_grad)
+  x = _conv(x, merged, layers[0]['bias'].astype(dtype).reshape(-1), stride, kernel_grad, crop)
   return nn.relu(x) if len(layers) > 1 else x
 
 
@@ -307,12 +360,11 @@ def grouped_committee(params: dict, patches: jax.Array, experts_per_group: int |
   layers = [params[f'conv{i}'] for i in range(len(params))]
   num_experts = layers[0]['kernel'].shape[0]
   g = experts_per_group or num_experts
-  x = _merged_first_layer(layers, patches, stride, dtype, 'auto')  # [B*P, H, W, E*F0]
+  crops = receptive_crops(patches.shape[-1], [l['kernel'].shape[1] for l in layers], stride)
+  x = _merged_first_layer(layers, patches, stride, dtype, 'auto', crops[0])  # [B*P, H, W, E*F0]
   for i, layer in enumerate(layers[1:], start=1):
     kernel = group_block_diagonal(layer['kernel'].astype(dtype), g)
-    x = jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                     feature_group_count=num_experts // g)
+    x = cropped_conv(x, kernel, stride, crops[i], feature_group_count=num_experts // g)
     x = x + layer['bias'].astype(dtype).reshape(-1)
     if i < len(layers) - 1:
       x = nn.relu(x)
@@ -336,14 +388,15 @@ def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
   layers = [params[f'conv{i}'] for i in range(len(params))]
   last = len(layers) - 1
   num_experts, width = layers[0]['bias'].shape
-  x = _merged_first_layer(layers, patches, stride, dtype, kernel_grad)  # [B*P, H, W, E*F0]
+  crops = receptive_crops(patches.shape[-1], [l['kernel'].shape[1] for l in layers], stride)
+  x = _merged_first_layer(layers, patches, stride, dtype, kernel_grad, crops[0])  # [B*P,H,W,E*F0]
   x = x.reshape(x.shape[:3] + (num_experts, width))  # [B*P, H, W, E, F0]
   outputs = []
   for e in range(num_experts):
     y = x[..., e, :]
     for i, layer in enumerate(layers[1:], start=1):
       y = _conv(y, layer['kernel'][e].astype(dtype), layer['bias'][e].astype(dtype), stride,
-                kernel_grad)
+                kernel_grad, crops[i])
       if i < last:
         y = nn.relu(y)
     features = y.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, n]
