@@ -12,7 +12,9 @@ faces, from the same `[E, ...]` parameters, each lowering jitted alone:
   merged_xla_kernel_grads   merged, every kernel gradient XLA's (before im2col kernel gradients);
   merged_em   merged, with the first layer's output made expert-major before the experts slice it;
   merged_im2col   merged, then each expert's later layers as im2col matmuls (k*k strided slices);
-  merged_batched  merged, then each later layer as one im2col matmul batched over the experts.
+  merged_batched  merged, then each later layer as one im2col matmul batched over the experts;
+  merged_matmul1  merged, the first layer as one matmul of its windows and a column of ones
+                  (experts.first_layer_matmul: the bias a row of the matrix).
 Forward and gradient (w.r.t. the parameters) times, and each lowering's largest difference from
 the reference. Read the ratios within one run.
 
@@ -25,7 +27,8 @@ times, beside vmap and merged, what suits a GPU's matrix units (experts.grouped_
   grouped1_pad8    every later layer one grouped convolution, a group per expert, padded;
   grouped2_pad8, grouped4_pad8   groups of 2 / 4 experts with block-diagonal kernels, padded;
   blockdiag        one group: every later layer one dense convolution, block-diagonal kernel
-                   (8x those layers' FLOPs; `cnn_lowering='blockdiag'`).
+                   (8x those layers' FLOPs; `cnn_lowering='blockdiag'`);
+  blockdiag_matmul1  blockdiag with its first layer as experts.first_layer_matmul.
 The FLOP rate is the reference's count (the useful work) over each lowering's time;
 `--lowerings blockdiag,grouped2_pad8` times only those (the reference is always computed).
 
@@ -280,12 +283,15 @@ def cpu_lowerings(vmapped, dtype):
           'merged_xla_kernel_grads': lambda p, x: experts.merged_committee(
               p, x, dtype=dtype, kernel_grad='xla'),
           'merged_em': merged_expert_major, 'merged_im2col': merged_im2col,
-          'merged_batched': merged_batched}
+          'merged_batched': merged_batched,
+          'merged_matmul1': lambda p, x: experts.merged_committee(p, x, dtype=dtype,
+                                                                  first_layer='matmul')}
 
 
 def gpu_lowerings(vmapped, dtype):
-  def grouped(experts_per_group, multiple):
-    return lambda p, x: experts.grouped_committee(p, x, experts_per_group, multiple, dtype=dtype)
+  def grouped(experts_per_group, multiple, first_layer='conv'):
+    return lambda p, x: experts.grouped_committee(p, x, experts_per_group, multiple, dtype=dtype,
+                                                  first_layer=first_layer)
   return {'vmap': vmapped,
           'merged_cpu_grads': lambda p, x: experts.merged_committee(
               p, x, dtype=dtype, kernel_grad='xla'),
@@ -294,7 +300,8 @@ def gpu_lowerings(vmapped, dtype):
           'merged_pad8': lambda p, x: experts.merged_committee(
               experts.padded_channels(p, 8), x, dtype=dtype, kernel_grad='none'),
           'grouped1_pad8': grouped(1, 8), 'grouped2_pad8': grouped(2, 8),
-          'grouped4_pad8': grouped(4, 8), 'blockdiag': grouped(None, 1)}
+          'grouped4_pad8': grouped(4, 8), 'blockdiag': grouped(None, 1),
+          'blockdiag_matmul1': grouped(None, 1, 'matmul')}
 
 
 if __name__ == '__main__':

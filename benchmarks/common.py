@@ -50,11 +50,13 @@ def countable(config):
   its experts (`mlp_lowering='scan'`) would report one expert's FLOPs. The model computed is the
   same; benchmarks time the real lowering and take the FLOPs from this one. The CNN committee's
   'blockdiag' and 'padded' lowerings multiply by zeros (off-diagonal blocks, padded channels):
-  they are counted as 'merged', which computes the same function without them (useful work).
+  they are counted as 'merged', which computes the same function without them (useful work), and
+  the first layer as XLA's convolution (`cnn_first_layer='matmul'` adds the bias as a matmul row).
   """
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.model.mlp_lowering = 'vmap'
+    config.model.cnn_first_layer = 'conv'  # 'matmul' multiplies a column of ones too
     if config.model.get('cnn_lowering') in ('blockdiag', 'padded'):
       config.model.cnn_lowering = 'merged'
   return config

@@ -43,14 +43,25 @@ def log(message: str) -> None:
   print(f'[{time.strftime("%H:%M:%S")}] {message}', flush=True)
 
 
+def split_lowering(lowering: str) -> tuple[str, str, str]:
+  """'auto', 'CNN/MLP' or 'CNN/MLP/FIRST' -> (CNN committee, regressors, CNN first layer):
+  experts.CNN_LOWERINGS, MLP_LOWERINGS, FIRST_LAYERS."""
+  parts = lowering.split('/') if lowering != 'auto' else []
+  if len(parts) not in (0, 2, 3):
+    raise ValueError(f"lowering {lowering!r}: 'auto', 'CNN/MLP' or 'CNN/MLP/FIRST'")
+  return tuple(parts + ['auto'] * (3 - len(parts)))
+
+
 def config_for(architecture: str, variant: str, dtype: str, lowering: str = 'auto'):
-  """lowering: 'auto', or 'CNN/MLP' committee lowerings (experts.CNN_LOWERINGS, MLP_LOWERINGS)."""
-  cnn, mlp = lowering.split('/') if lowering != 'auto' else ('auto', 'auto')
+  """lowering: 'auto', 'CNN/MLP' committee lowerings (experts.CNN_LOWERINGS, MLP_LOWERINGS) or
+  'CNN/MLP/FIRST' with the CNNs' first layer (experts.FIRST_LAYERS)."""
+  cnn, mlp, first = split_lowering(lowering)
   config = default.get_config(architecture, variant)
   with config.unlocked():
     config.model.dtype = dtype
     config.model.cnn_lowering = cnn
     config.model.mlp_lowering = mlp
+    config.model.cnn_first_layer = first
   return config
 
 
@@ -235,11 +246,13 @@ def machine() -> dict:
 
 
 def resolved_lowering(lowering: str, backend: str | None = None, inference: bool = False) -> str:
-  """'CNN/MLP' committee lowerings that `lowering` ('auto' or 'CNN/MLP') runs on `backend` (in a
-  forward never differentiated if `inference`)."""
-  cnn, mlp = lowering.split('/') if lowering != 'auto' else ('auto', 'auto')
+  """'CNN/MLP' committee lowerings that `lowering` ('auto', 'CNN/MLP' or 'CNN/MLP/FIRST') runs
+  on `backend` (in a forward never differentiated if `inference`), with '/matmul' where the CNNs'
+  first layer is not 'conv'."""
+  cnn, mlp, first = split_lowering(lowering)
+  first = experts.resolve_first_layer(first, backend)
   return (f'{experts.resolve_cnn_lowering(cnn, backend, inference)}/'
-          f'{experts.resolve_mlp_lowering(mlp, backend)}')
+          f'{experts.resolve_mlp_lowering(mlp, backend)}' + ('' if first == 'conv' else f'/{first}'))
 
 
 def _lowering(row: dict, backend: str) -> str:

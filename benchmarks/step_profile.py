@@ -1,7 +1,7 @@
 """Where a training step's time goes, by model part and direction, from a jax.profiler trace.
 
   python benchmarks/step_profile.py [--architecture pose_tree_moe] [--variant full] [--batch 8]
-      [--top_ops 20] [--dtype bfloat16] [--forward] [--out DIR]
+      [--top_ops 20] [--dtype bfloat16] [--lowering blockdiag/vmap/matmul] [--forward] [--out DIR]
 
 `--forward` profiles the inference forward (as evaluation and Aligner compile it) instead of
 the step; `--out` keeps the trace, the compiled HLO and the tables there, to read again later
@@ -37,6 +37,7 @@ from benchmarks import run_all  # pylint: disable=g-import-not-at-top
 from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
 
 OUTSIDE = 'outside the model (loss, optimizer)'
+_SHAPE = r'(?:\([^)]*\)|\S+)'  # an HLO result shape: one array's, or a tuple's in parentheses
 # Trace events that are not one XLA op: the runtime's own spans and Python's.
 _NOT_OPS = ('ThunkExecutor', '$', 'PjitFunction', 'SlinkyThreadPool', 'PjRt')
 _TRANSFORMS = re.compile(r'\b(?:transpose|jvp|jit|vmap|checkpoint|remat|pjit)\(([^()]*)\)')
@@ -61,8 +62,8 @@ def op_names(hlo_text: str) -> dict[str, str]:
 def operands(hlo_text: str) -> dict[str, list[str]]:
   """HLO instruction name -> the instructions it reads, in order."""
   reads = {}
-  for name, args in re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = \S+ [\w\-]+\(([^)]*)\)', hlo_text,
-                               re.M):
+  for name, args in re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = ' + _SHAPE + r' [\w\-]+\(([^)]*)\)',
+                               hlo_text, re.M):
     reads[name] = re.findall(r'%([\w.\-]+)', args)
   return reads
 
@@ -211,7 +212,7 @@ def op_kinds(events: list[dict], hlo_text: str) -> list[dict]:
     name = event.get('args', {}).get('hlo_op', event['name'])
     if name not in shapes:
       continue
-    key = (re.sub(r'\.\d+$', '', name), shapes[name].split('{')[0])
+    key = (re.sub(r'\.\d+$', '', name), shapes[name])
     kind = kinds.setdefault(key, {'op': key[0], 'shape': key[1], 'count': 0, 'us': 0.0})
     kind['count'] += 1
     kind['us'] += event['dur']
@@ -234,9 +235,9 @@ def markdown(per_step: dict, wall_s: float) -> str:
   return '\n'.join(lines)
 
 
-def forward_call(architecture: str, variant: str, dtype: str, batch: int):
+def forward_call(architecture: str, variant: str, dtype: str, batch: int, lowering: str = 'auto'):
   """(the inference forward compiled as run_all times it, a call of it that blocks)."""
-  case = run_all.forward_case(architecture, variant, dtype)
+  case = run_all.forward_case(architecture, variant, dtype, lowering)
   images, init = run_all.inputs(batch)
   compiled = jax.jit(case.forward, compiler_options=case.options).lower(
       case.variables, images, init).compile()
@@ -267,7 +268,10 @@ def report(events: list[dict], hlo_text: str, wall_s: float, steps: int, top_ops
 
 
 def _shapes(hlo_text: str) -> dict[str, str]:
-  return dict(re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\S+)', hlo_text, re.M))
+  """HLO instruction name -> its result shape without layouts ('f32[8,4]', or a tuple's
+  '(bf16[8,4], u8[0])', as a GPU's library calls return)."""
+  found = re.findall(r'^\s*(?:ROOT )?%?([\w.\-]+) = (' + _SHAPE + ')', hlo_text, re.M)
+  return {name: re.sub(r'\{[^}]*\}', '', shape) for name, shape in found}
 
 
 def main() -> None:
@@ -276,6 +280,8 @@ def main() -> None:
   parser.add_argument('--variant', default='full')
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--dtype', default='float32', help="the model's computation")
+  parser.add_argument('--lowering', default='auto',
+                      help="committee lowerings: 'auto', 'CNN/MLP' or 'CNN/MLP/FIRST' (run_all)")
   parser.add_argument('--forward', action='store_true',
                       help='the inference forward instead of the training step')
   parser.add_argument('--steps', type=int, default=2)
@@ -292,17 +298,19 @@ def main() -> None:
     print(report(events, hlo_text, meta['wall_s'], meta['steps'], args.top_ops, meta['title']))
     return
   what = 'forward' if args.forward else 'training step'
-  title = (f'{args.architecture} {args.variant} {args.dtype} {what}, batch {args.batch}, '
-           f'{jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores)')
+  resolved = run_all.resolved_lowering(args.lowering, inference=args.forward)
+  title = (f'{args.architecture} {args.variant} {args.dtype} {what} ({resolved}), batch '
+           f'{args.batch}, {jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores)')
   out = Path(args.out) if args.out else None
   if out:
     out.mkdir(parents=True, exist_ok=True)
   keep = str(out / 'trace.json.gz') if out else None
   if args.forward:
-    compiled, call = forward_call(args.architecture, args.variant, args.dtype, args.batch)
+    compiled, call = forward_call(args.architecture, args.variant, args.dtype, args.batch,
+                                  args.lowering)
     events, wall_s = trace_calls(call, args.steps, keep)
   else:
-    config = run_all.config_for(args.architecture, args.variant, args.dtype)
+    config = run_all.config_for(args.architecture, args.variant, args.dtype, args.lowering)
     _, state, step, batches = train_speed.setup_step(config, args.batch)
     compiled = step.lower(state, batches[0]).compile()
     events, wall_s = trace_step(compiled, state, batches, args.steps, keep)

@@ -66,6 +66,8 @@ def model_config(architecture: str) -> ml_collections.ConfigDict:
       cnn_conv_impl='im2col',  # or 'xla' (nn.Conv): same parameters and outputs, other speed
       # How the CNN committee is computed: 'auto' (per backend, measured), 'vmap' or 'merged'.
       cnn_lowering='auto',
+      # Its first layer in the merged lowerings: 'auto' (per backend, measured), 'conv', 'matmul'.
+      cnn_first_layer='auto',
       # How the 64-regressor committee is computed: 'auto' (per backend, measured), 'vmap', 'scan'.
       mlp_lowering='auto',
       # 'bfloat16': the committees and the pose estimator compute in bf16; parameters, patch

@@ -226,26 +226,34 @@ def test_bfloat16_committees_keep_float32_parameters_and_outputs(lowering):
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(mlp_vars))
 
 
-@pytest.mark.parametrize('size,kernel', [(16, 5), (9, 5), (8, 3), (7, 3), (4, 1)])
-def test_stride2_conv_and_its_gradients_equal_xlas(size, kernel):
+@pytest.mark.parametrize('size,kernel,padding', [
+    (16, 5, None), (9, 5, None), (8, 3, None), (7, 3, None), (4, 1, None),
+    (16, 5, (1, 1)), (7, 3, (0, 0)), (3, 3, (0, 0)), (1, 1, (0, 0)), (6, 3, (1, 1)),
+    (10, 5, (2, 0))])  # explicit paddings: the windows receptive_crops gives
+def test_stride2_conv_and_its_gradients_equal_xlas(size, kernel, padding):
   """The merged committee's stride-2 convolution takes its input gradient through the
-  space-to-depth form: value, input and kernel gradients equal lax's strided 'SAME' one."""
+  space-to-depth form: value, input and kernel gradients equal lax's strided 'SAME' (or
+  explicitly padded) one."""
   keys = jax.random.split(jax.random.key(size * kernel), 3)
   x = jax.random.normal(keys[0], (3, size, size, 4))
   w = jax.random.normal(keys[1], (kernel, kernel, 4, 6))
 
   def reference(x, w):
-    return jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME',
+    return jax.lax.conv_general_dilated(x, w, (2, 2), 'SAME' if padding is None else
+                                        (padding, padding),
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
   expected = reference(x, w)
-  assert expected.shape == (3, -(-size // 2), -(-size // 2), 6)
-  np.testing.assert_allclose(experts.space_to_depth_conv(x, w), expected, rtol=1e-5, atol=1e-4)
-  np.testing.assert_allclose(experts.stride2_conv(x, w), expected, rtol=1e-5, atol=1e-4)
+  if padding is None:
+    assert expected.shape == (3, -(-size // 2), -(-size // 2), 6)
+  np.testing.assert_allclose(experts.space_to_depth_conv(x, w, padding), expected, rtol=1e-5,
+                             atol=1e-4)
+  np.testing.assert_allclose(experts.stride2_conv(x, w, 'xla', padding), expected, rtol=1e-5,
+                             atol=1e-4)
   g = jax.random.normal(keys[2], expected.shape)
   want = jax.vjp(reference, x, w)[1](g)
   for kernel_grad in experts.KERNEL_GRADS:
-    got = jax.vjp(lambda x, w, m=kernel_grad: experts.stride2_conv(x, w, m), x, w)[1](g)
+    got = jax.vjp(lambda x, w, m=kernel_grad: experts.stride2_conv(x, w, m, padding), x, w)[1](g)
     for a, b in zip(got, want):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
@@ -288,10 +296,13 @@ def same_chain(params, x, stride=2):
 
 def test_receptive_crops_of_the_papers_chain_by_hand():
   # 32 -> 16 -> 8 -> 4 -> 2 -> 1. The 1x1 stride-2 last layer reads pixel (0, 0) of its 2x2
-  # input; that output of the 3x3 layer before reads its input's rows 0-2 (no padding before);
-  # those three outputs read rows 0-6 of the 8x8 map. The 5x5 layer pads one row before: whole.
-  assert experts.receptive_crops(32, (5, 5, 3, 3, 1)) == (None, None, 7, 3, 1)
-  assert experts.receptive_crops(16, (5, 5, 3, 3, 1)) == (None,) * 5  # padded from layer 4 on
+  # input; that output of the 3x3 layer before reads its input's rows 0-2 ('SAME' pads after);
+  # those three outputs read rows 0-6 of the 8x8 map; those 7 outputs of the second (5x5) layer
+  # read rows -1..15 of the 16x16 map: padded 1 before, and 1 after (read by no output), so
+  # 18 rows. The first layer computes all 16 rows, as 'SAME'.
+  assert experts.receptive_crops(32, (5, 5, 3, 3, 1)) == (
+      None, (16, 1, 1), (7, 0, 0), (3, 0, 0), (1, 0, 0))
+  assert experts.receptive_crops(16, (5, 5, 3, 3, 1)) == (None,) * 5  # every output is read
 
 
 @pytest.mark.parametrize('patch', [32, 24, 20, 16, 9])
@@ -333,4 +344,32 @@ def test_receptive_crops_are_tight():
       continue
     rest = {f'conv{j - i}': params[f'conv{j}'] for j in range(i, len(kernels))}
     grad = jax.grad(lambda m, r=rest: same_chain(r, m).sum())(maps[i])[0, :, 0, 0]  # [rows]
-    assert grad[crop - 1] != 0 and np.all(np.asarray(grad[crop:]) == 0), (i, crop, grad)
+    take = crop[0]
+    assert grad[take - 1] != 0 and np.all(np.asarray(grad[take:]) == 0), (i, crop, grad)
+
+
+@pytest.mark.parametrize('lowering', ['merged', 'blockdiag', 'padded'])
+def test_first_layer_as_a_matmul_equals_vmap(lowering):
+  """The merged lowerings with their first layer as one matmul of windows and a column of ones
+  (experts.first_layer_matmul) compute nn.vmap's committee: outputs and parameter gradients, the
+  first layer's bias gradient included (it comes from the matmul's ones column)."""
+  features, kernels = (3, 4, 5, 6, 3), (5, 5, 3, 3, 1)
+  crops = jax.random.normal(jax.random.key(0), (2, 5, 32, 32))
+  plain = experts.ExpertCNNs(4, features, kernels, lowering='vmap')
+  matmul = experts.ExpertCNNs(4, features, kernels, lowering=lowering, first_layer='matmul')
+  variables = jax.jit(plain.init)(jax.random.key(1), crops)
+  variables = jax.tree.map(lambda p: p + 0.1, variables)  # nonzero biases
+  np.testing.assert_allclose(jax.jit(matmul.apply)(variables, crops),
+                             jax.jit(plain.apply)(variables, crops), rtol=1e-4, atol=1e-5)
+  grads = [jax.jit(jax.grad(lambda v, m=m: jnp.sum(m.apply(v, crops) ** 2)))(variables)
+           for m in (plain, matmul)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+
+
+def test_first_layer_per_backend():
+  assert experts.resolve_first_layer('auto', 'cpu') == 'conv'  # measured: 'matmul' slower
+  assert experts.resolve_first_layer('auto', 'gpu') == 'conv'  # not measured
+  assert experts.resolve_first_layer('matmul', 'gpu') == 'matmul'
+  with pytest.raises(ValueError, match='unknown CNN first layer'):
+    experts.resolve_first_layer('gemm')

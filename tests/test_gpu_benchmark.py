@@ -73,3 +73,19 @@ def test_plot_writes_a_png(timed_rows, tmp_path):
   gpu_benchmark.plot(results, str(path))
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert path.stat().st_size > 10_000
+
+
+def test_a_first_layer_lowering_is_named_run_and_counted_as_the_convolution():
+  """'CNN/MLP/FIRST' reaches the model; the row records it; its FLOPs are the useful work, the
+  same count as the convolution's (the matmul's column of ones is not counted)."""
+  assert run_all.split_lowering('auto') == ('auto', 'auto', 'auto')
+  assert run_all.split_lowering('merged/vmap') == ('merged', 'vmap', 'auto')
+  with pytest.raises(ValueError, match='CNN/MLP/FIRST'):
+    run_all.split_lowering('merged')
+  assert run_all.config_for('pose_tree_moe', 'tiny', 'float32',
+                            'merged/vmap/matmul').model.cnn_first_layer == 'matmul'
+  rows = [run_all.forward_row(run_all.forward_case('pose_tree_moe', 'tiny', 'float32', lowering),
+                              2, min_seconds=0)
+          for lowering in ('merged/vmap/matmul', 'merged/vmap/conv')]
+  assert [r['resolved'] for r in rows] == ['merged/vmap/matmul', 'merged/vmap']
+  assert rows[0]['gflop_img'] == pytest.approx(rows[1]['gflop_img'], rel=1e-9)

@@ -33,6 +33,7 @@ class StageSpec:
   num_cnn_experts: int = 1
   cnn_conv_impl: str = 'im2col'  # how the expert convolutions are computed (experts.CONV_IMPLS)
   cnn_lowering: str = 'auto'  # how the CNN committee is computed (experts.CNN_LOWERINGS)
+  cnn_first_layer: str = 'auto'  # how its merged first layer is (experts.FIRST_LAYERS)
   mlp_lowering: str = 'auto'  # how the regression committee is computed (experts.MLP_LOWERINGS)
   # A forward that is never differentiated (evaluation, Aligner, export): 'auto' lowerings may
   # then pick one with a slower gradient (experts.CNN_AUTO_INFERENCE). Not a model property.
@@ -68,6 +69,7 @@ class StageSpec:
       raise ValueError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
     # Resolved for any backend: a misspelt lowering fails here, not at the first apply.
     experts.resolve_cnn_lowering(self.cnn_lowering, 'cpu')
+    experts.resolve_first_layer(self.cnn_first_layer, 'cpu')
     experts.resolve_mlp_lowering(self.mlp_lowering, 'cpu')
 
 
@@ -117,7 +119,8 @@ class CascadeStage(nn.Module):
     representation = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
                                         spec.cnn_kernel_sizes, spec.cnn_conv_impl,
                                         spec.cnn_lowering, jnp.dtype(spec.dtype),
-                                        inference=spec.inference, name='representation')
+                                        inference=spec.inference,
+                                        first_layer=spec.cnn_first_layer, name='representation')
     h, rep_weights = gated_committee(representation, rep_gate, gate_input, crops, routing)
     num_outputs = 2 * spec.num_landmarks
     regression = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,

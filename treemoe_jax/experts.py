@@ -38,6 +38,24 @@ CNN_LOWERINGS = ('auto', 'vmap', 'merged', 'blockdiag', 'padded')
 CNN_AUTO = {'cpu': 'merged', 'gpu': 'blockdiag'}
 CNN_AUTO_INFERENCE = {'cpu': 'padded'}  # over CNN_AUTO for a forward that is never differentiated
 PADDED_MULTIPLE = 8  # 'padded': each expert's hidden widths rounded up to this
+# How the merged committees ('merged', 'padded', 'blockdiag') compute their shared first layer:
+# 'conv' (XLA's convolution) or 'matmul' (`first_layer_matmul`). 'auto' is 'conv' on every
+# backend measured so far. CPU (benchmarks/cnn_lowering.py, 8 pose experts, 32 faces, float32):
+# 'matmul' ran the 'merged' committee's forward 1.10-1.13x faster in three runs but its gradient
+# 1.2x slower, and the full pose_tree_moe inference forward at batch 32 ('padded') 0.96x. A GPU:
+# not measured yet; its profile makes 'matmul' the first candidate (docs/benchmarks.md, "The
+# H100's profile").
+FIRST_LAYERS = ('auto', 'conv', 'matmul')
+FIRST_LAYER_AUTO: dict[str, str] = {}  # backend -> measured faster; absent: 'conv'
+
+
+def resolve_first_layer(first_layer: str, backend: str | None = None) -> str:
+  """'auto' -> the first-layer lowering measured faster on `backend`, else 'conv'."""
+  if first_layer not in FIRST_LAYERS:
+    raise ValueError(f'unknown CNN first layer {first_layer!r}; valid: {", ".join(FIRST_LAYERS)}')
+  if first_layer != 'auto':
+    return first_layer
+  return FIRST_LAYER_AUTO.get(backend or jax.default_backend(), 'conv')
 
 
 def resolve_cnn_lowering(lowering: str, backend: str | None = None,
@@ -74,45 +92,94 @@ def im2col(x: jax.Array, k: int, stride: int) -> jax.Array:
                     for i in range(k) for j in range(k)], axis=-2)
 
 
+Crop = tuple[int, int, int]  # (rows taken, padding before, padding after): see receptive_crops
+
+
 def receptive_crops(size: int, kernel_sizes: Sequence[int], stride: int = 2
-                    ) -> tuple[int | None, ...]:
+                    ) -> tuple[Crop | None, ...]:
   """Per layer of a chain of 'SAME' strided convolutions on a size x size map whose last map is
-  averaged: the input rows and columns the layer reads, `c` (it runs 'VALID' on x[:, :c, :c]),
-  or None (it runs 'SAME' on its whole input).
+  averaged: None (the layer runs 'SAME' on its whole input) or (t, a, b): it runs on its input's
+  first t rows and columns, padded by a before and b after, and computes only the outputs the
+  features depend on.
 
   Why: with 32x32 patches the last stride-2 1x1 layer reads one pixel of its 2x2 input, so the
-  layer before needs one of its four outputs, and the one before that 3x3 of its 4x4; as 'SAME'
-  they compute every output (XLA does not prune them). A layer is cropped where its outputs still
-  needed lie in its input's first rows with no padding before them ('SAME' pads the extra row
-  after), so the cropped chain computes the same features exactly.
+  layer before needs one of its four outputs, the one before that 3x3 of its 4x4, and the second
+  layer 7x7 of its 8x8; as 'SAME' they compute every output (XLA does not prune them). The
+  padding after is chosen equal to the padding before where that reads no extra output: a GPU's
+  convolution library pads symmetrically, and XLA copies the whole map to pad it otherwise
+  (one H100: a pad of the first layer's output took 1.7 ms of a stage's 20 at batch 1024).
   """
   sizes = [size]
   for _ in kernel_sizes:
     sizes.append(-(-sizes[-1] // stride))
   crops, needed = [], sizes[-1]  # the last map is averaged: all of it
-  for k, rows in zip(reversed(kernel_sizes), reversed(sizes[:-1])):
-    out = -(-rows // stride)
-    pad_before = max((out - 1) * stride + k - rows, 0) // 2
-    crop = (needed - 1) * stride + k
-    if pad_before == 0 and crop < rows:
-      crops.append(crop)
-      needed = crop
-    else:
+  for k, rows, out in zip(reversed(kernel_sizes), reversed(sizes[:-1]), reversed(sizes[1:])):
+    same_total = max((out - 1) * stride + k - rows, 0)
+    same = (rows, same_total // 2, same_total - same_total // 2)
+    before = same[1]
+    end = (needed - 1) * stride + k - before  # one past the last input row read
+    take = min(end, rows)
+    after = end - take
+    if after <= before < after + stride:  # symmetric, and the extra rows read no output
+      after = before
+    crop = (take, before, after)
+    if crop == same and needed == out:
       crops.append(None)
       needed = rows
+    else:
+      crops.append(crop)
+      needed = take
   return tuple(reversed(crops))
 
 
-def cropped_conv(x: jax.Array, kernel: jax.Array, stride: int, crop: int | None,
+def cropped_conv(x: jax.Array, kernel: jax.Array, stride: int, crop: Crop | None,
                  feature_group_count: int = 1) -> jax.Array:
-  """XLA's strided convolution, 'SAME' on x [N, H, W, C] or, with `crop`, 'VALID' on its first
-  crop x crop (`receptive_crops`); kernel [k, k, C / groups, F]."""
-  padding = 'SAME' if crop is None else 'VALID'
+  """XLA's strided convolution, 'SAME' on x [N, H, W, C] or on the window `crop`
+  (`receptive_crops`); kernel [k, k, C / groups, F]."""
+  padding = 'SAME'
   if crop is not None:
-    x = x[:, :crop, :crop]
+    take, before, after = crop
+    x, padding = x[:, :take, :take], ((before, after), (before, after))
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                       feature_group_count=feature_group_count)
+
+
+def windows(x: jax.Array, k: int, stride: int, crop: Crop | None = None) -> jax.Array:
+  """`im2col`'s windows, of the window `crop` (`receptive_crops`) if given:
+  x [N, H, W, C] -> [N, H', W', k*k, C]."""
+  if crop is None:
+    return im2col(x, k, stride)
+  take, before, after = crop
+  x = jnp.pad(x[:, :take, :take], ((0, 0), (before, after), (before, after), (0, 0)))
+  out = (x.shape[1] - k) // stride + 1
+  return jnp.stack([x[:, i:i + stride * (out - 1) + 1:stride, j:j + stride * (out - 1) + 1:stride]
+                    for i in range(k) for j in range(k)], axis=-2)
+
+
+def first_layer_matmul(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
+                       crop: Crop | None = None) -> jax.Array:
+  """A strided convolution with bias as one matmul of its windows with a column of ones:
+  x [N, H, W, C], kernel [k, k, C, F], bias [F] -> [N, H', W', F].
+
+  Why: the committee's first layer reads a 1-channel patch, a shape a GPU's convolution library
+  runs far below its matrix rate (one H100, bf16, 1024 faces: 7.1 ms a stage for 50 GFLOP, its
+  kernel gradient 1.7 ms, and XLA's reduction for the bias gradient 3.3 ms). With the bias a row
+  of the matrix, its gradient comes out of the kernel gradient's matmul instead of a reduction.
+  The contraction is padded with zero columns to a multiple of 8 (25 taps + 1 -> 32), the size
+  a GPU's matrix units take (XLA would otherwise pad a copy of the windows).
+  """
+  k, _, channels, features = kernel.shape
+  taps = k * k * channels
+  padded = -(-(taps + 1) // 8) * 8
+  columns = windows(x, k, stride, crop)  # [N, H', W', k*k, C]
+  columns = columns.reshape(columns.shape[:3] + (taps,))
+  ones = jnp.ones(columns.shape[:3] + (1,), columns.dtype)
+  zeros = jnp.zeros(columns.shape[:3] + (padded - taps - 1,), columns.dtype)
+  columns = jnp.concatenate([columns, ones, zeros], -1)  # [N, H', W', T]
+  matrix = jnp.concatenate([kernel.reshape(taps, features), bias[None],
+                            jnp.zeros((padded - taps - 1, features), kernel.dtype)], 0)  # [T, F]
+  return jnp.einsum('nhwt,tf->nhwf', columns, matrix)  # [N, H', W', F]
 
 
 class Im2colConv(nn.Module):
@@ -126,19 +193,13 @@ class Im2colConv(nn.Module):
   kernel_size: int
   stride: int = 2
   dtype: Dtype = jnp.float32  # computation; the parameters stay float32
-  crop: int | None = None  # 'VALID' on x[:, :crop, :crop] (`receptive_crops`)
+  crop: Crop | None = None  # the window it runs on (`receptive_crops`); None: 'SAME'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [N, H, W, C] -> [N, H/s, W/s, F]
     channels = x.shape[-1]
     k = self.kernel_size
-    if self.crop is None:
-      columns = im2col(x, k, self.stride)  # [N, H', W', k*k, C]
-    else:  # the windows that lie inside the crop: stride-spaced, no padding
-      x, s = x[:, :self.crop, :self.crop], self.stride
-      out = (self.crop - k) // s + 1
-      columns = jnp.stack([x[:, i:i + s * (out - 1) + 1:s, j:j + s * (out - 1) + 1:s]
-                           for i in range(k) for j in range(k)], axis=-2)
+    columns = windows(x, k, self.stride, self.crop)  # [N, H', W', k*k, C]
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (k, k, channels, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
@@ -174,36 +235,49 @@ class PatchCNN(nn.Module):
       if self.conv_impl == 'im2col':
         x = Im2colConv(width, kernel, self.stride, self.dtype, crop, name=f'conv{i}')(x)
       else:
-        x = nn.Conv(width, (kernel, kernel), strides=self.stride,
-                    padding='SAME' if crop is None else 'VALID', dtype=self.dtype,
-                    name=f'conv{i}')(x if crop is None else x[:, :crop, :crop])
+        padding = 'SAME' if crop is None else (crop[1:], crop[1:])
+        x = nn.Conv(width, (kernel, kernel), strides=self.stride, padding=padding,
+                    dtype=self.dtype, name=f'conv{i}')(x if crop is None else
+                                                       x[:, :crop[0], :crop[0]])
       if i < last:
         x = nn.relu(x)
     x = x.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, n]; a no-op on the paper's 1x1 map
     return x.reshape(batch, num_patches * self.features[-1])
 
 
-def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'SAME',
+Padding = tuple[int, int] | None  # (before, after) on both spatial axes; None: 'SAME'
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding = None) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride),
+                                      'SAME' if padding is None else (padding, padding),
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def space_to_depth_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """The 'SAME' stride-2 convolution as a stride-1 'VALID' one on the space-to-depth input.
+def space_to_depth_conv(x: jax.Array, kernel: jax.Array, padding: Padding = None) -> jax.Array:
+  """The 'SAME' (or `padding`) stride-2 convolution as a stride-1 'VALID' one on the
+  space-to-depth input.
 
-  x [N, H, W, C], kernel [k, k, C, F] -> [N, ceil(H/2), ceil(W/2), F]. The kernel is padded to an
-  even size and split into 2x2 blocks that read the 4 C channels of each 2x2 input block.
+  x [N, H, W, C], kernel [k, k, C, F] -> [N, ceil(H/2), ceil(W/2), F] ('SAME'). The kernel is
+  padded to an even size and split into 2x2 blocks that read the 4 C channels of each 2x2 input
+  block.
   """
   n, height, width, channels = x.shape
   k, features = kernel.shape[0], kernel.shape[-1]
   k2 = k + k % 2
 
   def pads(size):
-    out = -(-size // 2)
-    lo = max((out - 1) * 2 + k - size, 0) // 2  # 'SAME': the extra row after, as XLA pads
-    return lo, 2 * (out - 1) + k2 - size - lo
+    if padding is None:
+      out = -(-size // 2)
+      lo = max((out - 1) * 2 + k - size, 0) // 2  # 'SAME': the extra row after, as XLA pads
+    else:
+      out = (size + sum(padding) - k) // 2 + 1
+      lo = padding[0]
+    return lo, 2 * (out - 1) + k2 - size - lo  # after: to the even window's end (may cut rows)
 
-  x = jnp.pad(x, ((0, 0), pads(height), pads(width), (0, 0)))
+  (top, bottom), (left, right) = pads(height), pads(width)
+  x = jnp.pad(x, ((0, 0), (top, max(bottom, 0)), (left, max(right, 0)), (0, 0)))
+  x = x[:, :top + height + bottom, :left + width + right]
   h2, w2 = x.shape[1] // 2, x.shape[2] // 2
   x = x.reshape(n, h2, 2, w2, 2, channels).transpose(0, 1, 3, 2, 4, 5)
   x = x.reshape(n, h2, w2, 4 * channels)
@@ -221,19 +295,23 @@ KERNEL_GRADS = ('xla', 'im2col')
 MERGED_KERNEL_GRADS = KERNEL_GRADS + ('none', 'auto')
 
 
-def im2col_kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int) -> jax.Array:
-  """The kernel gradient of a 'SAME' strided convolution as one matmul of its windows.
+def im2col_kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int,
+                       padding: Padding = None) -> jax.Array:
+  """The kernel gradient of a 'SAME' (or `padding`) strided convolution as one matmul of its
+  windows.
 
   x [N, H, W, C], g [N, H', W', F] (the output's cotangent) -> [k, k, C, F]: the windows
   [N*H'*W', k*k*C], transposed, times g [N*H'*W', F].
   """
   channels, features = x.shape[-1], g.shape[-1]
-  columns = im2col(x, k, stride).reshape(-1, k * k * channels)
+  crop = None if padding is None else (x.shape[1],) + tuple(padding)
+  columns = windows(x, k, stride, crop).reshape(-1, k * k * channels)
   return (columns.T @ g.reshape(-1, features)).reshape(k, k, channels, features)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def stride2_conv(x: jax.Array, kernel: jax.Array, kernel_grad: str = 'xla') -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def stride2_conv(x: jax.Array, kernel: jax.Array, kernel_grad: str = 'xla',
+                 padding: Padding = None) -> jax.Array:
   """XLA's 'SAME' stride-2 convolution with faster gradients on XLA:CPU (benchmarks/cnn_lowering.py
   --layers).
 
@@ -242,10 +320,10 @@ def stride2_conv(x: jax.Array, kernel: jax.Array, kernel_grad: str = 'xla') -> j
   equivalent stride-1 one, while its forward is faster as it is. `kernel_grad='im2col'` takes
   the kernel gradient as one matmul of the windows (`im2col_kernel_grad`): 3x faster than
   XLA's for the committee's 1-channel first layer, faster or even for its 3x3 layers, slower for
-  its 16x16 5x5 one (docs/benchmarks.md).
+  its 16x16 5x5 one (docs/benchmarks.md). `padding`: (before, after) instead of 'SAME'.
   """
   _check_kernel_grad(kernel_grad)
-  return _xla_conv(x, kernel, 2)
+  return _xla_conv(x, kernel, 2, padding)
 
 
 def _check_kernel_grad(kernel_grad: str) -> None:
@@ -254,18 +332,18 @@ def _check_kernel_grad(kernel_grad: str) -> None:
     raise ValueError(f'unknown kernel_grad {kernel_grad!r}; valid: {", ".join(KERNEL_GRADS)}')
 
 
-def _stride2_forward(x, kernel, kernel_grad):
+def _stride2_forward(x, kernel, kernel_grad, padding):
   _check_kernel_grad(kernel_grad)  # otherwise the backward pass's choice
-  return _xla_conv(x, kernel, 2), (x, kernel)
+  return _xla_conv(x, kernel, 2, padding), (x, kernel)
 
 
-def _stride2_backward(kernel_grad, residuals, g):
+def _stride2_backward(kernel_grad, padding, residuals, g):
   x, kernel = residuals
   if kernel_grad == 'im2col':
-    kernel_cotangent = im2col_kernel_grad(x, g, kernel.shape[0], 2)
+    kernel_cotangent = im2col_kernel_grad(x, g, kernel.shape[0], 2, padding)
   else:
-    kernel_cotangent = jax.vjp(lambda k: _xla_conv(x, k, 2), kernel)[1](g)[0]
-  input_grad = jax.vjp(lambda y: space_to_depth_conv(y, kernel), x)[1](g)[0]
+    kernel_cotangent = jax.vjp(lambda k: _xla_conv(x, k, 2, padding), kernel)[1](g)[0]
+  input_grad = jax.vjp(lambda y: space_to_depth_conv(y, kernel, padding), x)[1](g)[0]
   return input_grad, kernel_cotangent
 
 
@@ -279,31 +357,38 @@ def kernel_grad_for(kernel_size: int, channels: int) -> str:
 
 
 def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
-          kernel_grad: str = 'xla', crop: int | None = None) -> jax.Array:
+          kernel_grad: str = 'xla', crop: Crop | None = None) -> jax.Array:
   """nn.Conv's 'SAME' strided convolution: x [N, H, W, C], kernel [k, k, C, F] -> [N, H', W', F];
-  with `crop`, 'VALID' on x's first crop x crop (`cropped_conv`, XLA's own gradients)."""
+  with `crop`, on that window (`receptive_crops`)."""
   if kernel_grad not in MERGED_KERNEL_GRADS:
     raise ValueError(f'unknown kernel_grad {kernel_grad!r}; valid: {", ".join(MERGED_KERNEL_GRADS)}')
+  padding = None
   if crop is not None:
-    return cropped_conv(x, kernel, stride, crop) + bias
+    x, padding = x[:, :crop[0], :crop[0]], crop[1:]
   if kernel_grad == 'auto':  # measured per layer on XLA:CPU; elsewhere the custom VJP as a whole
     kernel_grad = (kernel_grad_for(kernel.shape[0], kernel.shape[2])
                    if jax.default_backend() == 'cpu' else 'xla')
   if stride == 2 and kernel_grad != 'none':
-    return stride2_conv(x, kernel, kernel_grad) + bias
-  return _xla_conv(x, kernel, stride) + bias
+    return stride2_conv(x, kernel, kernel_grad, padding) + bias
+  return _xla_conv(x, kernel, stride, padding) + bias
 
 
 def _merged_first_layer(layers: list[dict], patches: jax.Array, stride: int, dtype: Dtype,
-                        kernel_grad: str, crop: int | None) -> jax.Array:
+                        kernel_grad: str, crop: Crop | None, first_layer: str = 'conv'
+                        ) -> jax.Array:
   """Every expert's first convolution as one, E x F0 outputs, expert-major: [B*P, H, W, E*F0]
-  (all experts read the same patch)."""
+  (all experts read the same patch). `first_layer`: 'conv' (`_conv`) or 'matmul'
+  (`first_layer_matmul`)."""
   batch, num_patches, size, _ = patches.shape
   kernel0 = layers[0]['kernel'].astype(dtype)  # [E, k, k, C, F0]
   num_experts, k, _, channels, width = kernel0.shape
   merged = jnp.moveaxis(kernel0, 0, -2).reshape(k, k, channels, num_experts * width)  # e-major
+  bias = layers[0]['bias'].astype(dtype).reshape(-1)
   x = patches.reshape(batch * num_patches, size, size, 1).astype(dtype)
-  x = _conv(x, merged, layers[0]['bias'].astype(dtype).reshape(-1), stride, kernel_grad, crop)
+  if first_layer == 'matmul':
+    x = first_layer_matmul(x, merged, bias, stride, crop)
+  else:
+    x = _conv(x, merged, bias, stride, kernel_grad, crop)
   return nn.relu(x) if len(layers) > 1 else x
 
 
@@ -344,7 +429,7 @@ def group_block_diagonal(kernel: jax.Array, experts_per_group: int) -> jax.Array
 
 def grouped_committee(params: dict, patches: jax.Array, experts_per_group: int | None = None,
                       channel_multiple: int = 1, stride: int = 2,
-                      dtype: Dtype = jnp.float32) -> jax.Array:
+                      dtype: Dtype = jnp.float32, first_layer: str = 'conv') -> jax.Array:
   """What nn.vmap(PatchCNN) computes, `[B, E, P*n]`, with every layer one convolution.
 
   The first layer as in `merged_committee`; every later layer one convolution over all experts'
@@ -361,7 +446,8 @@ def grouped_committee(params: dict, patches: jax.Array, experts_per_group: int |
   num_experts = layers[0]['kernel'].shape[0]
   g = experts_per_group or num_experts
   crops = receptive_crops(patches.shape[-1], [l['kernel'].shape[1] for l in layers], stride)
-  x = _merged_first_layer(layers, patches, stride, dtype, 'auto', crops[0])  # [B*P, H, W, E*F0]
+  x = _merged_first_layer(layers, patches, stride, dtype, 'auto', crops[0],
+                          first_layer)  # [B*P, H, W, E*F0]
   for i, layer in enumerate(layers[1:], start=1):
     kernel = group_block_diagonal(layer['kernel'].astype(dtype), g)
     x = cropped_conv(x, kernel, stride, crops[i], feature_group_count=num_experts // g)
@@ -374,7 +460,8 @@ def grouped_committee(params: dict, patches: jax.Array, experts_per_group: int |
 
 
 def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
-                     dtype: Dtype = jnp.float32, kernel_grad: str = 'auto') -> jax.Array:
+                     dtype: Dtype = jnp.float32, kernel_grad: str = 'auto',
+                     first_layer: str = 'conv') -> jax.Array:
   """The committee nn.vmap(PatchCNN) computes, from its parameters `[E, ...]`: `[B, E, P*n]`.
 
   Every expert's first convolution reads the same patch, so the E of them are one dense
@@ -389,7 +476,8 @@ def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
   last = len(layers) - 1
   num_experts, width = layers[0]['bias'].shape
   crops = receptive_crops(patches.shape[-1], [l['kernel'].shape[1] for l in layers], stride)
-  x = _merged_first_layer(layers, patches, stride, dtype, kernel_grad, crops[0])  # [B*P,H,W,E*F0]
+  x = _merged_first_layer(layers, patches, stride, dtype, kernel_grad, crops[0],
+                          first_layer)  # [B*P, H, W, E*F0]
   x = x.reshape(x.shape[:3] + (num_experts, width))  # [B*P, H, W, E, F0]
   outputs = []
   for e in range(num_experts):
@@ -489,6 +577,7 @@ class ExpertCNNs(nn.Module):
   # full-size pose experts, top-1: 1.6x faster than 'gather' at batch 32, 1.05-1.9x at batch 8;
   # benchmarks/routing.py), 'gather' elsewhere.
   routed_lowering: str = 'auto'
+  first_layer: str = 'auto'  # FIRST_LAYERS: the merged lowerings' first layer
 
   @nn.compact
   def __call__(self, patches: jax.Array, chosen: jax.Array | None = None
@@ -504,13 +593,15 @@ class ExpertCNNs(nn.Module):
       return committee(patches)
     if chosen is None:
       lowering = resolve_cnn_lowering(self.lowering, inference=self.inference)
+      first_layer = resolve_first_layer(self.first_layer)
       if lowering in ('merged', 'padded'):
         params = self.variables['params']['experts']
         if lowering == 'padded':
           params = padded_channels(params, PADDED_MULTIPLE)
-        return merged_committee(params, patches, dtype=self.dtype)
+        return merged_committee(params, patches, dtype=self.dtype, first_layer=first_layer)
       if lowering == 'blockdiag':
-        return grouped_committee(self.variables['params']['experts'], patches, dtype=self.dtype)
+        return grouped_committee(self.variables['params']['experts'], patches, dtype=self.dtype,
+                                 first_layer=first_layer)
       return committee(patches)
     lowering = resolve_routed_lowering(self.routed_lowering, *chosen.shape, self.num_experts,
                                        dense=False)  # a routed row is one expert on P patches

@@ -24,11 +24,13 @@ SAFE_TO_CHANGE = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'eval_split', 'eval_protocol')
 # How a committee is computed, not what it computes: each lowering is tested equal to the plain
 # one, so a run may resume on another backend with the lowering that suits it.
-SAFE_TO_CHANGE += ('model.cnn_lowering', 'model.cnn_conv_impl', 'model.mlp_lowering')
+SAFE_TO_CHANGE += ('model.cnn_lowering', 'model.cnn_conv_impl', 'model.mlp_lowering',
+                   'model.cnn_first_layer')
 # Keys added after runs were stored, with the value that reproduces what those runs did: a stored
 # config without the key compares as this value, so adding a key does not orphan old workdirs.
 # ('pose.head_output' absent: the pi*tanh heads those estimators learned, as models.head_output.)
-# (model.cnn_lowering and model.mlp_lowering, added later too, need no entry: safe to change.)
+# (model.cnn_lowering, model.mlp_lowering and model.cnn_first_layer, added later too, need no
+# entry: safe to change.)
 ADDED_LATER = {'model.dtype': 'float32', 'pose.head_output': 'tanh', 'decay_steps': 0}
 # The learning-rate schedule may change on resume only where the steps already trained keep their
 # rates (`schedule_keeps_the_past`): e.g. a constant run resumed as 'wsd', which adds the decay.
