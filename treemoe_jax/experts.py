@@ -213,6 +213,7 @@ class PatchCNN(nn.Module):
 
   `features[-1]` = n features per landmark. With 32x32 patches and five stride-2 layers the
   map ends 1x1; for other patch sizes the last map is average-pooled to keep n per landmark.
+  Each layer computes only the outputs the features read (`receptive_crops`; the same values).
   `conv_impl` picks how a convolution is computed ('im2col' or XLA's 'xla'), not what.
   """
   features: Sequence[int] = (20, 40, 80, 160, 30)
