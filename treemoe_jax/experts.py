@@ -163,9 +163,10 @@ def first_layer_matmul(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride:
   x [N, H, W, C], kernel [k, k, C, F], bias [F] -> [N, H', W', F].
 
   Why: the committee's first layer reads a 1-channel patch, a shape a GPU's convolution library
-  runs far below its matrix rate (one H100, bf16, 1024 faces: 7.1 ms a stage for 50 GFLOP, its
-  kernel gradient 1.7 ms, and XLA's reduction for the bias gradient 3.3 ms). With the bias a row
-  of the matrix, its gradient comes out of the kernel gradient's matmul instead of a reduction.
+  runs far below its matrix rate (one H100, bf16: the forward took 7.1 ms a stage for 50 GFLOP
+  at 1024 faces; in the training step at 256 faces, its kernel gradient 1.7 ms a stage and XLA's
+  reduction for its ReLU and bias gradients 3.3 ms). With the bias a row of the matrix, its
+  gradient comes out of the kernel gradient's matmul instead of a reduction.
   The contraction is padded with zero columns to a multiple of 8 (25 taps + 1 -> 32), the size
   a GPU's matrix units take (XLA would otherwise pad a copy of the windows).
   """
@@ -446,7 +447,8 @@ def grouped_committee(params: dict, patches: jax.Array, experts_per_group: int |
   layers = [params[f'conv{i}'] for i in range(len(params))]
   num_experts = layers[0]['kernel'].shape[0]
   g = experts_per_group or num_experts
-  crops = receptive_crops(patches.shape[-1], [l['kernel'].shape[1] for l in layers], stride)
+  crops = receptive_crops(patches.shape[-1], [layer['kernel'].shape[1] for layer in layers],
+                          stride)
   x = _merged_first_layer(layers, patches, stride, dtype, 'auto', crops[0],
                           first_layer)  # [B*P, H, W, E*F0]
   for i, layer in enumerate(layers[1:], start=1):
@@ -476,7 +478,8 @@ def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
   layers = [params[f'conv{i}'] for i in range(len(params))]
   last = len(layers) - 1
   num_experts, width = layers[0]['bias'].shape
-  crops = receptive_crops(patches.shape[-1], [l['kernel'].shape[1] for l in layers], stride)
+  crops = receptive_crops(patches.shape[-1], [layer['kernel'].shape[1] for layer in layers],
+                          stride)
   x = _merged_first_layer(layers, patches, stride, dtype, kernel_grad, crops[0],
                           first_layer)  # [B*P, H, W, E*F0]
   x = x.reshape(x.shape[:3] + (num_experts, width))  # [B*P, H, W, E, F0]
