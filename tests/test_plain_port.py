@@ -17,11 +17,14 @@ from treemoe_jax import gates
 from treemoe_jax import models
 
 
-@pytest.mark.parametrize('architecture', ['baseline', 'softmax_moe', 'pose_tree_moe'])
-def test_plain_port_equals_package_forward(architecture):
+@pytest.mark.parametrize('architecture,patch_size', [
+    ('baseline', 16), ('softmax_moe', 16), ('pose_tree_moe', 16),
+    ('pose_tree_moe', 32)])  # the paper's 32 px: the package's CNNs crop to what they read
+def test_plain_port_equals_package_forward(architecture, patch_size):
   config = default.get_config(architecture, 'tiny')
   with config.unlocked():
     config.model.patch_scales = ()  # the paper's patches: what the port covers
+    config.model.patch_size = patch_size
   model = models.create(config)
   variables = jax.jit(lambda key: models.init(model, key))(jax.random.key(0))
   # Sharper gates than at initialisation, so that a wrong leaf order would show.
