@@ -42,9 +42,10 @@ PADDED_MULTIPLE = 8  # 'padded': each expert's hidden widths rounded up to this
 # 'conv' (XLA's convolution) or 'matmul' (`first_layer_matmul`). 'auto' is 'conv' on every
 # backend measured so far. CPU (benchmarks/cnn_lowering.py, 8 pose experts, 32 faces, float32):
 # 'matmul' ran the 'merged' committee's forward 1.10-1.13x faster in three runs but its gradient
-# 1.2x slower, and the full pose_tree_moe inference forward at batch 32 ('padded') 0.96x. A GPU:
-# not measured yet; its profile makes 'matmul' the first candidate (docs/benchmarks.md, "The
-# H100's profile").
+# 1.2x slower, and the full pose_tree_moe inference forward at batch 32 ('padded') 0.96x. One
+# H100, bf16, full pose_tree_moe forward at batch 1024 ('blockdiag'): 4,290 against 15,573 img/s.
+# Its matmul ran 4.3 ms for the 4 stages, against the convolution's 28.4, but XLA built the
+# windows in one concatenate fusion of 199 ms (docs/benchmarks.md, "A second, short lease").
 FIRST_LAYERS = ('auto', 'conv', 'matmul')
 FIRST_LAYER_AUTO: dict[str, str] = {}  # backend -> measured faster; absent: 'conv'
 
@@ -168,7 +169,9 @@ def first_layer_matmul(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride:
   reduction for its ReLU and bias gradients 3.3 ms). With the bias a row of the matrix, its
   gradient comes out of the kernel gradient's matmul instead of a reduction.
   The contraction is padded with zero columns to a multiple of 8 (25 taps + 1 -> 32), the size
-  a GPU's matrix units take (XLA would otherwise pad a copy of the windows).
+  a GPU's matrix units take (XLA would otherwise pad a copy of the windows). Measured on one
+  H100: the matmul is 6.6x faster than the convolution, but building these windows makes the
+  whole 3.6x slower (FIRST_LAYERS), so 'auto' does not pick it.
   """
   k, _, channels, features = kernel.shape
   taps = k * k * channels
