@@ -21,6 +21,7 @@ import argparse
 import collections
 import glob
 import gzip
+import itertools
 import json
 import os
 import re
@@ -184,7 +185,7 @@ def trace_calls(call: Callable[[], None], steps: int, keep: str | None = None
 def trace_step(compiled, state, batches, steps: int, keep: str | None = None
                ) -> tuple[list[dict], float]:
   """(the op events of `steps` traced steps, median wall seconds of one untraced step)."""
-  calls = iter(range(1 << 30))
+  calls = itertools.count()
 
   def call():
     nonlocal state

@@ -89,6 +89,13 @@ def im2col(x: jax.Array, k: int, stride: int) -> jax.Array:
   pad_h, pad_w = max((out_h - 1) * s + k - height, 0), max((out_w - 1) * s + k - width, 0)
   x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(pad_h // 2, pad_h - pad_h // 2),
                                             (pad_w // 2, pad_w - pad_w // 2), (0, 0)])
+  return _taps(x, k, s, out_h, out_w)
+
+
+def _taps(x: jax.Array, k: int, stride: int, out_h: int, out_w: int) -> jax.Array:
+  """The k*k stride-spaced taps of an already padded x [..., H, W, C]: [..., out_h, out_w, k*k, C],
+  in kernel order (row, column)."""
+  s = stride
   return jnp.stack([x[..., i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :]
                     for i in range(k) for j in range(k)], axis=-2)
 
@@ -133,29 +140,35 @@ def receptive_crops(size: int, kernel_sizes: Sequence[int], stride: int = 2
   return tuple(reversed(crops))
 
 
+Padding = tuple[int, int] | None  # (before, after) on both spatial axes; None: 'SAME'
+
+
+def split_crop(x: jax.Array, crop: Crop | None) -> tuple[jax.Array, Padding]:
+  """x [N, H, W, C] cut to the rows and columns `crop` takes, and the padding it asks for
+  (None, with x whole, for 'SAME')."""
+  if crop is None:
+    return x, None
+  take, before, after = crop
+  return x[:, :take, :take], (before, after)
+
+
 def cropped_conv(x: jax.Array, kernel: jax.Array, stride: int, crop: Crop | None,
                  feature_group_count: int = 1) -> jax.Array:
   """XLA's strided convolution, 'SAME' on x [N, H, W, C] or on the window `crop`
   (`receptive_crops`); kernel [k, k, C / groups, F]."""
-  padding = 'SAME'
-  if crop is not None:
-    take, before, after = crop
-    x, padding = x[:, :take, :take], ((before, after), (before, after))
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                      feature_group_count=feature_group_count)
+  x, padding = split_crop(x, crop)
+  return _xla_conv(x, kernel, stride, padding, feature_group_count)
 
 
 def windows(x: jax.Array, k: int, stride: int, crop: Crop | None = None) -> jax.Array:
   """`im2col`'s windows, of the window `crop` (`receptive_crops`) if given:
   x [N, H, W, C] -> [N, H', W', k*k, C]."""
-  if crop is None:
+  x, padding = split_crop(x, crop)
+  if padding is None:
     return im2col(x, k, stride)
-  take, before, after = crop
-  x = jnp.pad(x[:, :take, :take], ((0, 0), (before, after), (before, after), (0, 0)))
+  x = jnp.pad(x, ((0, 0), padding, padding, (0, 0)))
   out = (x.shape[1] - k) // stride + 1
-  return jnp.stack([x[:, i:i + stride * (out - 1) + 1:stride, j:j + stride * (out - 1) + 1:stride]
-                    for i in range(k) for j in range(k)], axis=-2)
+  return _taps(x, k, stride, out, out)
 
 
 def first_layer_matmul(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
@@ -240,23 +253,22 @@ class PatchCNN(nn.Module):
       if self.conv_impl == 'im2col':
         x = Im2colConv(width, kernel, self.stride, self.dtype, crop, name=f'conv{i}')(x)
       else:
-        padding = 'SAME' if crop is None else (crop[1:], crop[1:])
-        x = nn.Conv(width, (kernel, kernel), strides=self.stride, padding=padding,
-                    dtype=self.dtype, name=f'conv{i}')(x if crop is None else
-                                                       x[:, :crop[0], :crop[0]])
+        x, padding = split_crop(x, crop)
+        x = nn.Conv(width, (kernel, kernel), strides=self.stride,
+                    padding='SAME' if padding is None else (padding, padding), dtype=self.dtype,
+                    name=f'conv{i}')(x)
       if i < last:
         x = nn.relu(x)
     x = x.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, n]; a no-op on the paper's 1x1 map
     return x.reshape(batch, num_patches * self.features[-1])
 
 
-Padding = tuple[int, int] | None  # (before, after) on both spatial axes; None: 'SAME'
-
-
-def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding = None) -> jax.Array:
+def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding = None,
+              feature_group_count: int = 1) -> jax.Array:
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride),
                                       'SAME' if padding is None else (padding, padding),
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      feature_group_count=feature_group_count)
 
 
 def space_to_depth_conv(x: jax.Array, kernel: jax.Array, padding: Padding = None) -> jax.Array:
@@ -367,9 +379,7 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
   with `crop`, on that window (`receptive_crops`)."""
   if kernel_grad not in MERGED_KERNEL_GRADS:
     raise ValueError(f'unknown kernel_grad {kernel_grad!r}; valid: {", ".join(MERGED_KERNEL_GRADS)}')
-  padding = None
-  if crop is not None:
-    x, padding = x[:, :crop[0], :crop[0]], crop[1:]
+  x, padding = split_crop(x, crop)
   if kernel_grad == 'auto':  # measured per layer on XLA:CPU; elsewhere the custom VJP as a whole
     kernel_grad = (kernel_grad_for(kernel.shape[0], kernel.shape[2])
                    if jax.default_backend() == 'cpu' else 'xla')
