@@ -13,8 +13,10 @@ faces, from the same `[E, ...]` parameters, each lowering jitted alone:
   merged_em   merged, with the first layer's output made expert-major before the experts slice it;
   merged_im2col   merged, then each expert's later layers as im2col matmuls (k*k strided slices);
   merged_batched  merged, then each later layer as one im2col matmul batched over the experts;
-  merged_matmul1  merged, the first layer as one matmul of its windows and a column of ones
-                  (experts.first_layer_matmul: the bias a row of the matrix).
+  merged_matmul1  merged, the first layer as one matmul of its windows and a row of ones
+                  (experts.first_layer_matmul: the bias a row of the matrix);
+  merged_s2d1     merged, the first layer as the stride-1 convolution of the space-to-depth
+                  input (4 channels, 3x3: experts.space_to_depth_conv).
 Forward and gradient (w.r.t. the parameters) times, and each lowering's largest difference from
 the reference. Read the ratios within one run.
 
@@ -28,7 +30,8 @@ times, beside vmap and merged, what suits a GPU's matrix units (experts.grouped_
   grouped2_pad8, grouped4_pad8   groups of 2 / 4 experts with block-diagonal kernels, padded;
   blockdiag        one group: every later layer one dense convolution, block-diagonal kernel
                    (8x those layers' FLOPs; `cnn_lowering='blockdiag'`);
-  blockdiag_matmul1  blockdiag with its first layer as experts.first_layer_matmul.
+  blockdiag_matmul1  blockdiag with its first layer as experts.first_layer_matmul;
+  blockdiag_s2d1     blockdiag with its first layer as the space-to-depth convolution.
 The FLOP rate is the reference's count (the useful work) over each lowering's time;
 `--lowerings blockdiag,grouped2_pad8` times only those (the reference is always computed).
 
@@ -285,7 +288,9 @@ def cpu_lowerings(vmapped, dtype):
           'merged_em': merged_expert_major, 'merged_im2col': merged_im2col,
           'merged_batched': merged_batched,
           'merged_matmul1': lambda p, x: experts.merged_committee(p, x, dtype=dtype,
-                                                                  first_layer='matmul')}
+                                                                  first_layer='matmul'),
+          'merged_s2d1': lambda p, x: experts.merged_committee(p, x, dtype=dtype,
+                                                               first_layer='s2d')}
 
 
 def gpu_lowerings(vmapped, dtype):
@@ -301,7 +306,8 @@ def gpu_lowerings(vmapped, dtype):
               experts.padded_channels(p, 8), x, dtype=dtype, kernel_grad='none'),
           'grouped1_pad8': grouped(1, 8), 'grouped2_pad8': grouped(2, 8),
           'grouped4_pad8': grouped(4, 8), 'blockdiag': grouped(None, 1),
-          'blockdiag_matmul1': grouped(None, 1, 'matmul')}
+          'blockdiag_matmul1': grouped(None, 1, 'matmul'),
+          'blockdiag_s2d1': grouped(None, 1, 's2d')}
 
 
 if __name__ == '__main__':

@@ -9,9 +9,10 @@ Measures, most important first, so that a lease cut short still answers the targ
 full-size pose_tree_moe forward in bfloat16 (batch-1 latency, img/s up to batch 1024) and its
 training step (% of the bf16 GEMM rate measured in this process: the MFU); then float32 with the
 plain port beside it; then tree_moe; then the committees' other lowerings, forward and training
-(by default 'blockdiag' with its first layer as one matmul, the candidate the H100's profile
-points to, then the nn.vmap pair and the merged CNNs: what 'auto', now 'blockdiag'/'vmap' on a
-GPU, was measured against on one H100). Each item starts only while
+(by default 'blockdiag' with its first layer as one matmul, then as the space-to-depth
+convolution: the candidates the H100's profile points to; then the nn.vmap pair and the merged
+CNNs: what 'auto', now 'blockdiag'/'vmap' on a GPU, was measured against on one H100), every
+lowering's forward before their training steps. Each item starts only while
 `--budget_s` lasts; a batch that does not fit in memory is recorded as such. The JSON is
 rewritten after every row (a run killed at its limit keeps what it measured), in run_all's
 format (`run_all.py --from_json` renders it).
@@ -79,11 +80,14 @@ def plan(args) -> list[tuple[str, Callable[[], list[dict]]]]:
         items += [(f'plain port {architecture} batch {b}', plain(architecture, b)) for b in ends]
       items.append((f'train {architecture} {dtype}', train(architecture, dtype)))
   for architecture in args.architectures.split(','):
-    for lowering in args.other_lowerings.split(','):
+    # Every lowering's forward before any of their training steps: a forward compiles in 12-30 s
+    # on one H100, a training step in 40-60 s, so a short lease compares more lowerings so.
+    others = args.other_lowerings.split(',')
+    for lowering in others:
       items += [(f'forward {architecture} bfloat16 {lowering} batch {b}',
                  forward(architecture, 'bfloat16', b, lowering)) for b in ends]
-      items.append((f'train {architecture} bfloat16 {lowering}',
-                    train(architecture, 'bfloat16', lowering)))
+    items += [(f'train {architecture} bfloat16 {lowering}', train(architecture, 'bfloat16', lowering))
+              for lowering in others]
   return items
 
 
@@ -102,7 +106,8 @@ def main() -> int:
   parser.add_argument('--variant', default='full', help="'tiny' for a CPU smoke test")
   parser.add_argument('--batches', default='1,8,32,256,1024')
   parser.add_argument('--train_batch', type=int, default=256)
-  parser.add_argument('--other_lowerings', default='blockdiag/vmap/matmul,vmap/vmap,merged/vmap',
+  parser.add_argument('--other_lowerings',
+                      default='blockdiag/vmap/matmul,blockdiag/vmap/s2d,vmap/vmap,merged/vmap',
                       help="'CNN/MLP' or 'CNN/MLP/FIRST' committee lowerings measured beside "
                       "'auto' (run_all.split_lowering)")
   parser.add_argument('--only', default='',

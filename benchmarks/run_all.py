@@ -247,7 +247,7 @@ def machine() -> dict:
 
 def resolved_lowering(lowering: str, backend: str | None = None, inference: bool = False) -> str:
   """'CNN/MLP' committee lowerings that `lowering` ('auto', 'CNN/MLP' or 'CNN/MLP/FIRST') runs
-  on `backend` (in a forward never differentiated if `inference`), with '/matmul' where the CNNs'
+  on `backend` (in a forward never differentiated if `inference`), with '/FIRST' where the CNNs'
   first layer is not 'conv'."""
   cnn, mlp, first = split_lowering(lowering)
   first = experts.resolve_first_layer(first, backend)

@@ -353,23 +353,53 @@ def test_receptive_crops_are_tight():
     assert grad[take - 1] != 0 and np.all(np.asarray(grad[take:]) == 0), (i, crop, grad)
 
 
-@pytest.mark.parametrize('lowering', ['merged', 'blockdiag', 'padded'])
-def test_first_layer_as_a_matmul_equals_vmap(lowering):
-  """The merged lowerings with their first layer as one matmul of windows and a column of ones
-  (experts.first_layer_matmul) compute nn.vmap's committee: outputs and parameter gradients, the
-  first layer's bias gradient included (it comes from the matmul's ones column)."""
+@pytest.mark.parametrize('lowering,first_layer', [
+    ('merged', 'matmul'), ('blockdiag', 'matmul'), ('padded', 'matmul'),
+    ('blockdiag', 's2d'), ('merged', 's2d')])
+def test_first_layer_as_a_matmul_or_space_to_depth_equals_vmap(lowering, first_layer):
+  """The merged lowerings with their first layer as one matmul of windows and a row of ones
+  (experts.first_layer_matmul) or as the space-to-depth convolution compute nn.vmap's committee:
+  outputs and parameter gradients, the first layer's bias gradient included (for 'matmul' it
+  comes from the matmul's ones row)."""
   features, kernels = (3, 4, 5, 6, 3), (5, 5, 3, 3, 1)
   crops = jax.random.normal(jax.random.key(0), (2, 5, 32, 32))
   plain = experts.ExpertCNNs(4, features, kernels, lowering='vmap')
-  matmul = experts.ExpertCNNs(4, features, kernels, lowering=lowering, first_layer='matmul')
+  other = experts.ExpertCNNs(4, features, kernels, lowering=lowering, first_layer=first_layer)
   variables = jax.jit(plain.init)(jax.random.key(1), crops)
   variables = jax.tree.map(lambda p: p + 0.1, variables)  # nonzero biases
-  assert_same_committee(plain, matmul, variables, crops)
+  assert_same_committee(plain, other, variables, crops)
+
+
+@pytest.mark.parametrize('size,crop', [(16, None), (17, None), (16, (16, 1, 1)), (16, (9, 2, 0))])
+def test_taps_first_windows_are_the_windows_by_tap(size, crop):
+  """`windows(taps_first=True)` [k*k, N, H', W', C] holds what a loop over the padded input reads
+  for tap (i, j) at output (y, x): input row s*y + i - before."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  k, s = 5, 2
+  got = np.asarray(experts.windows(x, k, s, crop, taps_first=True))
+  if crop is None:
+    out = -(-size // s)
+    before = max((out - 1) * s + k - size, 0) // 2
+    rows = size
+  else:
+    rows, before, after = crop
+    out = (rows + before + after - k) // s + 1
+  assert got.shape == (k * k, 2, out, out, 3)
+  xs = np.asarray(x)
+  for i in range(k):
+    for j in range(k):
+      for y in range(out):
+        for c in range(out):
+          r, q = s * y + i - before, s * c + j - before
+          inside = 0 <= r < rows and 0 <= q < rows
+          want = xs[:, r, q] if inside else 0.0
+          np.testing.assert_array_equal(got[i * k + j, :, y, c], want)
 
 
 def test_first_layer_per_backend():
   assert experts.resolve_first_layer('auto', 'cpu') == 'conv'  # measured: 'matmul' slower
   assert experts.resolve_first_layer('auto', 'gpu') == 'conv'  # not measured
   assert experts.resolve_first_layer('matmul', 'gpu') == 'matmul'
+  assert experts.resolve_first_layer('s2d', 'gpu') == 's2d'
   with pytest.raises(ValueError, match='unknown CNN first layer'):
     experts.resolve_first_layer('gemm')

@@ -58,6 +58,13 @@ def test_plan_puts_latency_and_largest_batch_first():
   assert 'plain port pose_tree_moe batch 1024' in names
   assert names[-2:] == ['forward tree_moe bfloat16 merged/vmap batch 1024',
                         'train tree_moe bfloat16 merged/vmap']
+  args.other_lowerings = 'merged/vmap,blockdiag/vmap/s2d'
+  names = [name for name, _ in gpu_benchmark.plan(args)]
+  assert names[-6:] == [  # every lowering's forward, then their training steps
+      'forward tree_moe bfloat16 merged/vmap batch 1', 'forward tree_moe bfloat16 merged/vmap batch 1024',
+      'forward tree_moe bfloat16 blockdiag/vmap/s2d batch 1',
+      'forward tree_moe bfloat16 blockdiag/vmap/s2d batch 1024',
+      'train tree_moe bfloat16 merged/vmap', 'train tree_moe bfloat16 blockdiag/vmap/s2d']
 
 
 def test_out_of_memory_is_said_plainly():

@@ -46,7 +46,9 @@ PADDED_MULTIPLE = 8  # 'padded': each expert's hidden widths rounded up to this
 # H100, bf16, full pose_tree_moe forward at batch 1024 ('blockdiag'): 4,290 against 15,573 img/s.
 # Its matmul ran 4.3 ms for the 4 stages, against the convolution's 28.4, but XLA built the
 # windows in one concatenate fusion of 199 ms (docs/benchmarks.md, "A second, short lease").
-FIRST_LAYERS = ('auto', 'conv', 'matmul')
+# 's2d' runs it as the stride-1 convolution of the space-to-depth input (`space_to_depth_conv`):
+# 4 input channels and a 3x3 kernel instead of 1 channel and 5x5; not measured on a GPU yet.
+FIRST_LAYERS = ('auto', 'conv', 'matmul', 's2d')
 FIRST_LAYER_AUTO: dict[str, str] = {}  # backend -> measured faster; absent: 'conv'
 
 
@@ -84,20 +86,24 @@ def im2col(x: jax.Array, k: int, stride: int) -> jax.Array:
   Padded as XLA pads 'SAME' (the extra row/column after), windows in kernel order (row, column).
   """
   height, width = x.shape[-3:-1]
-  s = stride
-  out_h, out_w = -(-height // s), -(-width // s)
-  pad_h, pad_w = max((out_h - 1) * s + k - height, 0), max((out_w - 1) * s + k - width, 0)
-  x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(pad_h // 2, pad_h - pad_h // 2),
-                                            (pad_w // 2, pad_w - pad_w // 2), (0, 0)])
-  return _taps(x, k, s, out_h, out_w)
+  x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [same_padding(height, k, stride),
+                                            same_padding(width, k, stride), (0, 0)])
+  return _taps(x, k, stride, -(-height // stride), -(-width // stride))
 
 
-def _taps(x: jax.Array, k: int, stride: int, out_h: int, out_w: int) -> jax.Array:
-  """The k*k stride-spaced taps of an already padded x [..., H, W, C]: [..., out_h, out_w, k*k, C],
-  in kernel order (row, column)."""
+def same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
+  """(before, after) that XLA's 'SAME' pads a side of `size` with: the extra one after."""
+  total = max((-(-size // stride) - 1) * stride + k - size, 0)
+  return total // 2, total - total // 2
+
+
+def _taps(x: jax.Array, k: int, stride: int, out_h: int, out_w: int, axis: int = -2
+          ) -> jax.Array:
+  """The k*k stride-spaced taps of an already padded x [..., H, W, C]: [..., out_h, out_w, k*k, C]
+  (`axis=-2`) or [k*k, ..., out_h, out_w, C] (`axis=0`), in kernel order (row, column)."""
   s = stride
   return jnp.stack([x[..., i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :]
-                    for i in range(k) for j in range(k)], axis=-2)
+                    for i in range(k) for j in range(k)], axis=axis)
 
 
 Crop = tuple[int, int, int]  # (rows taken, padding before, padding after): see receptive_crops
@@ -160,20 +166,23 @@ def cropped_conv(x: jax.Array, kernel: jax.Array, stride: int, crop: Crop | None
   return _xla_conv(x, kernel, stride, padding, feature_group_count)
 
 
-def windows(x: jax.Array, k: int, stride: int, crop: Crop | None = None) -> jax.Array:
+def windows(x: jax.Array, k: int, stride: int, crop: Crop | None = None,
+            taps_first: bool = False) -> jax.Array:
   """`im2col`'s windows, of the window `crop` (`receptive_crops`) if given:
-  x [N, H, W, C] -> [N, H', W', k*k, C]."""
+  x [N, H, W, C] -> [N, H', W', k*k, C], or with `taps_first` [k*k, N, H', W', C]."""
   x, padding = split_crop(x, crop)
-  if padding is None:
+  if padding is None and not taps_first:
     return im2col(x, k, stride)
+  if padding is None:
+    padding = same_padding(x.shape[1], k, stride)
   x = jnp.pad(x, ((0, 0), padding, padding, (0, 0)))
   out = (x.shape[1] - k) // stride + 1
-  return _taps(x, k, stride, out, out)
+  return _taps(x, k, stride, out, out, axis=0 if taps_first else -2)
 
 
 def first_layer_matmul(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
                        crop: Crop | None = None) -> jax.Array:
-  """A strided convolution with bias as one matmul of its windows with a column of ones:
+  """A strided convolution with bias as one matmul of its windows with a row of ones:
   x [N, H, W, C], kernel [k, k, C, F], bias [F] -> [N, H', W', F].
 
   Why: the committee's first layer reads a 1-channel patch, a shape a GPU's convolution library
@@ -181,22 +190,24 @@ def first_layer_matmul(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride:
   at 1024 faces; in the training step at 256 faces, its kernel gradient 1.7 ms a stage and XLA's
   reduction for its ReLU and bias gradients 3.3 ms). With the bias a row of the matrix, its
   gradient comes out of the kernel gradient's matmul instead of a reduction.
-  The contraction is padded with zero columns to a multiple of 8 (25 taps + 1 -> 32), the size
-  a GPU's matrix units take (XLA would otherwise pad a copy of the windows). Measured on one
-  H100: the matmul is 6.6x faster than the convolution, but building these windows makes the
-  whole 3.6x slower (FIRST_LAYERS), so 'auto' does not pick it.
+  The windows are taps-first, [T, N, H', W']: each tap (and the ones and zeros) is one
+  contiguous slab, so building them is a concatenate along the major axis. Laid out window by
+  window ([N, H', W', T], 3e858a9) one H100 took 199 ms to build them for the 4 stages, against
+  4.3 ms for the matmul. The contraction is padded with zero rows to a multiple of 8 (25 taps + 1
+  -> 32), the size a GPU's matrix units take.
   """
   k, _, channels, features = kernel.shape
   taps = k * k * channels
   padded = -(-(taps + 1) // 8) * 8
-  columns = windows(x, k, stride, crop)  # [N, H', W', k*k, C]
-  columns = columns.reshape(columns.shape[:3] + (taps,))
-  ones = jnp.ones(columns.shape[:3] + (1,), columns.dtype)
-  zeros = jnp.zeros(columns.shape[:3] + (padded - taps - 1,), columns.dtype)
-  columns = jnp.concatenate([columns, ones, zeros], -1)  # [N, H', W', T]
+  columns = windows(x, k, stride, crop, taps_first=True)  # [k*k, N, H', W', C]
+  columns = jnp.moveaxis(columns, -1, 1)  # [k*k, C, N, H', W']: kernel order (row, column, C)
+  columns = columns.reshape((taps,) + columns.shape[2:])  # [k*k*C, N, H', W']
+  spatial = columns.shape[1:]
+  columns = jnp.concatenate([columns, jnp.ones((1,) + spatial, columns.dtype),
+                             jnp.zeros((padded - taps - 1,) + spatial, columns.dtype)])  # [T, ...]
   matrix = jnp.concatenate([kernel.reshape(taps, features), bias[None],
                             jnp.zeros((padded - taps - 1, features), kernel.dtype)], 0)  # [T, F]
-  return jnp.einsum('nhwt,tf->nhwf', columns, matrix)  # [N, H', W', F]
+  return jnp.einsum('tnhw,tf->nhwf', columns, matrix)  # [N, H', W', F]
 
 
 class Im2colConv(nn.Module):
@@ -392,8 +403,8 @@ def _merged_first_layer(layers: list[dict], patches: jax.Array, stride: int, dty
                         kernel_grad: str, crop: Crop | None, first_layer: str = 'conv'
                         ) -> jax.Array:
   """Every expert's first convolution as one, E x F0 outputs, expert-major: [B*P, H, W, E*F0]
-  (all experts read the same patch). `first_layer`: 'conv' (`_conv`) or 'matmul'
-  (`first_layer_matmul`)."""
+  (all experts read the same patch). `first_layer`: 'conv' (`_conv`), 'matmul'
+  (`first_layer_matmul`) or 's2d' (`space_to_depth_conv`: 4 input channels, not 1)."""
   batch, num_patches, size, _ = patches.shape
   kernel0 = layers[0]['kernel'].astype(dtype)  # [E, k, k, C, F0]
   num_experts, k, _, channels, width = kernel0.shape
@@ -402,6 +413,11 @@ def _merged_first_layer(layers: list[dict], patches: jax.Array, stride: int, dty
   x = patches.reshape(batch * num_patches, size, size, 1).astype(dtype)
   if first_layer == 'matmul':
     x = first_layer_matmul(x, merged, bias, stride, crop)
+  elif first_layer == 's2d':
+    if stride != 2:
+      raise ValueError(f"first_layer='s2d' computes a stride-2 convolution, not stride {stride}")
+    x, padding = split_crop(x, crop)
+    x = space_to_depth_conv(x, merged, padding) + bias
   else:
     x = _conv(x, merged, bias, stride, kernel_grad, crop)
   return nn.relu(x) if len(layers) > 1 else x
