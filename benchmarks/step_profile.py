@@ -199,8 +199,13 @@ def profile_step(compiled, state, batches, steps: int, model: str = 'FaceAligner
                  ) -> tuple[dict, float]:
   """(µs by (part, direction) over `steps` steps, median wall seconds of one untraced step)."""
   events, wall_s = trace_step(compiled, state, batches, steps)
-  totals = attribute(events, compiled.as_text(), model)
-  return {k: v / steps for k, v in totals.items()}, wall_s
+  return per_step(events, compiled.as_text(), steps, model), wall_s
+
+
+def per_step(events: list[dict], hlo_text: str, steps: int, model: str = 'FaceAligner'
+             ) -> dict:
+  """µs per step by (part, direction): `attribute`'s totals over `steps` traced steps."""
+  return {k: v / steps for k, v in attribute(events, hlo_text, model).items()}
 
 
 def op_kinds(events: list[dict], hlo_text: str) -> list[dict]:
@@ -220,12 +225,12 @@ def op_kinds(events: list[dict], hlo_text: str) -> list[dict]:
   return sorted(kinds.values(), key=lambda k: -k['us'])
 
 
-def markdown(per_step: dict, wall_s: float) -> str:
-  total = sum(per_step.values())
+def markdown(us_by_part: dict, wall_s: float) -> str:
+  total = sum(us_by_part.values())
   lines = [f'step wall time {1e3 * wall_s:.1f} ms; XLA ops {total / 1e3:.1f} ms', '',
            '| part | direction | ms per step | % of the ops |', '|---|---|---|---|']
   small = 0.0
-  for (part, direction), us in sorted(per_step.items(), key=lambda kv: -kv[1]):
+  for (part, direction), us in sorted(us_by_part.items(), key=lambda kv: -kv[1]):
     if us < 0.001 * total:
       small += us
       continue
@@ -247,8 +252,7 @@ def forward_call(architecture: str, variant: str, dtype: str, batch: int, loweri
 
 def report(events: list[dict], hlo_text: str, wall_s: float, steps: int, top_ops: int,
            title: str) -> str:
-  per_step = {k: v / steps for k, v in attribute(events, hlo_text).items()}
-  lines = [title, markdown(per_step, wall_s)]
+  lines = [title, markdown(per_step(events, hlo_text, steps), wall_s)]
   if top_ops:
     lines += [f'\nThe {top_ops} largest op kinds (per call; ops of a kind may run side by side)\n',
               '| op | result shape | ops per call | ms per call |', '|---|---|---|---|']
