@@ -38,6 +38,7 @@ from treemoe_jax import cascade, experts, gates, routing as routing_lib  # pylin
 ROUTINGS = ('dense', 'topk:8', 'topk:4', 'topk:1', 'greedy')
 VIEWS = ('frontal', 'large_pose', 'occluded', 'yaw_0_30', 'yaw_30_60', 'yaw_60_90')
 PROTOCOLS = 'synthetic_table1,synthetic_table3'
+DISTINCT_BATCHES = 8  # the layer's calls cycle through this many batches (layer_speed)
 
 
 class RegressionLayer(nn.Module):
@@ -62,7 +63,7 @@ class RegressionLayer(nn.Module):
 
 def layer_speed(gemm: float, batches=(1, 32), features: int = 2040,
                 routed_lowering: str = 'auto', min_seconds: float = 2.0,
-                distinct_batches: int = 8) -> list[dict]:
+                distinct_batches: int = DISTINCT_BATCHES) -> list[dict]:
   """The layer per routing, its committee routed by `routed_lowering` (experts.ROUTED_LOWERINGS),
   and beside it with the parameters gathered per face first (experts.gathered, what 'auto' ran
   before 'rows' was measured).
@@ -205,7 +206,8 @@ def write_doc(path: pathlib.Path, report: dict) -> None:
            'parameters gathered per face first (`gather`, the lowering before `rows`).', '',
            '## The regression layer at the paper\'s size', '',
            '64 regressors (2040 -> 128 -> 136) and the depth-6 tree gate, random weights. Each '
-           'call takes the next of 8 batches of different features, as a stream of faces would: '
+           f'call takes the next of {DISTINCT_BATCHES} batches of different features, as a stream '
+           'of faces would: '
            'with the same batch on every call, the experts it chooses stay in this CPU\'s cache '
            'from call to call (top-1 at batch 32 took 1.2-1.5 ms so, against 1.4-1.7 cycling; '
            'routing.md before 2026-11-28 timed it so).', '',
