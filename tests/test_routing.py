@@ -86,10 +86,12 @@ def test_gathered_regressors_equal_the_dense_committee_picked_by_index(lowering)
   h = jax.random.normal(jax.random.key(1), (5, 12))
   variables = committee.init(jax.random.key(2), h)
   dense = np.asarray(committee.apply(variables, h))  # [B, E, O]
-  chosen = jnp.array([[3, 0], [7, 7], [1, 2], [5, 6], [0, 4]])
-  gathered = np.asarray(committee.apply(variables, h, chosen))  # [B, K, O]
-  np.testing.assert_allclose(gathered, np.take_along_axis(dense, np.asarray(chosen)[..., None], 1),
-                             rtol=1e-5, atol=1e-6)
+  two = jnp.array([[3, 0], [7, 7], [1, 2], [5, 6], [0, 4]])
+  for chosen in (two, two[:, :1]):  # K = 2 (one row twice the same expert) and K = 1
+    gathered = np.asarray(committee.apply(variables, h, chosen))  # [B, K, O]
+    np.testing.assert_allclose(
+        gathered, np.take_along_axis(dense, np.asarray(chosen)[..., None], 1),
+        rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('conv_impl,lowering', [('im2col', 'gather'), ('xla', 'gather'),
@@ -100,10 +102,12 @@ def test_gathered_cnns_equal_the_dense_committee_picked_by_index(conv_impl, lowe
   crops = jax.random.normal(jax.random.key(3), (3, 2, 8, 8))
   variables = committee.init(jax.random.key(4), crops)
   dense = np.asarray(committee.apply(variables, crops))  # [B, E, P*n]
-  chosen = jnp.array([[2, 1], [0, 0], [3, 2]])  # two per row, one row twice the same expert
-  gathered = np.asarray(committee.apply(variables, crops, chosen))
-  np.testing.assert_allclose(gathered, np.take_along_axis(dense, np.asarray(chosen)[..., None], 1),
-                             rtol=1e-4, atol=1e-5)
+  two = jnp.array([[2, 1], [0, 0], [3, 2]])  # two per row, one row twice the same expert
+  for chosen in (two, two[:, :1]):  # and one per row
+    gathered = np.asarray(committee.apply(variables, crops, chosen))
+    np.testing.assert_allclose(
+        gathered, np.take_along_axis(dense, np.asarray(chosen)[..., None], 1),
+        rtol=1e-4, atol=1e-5)
 
 
 def test_routed_lowering_per_backend_follows_the_measured_rule():

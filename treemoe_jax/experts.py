@@ -553,13 +553,17 @@ def rowwise(apply_one, committee_params, chosen: jax.Array, x: jax.Array,
   copy is one expert's, in a buffer the loop reuses (benchmarks/routing.py).
   """
   batch, k = chosen.shape
-  pairs_x = jnp.repeat(x, k, axis=0)  # [B*K, ...]: row b's input once per chosen expert
+  if k == 1:  # the loop reads x's rows in order
+    inputs, row_input = x, lambda x_i: x_i
+  else:  # each pair indexes its row: x repeated K times was a copy (36 MB of patches at top-4)
+    inputs = jnp.arange(batch * k) // k  # [B*K]: each pair's row of x
+    row_input = lambda row: jax.lax.dynamic_index_in_dim(x, row, keepdims=False)
 
-  def pair(carry, chosen_and_x):
-    expert, x_i = chosen_and_x  # [], [...]
+  def pair(carry, expert_and_input):
+    expert, x_or_row = expert_and_input
     params = jax.tree.map(lambda p: p[expert], committee_params)  # leaves without the expert axis
-    return carry, apply_one(params, x_i)
-  _, out = jax.lax.scan(pair, None, (chosen.reshape(-1), pairs_x),
+    return carry, apply_one(params, row_input(x_or_row))
+  _, out = jax.lax.scan(pair, None, (chosen.reshape(-1), inputs),
                         unroll=max(1, min(unroll, batch * k)))
   return out.reshape((batch, k) + out.shape[1:])  # [B, K, ...]
 
