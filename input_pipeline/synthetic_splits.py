@@ -141,15 +141,26 @@ def render_ahead(settings: Settings, split: str, size: int, pool=None) -> Iterat
       yield render_chunk(settings, split, size, chunk)
       chunk += 1
   if pool is None:
-    with multiprocessing.get_context('spawn').Pool(processes) as own_pool:
+    own_pool = multiprocessing.get_context('spawn').Pool(processes)
+    try:
       yield from render_ahead(settings, split, size, own_pool)
+    finally:  # close and join, not `with`'s terminate: see below
+      own_pool.close()
+      own_pool.join()
     return
   pending, chunk = collections.deque(), 0
-  while True:
-    while len(pending) < processes:
-      pending.append(pool.apply_async(render_chunk, (settings, split, size, chunk)))
-      chunk += 1
-    yield pending.popleft().get()
+  try:
+    while True:
+      while len(pending) < processes:
+        pending.append(pool.apply_async(render_chunk, (settings, split, size, chunk)))
+        chunk += 1
+      yield pending.popleft().get()
+  finally:
+    # The consumer stops once it has its faces, with chunks still rendering. Wait for them, so
+    # that no pool is terminated mid-task: a worker killed while writing its result keeps the
+    # result queue's lock, and Pool.terminate() then waits on it forever (a test suite hung so).
+    for result in pending:
+      result.wait()
 
 
 def examples(settings: Settings, split: str, pool=None) -> Iterator[dict[str, np.ndarray]]:

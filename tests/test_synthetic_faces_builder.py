@@ -124,3 +124,29 @@ def test_tensorflow_free_settings_are_the_builder_configs():
   assert builder_fields == fields
   default = next(c for c in synthetic_faces.SyntheticFaces.BUILDER_CONFIGS if c.name == 'default')
   assert {k: getattr(default, k) for k in fields} == dataclasses.asdict(synthetic_splits.DEFAULT)
+
+
+def test_a_split_stopped_early_leaves_no_chunk_rendering():
+  """Once its consumer has its faces, `render_ahead` waits for the chunks still rendering, so that
+  the pool is never terminated mid-task (a worker killed while writing its result keeps the
+  result queue's lock, and Pool.terminate() then waits forever: the suite hung so once)."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  from input_pipeline import synthetic_splits  # pylint: disable=g-import-not-at-top
+  settings = synthetic_splits.SplitSettings(**{
+      k: getattr(CONFIG, k) for k in synthetic_splits.SplitSettings.__dataclass_fields__})
+
+  class RecordingPool:
+    def __init__(self, pool):
+      self.pool, self.results = pool, []
+
+    def apply_async(self, *args):
+      self.results.append(self.pool.apply_async(*args))
+      return self.results[-1]
+
+  with multiprocessing.get_context('spawn').Pool(2) as pool:
+    recording = RecordingPool(pool)
+    chunks = synthetic_splits.render_ahead(settings, 'train', 4, recording)
+    assert len(next(chunks)['image']) == 4
+    assert len(recording.results) >= 2  # the next chunk was already asked for
+    chunks.close()
+    assert all(result.ready() for result in recording.results)
