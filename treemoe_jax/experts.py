@@ -171,9 +171,7 @@ def windows(x: jax.Array, k: int, stride: int, crop: Crop | None = None,
   """`im2col`'s windows, of the window `crop` (`receptive_crops`) if given:
   x [N, H, W, C] -> [N, H', W', k*k, C], or with `taps_first` [k*k, N, H', W', C]."""
   x, padding = split_crop(x, crop)
-  if padding is None and not taps_first:
-    return im2col(x, k, stride)
-  if padding is None:
+  if padding is None:  # 'SAME', as `im2col` pads it
     padding = same_padding(x.shape[1], k, stride)
   x = jnp.pad(x, ((0, 0), padding, padding, (0, 0)))
   out = (x.shape[1] - k) // stride + 1
@@ -297,7 +295,7 @@ def space_to_depth_conv(x: jax.Array, kernel: jax.Array, padding: Padding = None
   def pads(size):
     if padding is None:
       out = -(-size // 2)
-      lo = max((out - 1) * 2 + k - size, 0) // 2  # 'SAME': the extra row after, as XLA pads
+      lo = same_padding(size, k, 2)[0]  # 'SAME': the extra row after, as XLA pads
     else:
       out = (size + sum(padding) - k) // 2 + 1
       lo = padding[0]
