@@ -224,3 +224,14 @@ def test_routing_benchmark_layer_counts_one_expert_of_64_for_top1():
   assert all(r['gathered_ms'] > 0 and r['ms'] > 0 for r in rows if r['routing'] != 'dense')
   assert by_name['topk:1']['mflop_per_img'] < by_name['dense']['mflop_per_img'] / 30
   assert by_name['topk:8']['mflop_per_img'] < by_name['dense']['mflop_per_img'] / 4
+
+
+def test_expected_distinct_experts_is_what_random_choices_pick():
+  """benchmarks/routing.py's memory floor counts the experts that B top-1 choices spread evenly
+  over E read: against 20,000 draws of random choices."""
+  from benchmarks import routing as routing_benchmark  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for batch, num_experts in ((32, 64), (1, 64), (8, 8), (100, 4)):
+    drawn = [len(np.unique(rng.integers(0, num_experts, batch))) for _ in range(20_000)]
+    assert routing_benchmark.expected_distinct_experts(batch, num_experts) == pytest.approx(
+        np.mean(drawn), abs=0.05)
