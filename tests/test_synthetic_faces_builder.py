@@ -150,3 +150,42 @@ def test_a_split_stopped_early_leaves_no_chunk_rendering():
     assert len(recording.results) >= 2  # the next chunk was already asked for
     chunks.close()
     assert all(result.ready() for result in recording.results)
+
+
+def test_workers_unpickle_their_settings_without_tensorflow_datasets():
+  """The pool's workers get a builder config as a SplitSettings: unpickling the config itself
+  imports TensorFlow Datasets in each spawned worker (about 1 s each, for every split)."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from input_pipeline import synthetic_splits  # pylint: disable=g-import-not-at-top
+  settings = synthetic_splits.split_settings(CONFIG)
+  assert isinstance(settings, synthetic_splits.SplitSettings)
+  assert all(getattr(settings, k) == getattr(CONFIG, k)
+             for k in synthetic_splits.SplitSettings.__dataclass_fields__)
+  load = ('import pickle, sys; pickle.loads(sys.stdin.buffer.read()); '
+          'print("tensorflow_datasets" in sys.modules)')
+  for obj, imports_tensorflow in ((settings, 'False'), (CONFIG, 'True')):
+    out = subprocess.run([sys.executable, '-c', load], input=pickle.dumps(obj),
+                         capture_output=True, check=True)
+    assert out.stdout.decode().strip() == imports_tensorflow, out.stderr.decode()[-2000:]
+
+
+def test_faces_are_the_same_rendered_in_this_process_or_in_a_pool(monkeypatch):
+  """A split that one chunk holds renders in this process (no pool start-up); a larger one in
+  spawned workers. Either way each chunk comes from its own seed: the same faces."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  from input_pipeline import synthetic_splits  # pylint: disable=g-import-not-at-top
+  settings = synthetic_splits.SplitSettings(num_train=10, num_test=1, num_per_view=2,
+                                            image_size=160, chunk_size=4, processes=2)
+  in_process = synthetic_splits.SplitSettings(**dict(
+      synthetic_splits.dataclasses.asdict(settings), processes=1))
+  for split in ('train', 'test_yaw_60_90'):  # 3 chunks; and a view with rejected faces
+    pooled, alone = (synthetic_splits.render_split(s, split) for s in (settings, in_process))
+    for key in pooled:
+      np.testing.assert_array_equal(pooled[key], alone[key], err_msg=f'{split} {key}')
+  # The one-chunk split (1 test face, chunks of 4) starts no pool.
+  def no_pool(*args, **kwargs):
+    raise AssertionError('a pool was started for a split that one chunk holds')
+  monkeypatch.setattr(multiprocessing, 'get_context', no_pool)
+  assert len(synthetic_splits.render_split(settings, 'test')['image']) == 1
