@@ -16,7 +16,7 @@ from benchmarks import run_all
 
 @pytest.fixture(scope='module')
 def timed_rows():
-  case = run_all.forward_case('pose_tree_moe', 'tiny', 'float32', 'vmap/vmap')
+  case = run_all.forward_case('tree_moe', 'tiny', 'float32', 'vmap/vmap')
   forward = run_all.forward_row(case, 2, min_seconds=0)
   train = run_all.train_row('tree_moe', 'tiny', 'bfloat16', 4)
   return [forward, train]

@@ -297,6 +297,7 @@ def test_bfloat16_model_keeps_float32_parameters_coordinates_and_loss():
     config = default.get_config('pose_tree_moe', 'tiny')
     with config.unlocked():
       config.model.update(dtype=dtype, num_stages=1)
+      config.pose.update(stage_sizes=(1,), base_width=4, head_hidden=8)  # a one-block ResNet
     return config
   task = tasks.alignment_task(one_stage('bfloat16'))
   reference = models.create(one_stage('float32'))

@@ -80,6 +80,8 @@ def test_training_evaluation_compiles_with_the_options_and_matches_defaults(monk
   from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
   from treemoe_jax import parallel, tasks, train  # pylint: disable=g-import-not-at-top
   config = default.get_config('pose_tree_moe', 'tiny')
+  with config.unlocked():  # a one-block pose ResNet: the options, not its size, are under test
+    config.pose.update(stage_sizes=(1,), base_width=4, head_hidden=8)
   assert tasks.pose_task(config).runs_pose_estimator
   assert not tasks.alignment_task(default.get_config('tree_moe', 'tiny')).runs_pose_estimator
   task = tasks.alignment_task(config)
