@@ -102,8 +102,7 @@ def test_tensorflow_free_render_is_the_stored_split(prepared, split):
   """synthetic_splits (no TensorFlow, for GPU sessions) renders exactly the faces the builder stored."""
   from input_pipeline import synthetic_splits  # pylint: disable=g-import-not-at-top
   stored = _split(prepared[0], split)
-  settings = synthetic_splits.SplitSettings(**{
-      k: getattr(CONFIG, k) for k in synthetic_splits.SplitSettings.__dataclass_fields__})
+  settings = synthetic_splits.split_settings(CONFIG)
   rendered = synthetic_splits.render_split(settings, split)
   # TFDS shuffles a split's examples on writing: pair the faces by their (unique) head pose.
   stored_order, rendered_order = (np.lexsort(f['pose'].T) for f in (stored, rendered))
@@ -132,8 +131,7 @@ def test_a_split_stopped_early_leaves_no_chunk_rendering():
   result queue's lock, and Pool.terminate() then waits forever: the suite hung so once)."""
   import multiprocessing  # pylint: disable=g-import-not-at-top
   from input_pipeline import synthetic_splits  # pylint: disable=g-import-not-at-top
-  settings = synthetic_splits.SplitSettings(**{
-      k: getattr(CONFIG, k) for k in synthetic_splits.SplitSettings.__dataclass_fields__})
+  settings = synthetic_splits.split_settings(CONFIG)
 
   class RecordingPool:
     def __init__(self, pool):
