@@ -91,7 +91,7 @@ def test_a_first_layer_lowering_is_named_run_and_counted_as_the_convolution():
     run_all.split_lowering('merged')
   assert run_all.config_for('pose_tree_moe', 'tiny', 'float32',
                             'merged/vmap/matmul').model.cnn_first_layer == 'matmul'
-  rows = [run_all.forward_row(run_all.forward_case('pose_tree_moe', 'tiny', 'float32', lowering),
+  rows = [run_all.forward_row(run_all.forward_case('moe', 'tiny', 'float32', lowering),
                               2, min_seconds=0)
           for lowering in ('merged/vmap/matmul', 'merged/vmap/conv')]
   assert [r['resolved'] for r in rows] == ['merged/vmap/matmul', 'merged/vmap']
