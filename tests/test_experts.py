@@ -19,14 +19,14 @@ def test_expert_cnns_equal_loop_over_single_experts():
   num_experts, features, kernels = 3, (4, 6, 8, 8, 5), (5, 5, 3, 3, 1)
   committee = experts.ExpertCNNs(num_experts, features, kernels)
   crops = jax.random.normal(jax.random.key(0), (2, 7, 32, 32))  # [B, P, S, S]
-  params = committee.init(jax.random.key(1), crops)['params']
-  out = committee.apply({'params': params}, crops)
+  params = jax.jit(committee.init)(jax.random.key(1), crops)['params']
+  out = jax.jit(committee.apply)({'params': params}, crops)
   assert out.shape == (2, num_experts, 7 * 5)
   for leaf in jax.tree.leaves(params):
     assert leaf.shape[0] == num_experts  # expert axis leads every parameter
-  single = experts.PatchCNN(features, kernels)
+  single = jax.jit(experts.PatchCNN(features, kernels).apply)  # one compile for the 3 experts
   for e in range(num_experts):
-    alone = single.apply({'params': expert_slice(params['experts'], e)}, crops)
+    alone = single({'params': expert_slice(params['experts'], e)}, crops)
     np.testing.assert_allclose(out[:, e], alone, rtol=1e-5, atol=1e-5)
   assert not np.allclose(out[:, 0], out[:, 1])  # experts initialised independently
 
@@ -167,7 +167,7 @@ def test_merged_committee_with_xlas_own_gradients_equals_vmap():
   plain = experts.ExpertCNNs(3, (3, 4, 5, 6, 3), (5, 5, 3, 3, 1), lowering='vmap',
                              conv_impl='xla')
   params = jax.jit(plain.init)(jax.random.key(1), crops)['params']
-  grads = [jax.grad(lambda p, f=f: jnp.sum(f(p) ** 2))(params) for f in (
+  grads = [jax.jit(jax.grad(lambda p, f=f: jnp.sum(f(p) ** 2)))(params) for f in (
       lambda p: plain.apply({'params': p}, crops),
       lambda p: experts.merged_committee(p['experts'], crops, kernel_grad='none'))]
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):

@@ -100,11 +100,12 @@ def test_gathered_cnns_equal_the_dense_committee_picked_by_index(conv_impl, lowe
   committee = experts.ExpertCNNs(num_experts=4, features=(4, 6, 5), kernel_sizes=(5, 3, 1),
                                  conv_impl=conv_impl, routed_lowering=lowering)
   crops = jax.random.normal(jax.random.key(3), (3, 2, 8, 8))
-  variables = committee.init(jax.random.key(4), crops)
-  dense = np.asarray(committee.apply(variables, crops))  # [B, E, P*n]
+  variables = jax.jit(committee.init)(jax.random.key(4), crops)
+  apply = jax.jit(committee.apply)
+  dense = np.asarray(apply(variables, crops))  # [B, E, P*n]
   two = jnp.array([[2, 1], [0, 0], [3, 2]])  # two per row, one row twice the same expert
   for chosen in (two, two[:, :1]):  # and one per row
-    gathered = np.asarray(committee.apply(variables, crops, chosen))
+    gathered = np.asarray(apply(variables, crops, chosen))
     np.testing.assert_allclose(
         gathered, np.take_along_axis(dense, np.asarray(chosen)[..., None], 1),
         rtol=1e-4, atol=1e-5)
