@@ -124,14 +124,14 @@ def expected_distinct_experts(batch: int, num_experts: int) -> float:
   return num_experts * (1 - (1 - 1 / num_experts) ** batch)
 
 
-def weights_read(num_experts: int = 64, features: int = 2040, hidden: int = 128,
-                 copies: int = 4) -> tuple[float, int]:
+def weights_read(num_experts: int = RegressionLayer.num_experts, features: int = 2040,
+                 hidden: int = 128, copies: int = 4) -> tuple[float, int]:
   """(ms, bytes) to read the first-layer kernels of all `num_experts` regressors once from memory
   (a jitted sum): the floor that a routed layer reading fewer experts scales from.
 
   Each call sums the next of `copies` distinct copies (268 MB in all): summing the same 67 MB on
   every call reads about half of it from this CPU's 32 MB L3 cache (1.67 ms, "40 GB/s", against
-  2.37-2.45 ms, 27-28 GB/s, cycling).
+  2.33-2.45 ms, 27-29 GB/s, cycling).
   """
   kernels = [jnp.full((num_experts, features, hidden), i, jnp.float32) for i in range(copies)]
   total = jax.jit(jnp.sum)
@@ -227,16 +227,17 @@ def write_doc(path: pathlib.Path, report: dict) -> None:
   lines += [layer_row(r) for r in report['layer']]
   if report.get('weights_read_ms'):
     read, size = report['weights_read_ms'], report['weights_read_bytes']
-    distinct = expected_distinct_experts(32, 64)
+    n = RegressionLayer.num_experts
+    distinct = expected_distinct_experts(32, n)
     dense_ms = next(r['ms'] for r in report['layer'] if r['batch'] == 32 and r['routing'] == 'dense')
-    lines += ['', f'Reading the 64 first-layer kernels once from memory ({size / 1e6:.0f} MB, a '
+    lines += ['', f'Reading the {n} first-layer kernels once from memory ({size / 1e6:.0f} MB, a '
               f'jitted sum cycling through copies larger than the cache) took {read:.2f} ms in '
-              f'the same run ({size / read / 1e6:.0f} GB/s). Top-1 of 64 at batch 32 reads the '
+              f'the same run ({size / read / 1e6:.0f} GB/s). Top-1 of {n} at batch 32 reads the '
               f'kernels of at most 32 experts, about {distinct:.1f} for 32 choices spread evenly '
-              f'(64 (1 - (63/64)^32)): {read * distinct / 64:.2f}-{read / 2:.2f} ms, the '
+              f'({n} (1 - ({n - 1}/{n})^32)): {read * distinct / n:.2f}-{read * 32 / n:.2f} ms, the '
               'floor of that row when its kernels come from memory (the cache keeps a few from '
-              f'call to call). So top-1 can be at most about {dense_ms / (read / 2):.1f}-'
-              f'{dense_ms / (read * distinct / 64):.1f}x cheaper than the dense layer\'s '
+              f'call to call). So top-1 can be at most about {dense_ms / (read * 32 / n):.1f}-'
+              f'{dense_ms / (read * distinct / n):.1f}x cheaper than the dense layer\'s '
               f'{dense_ms:.2f} ms on this machine.']
   if report.get('cnn'):
     lines += ['', '## The pose experts\' CNN committee at the paper\'s size', '',

@@ -172,12 +172,12 @@ def test_workers_unpickle_their_settings_without_tensorflow_datasets():
 def test_faces_are_the_same_rendered_in_this_process_or_in_a_pool(monkeypatch):
   """A split that one chunk holds renders in this process (no pool start-up); a larger one in
   spawned workers. Either way each chunk comes from its own seed: the same faces."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   import multiprocessing  # pylint: disable=g-import-not-at-top
   from input_pipeline import synthetic_splits  # pylint: disable=g-import-not-at-top
   settings = synthetic_splits.SplitSettings(num_train=10, num_test=1, num_per_view=2,
                                             image_size=160, chunk_size=4, processes=2)
-  in_process = synthetic_splits.SplitSettings(**dict(
-      synthetic_splits.dataclasses.asdict(settings), processes=1))
+  in_process = dataclasses.replace(settings, processes=1)
   for split in ('train', 'test_yaw_60_90'):  # 3 chunks; and a view with rejected faces
     pooled, alone = (synthetic_splits.render_split(s, split) for s in (settings, in_process))
     for key in pooled:
