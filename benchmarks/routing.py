@@ -229,12 +229,14 @@ def write_doc(path: pathlib.Path, report: dict) -> None:
     read, size = report['weights_read_ms'], report['weights_read_bytes']
     n = RegressionLayer.num_experts
     distinct = expected_distinct_experts(32, n)
-    dense_ms = next(r['ms'] for r in report['layer'] if r['batch'] == 32 and r['routing'] == 'dense')
+    dense_ms = next(r['ms'] for r in report['layer']
+                    if r['batch'] == 32 and r['routing'] == 'dense')
     lines += ['', f'Reading the {n} first-layer kernels once from memory ({size / 1e6:.0f} MB, a '
               f'jitted sum cycling through copies larger than the cache) took {read:.2f} ms in '
               f'the same run ({size / read / 1e6:.0f} GB/s). Top-1 of {n} at batch 32 reads the '
               f'kernels of at most 32 experts, about {distinct:.1f} for 32 choices spread evenly '
-              f'({n} (1 - ({n - 1}/{n})^32)): {read * distinct / n:.2f}-{read * 32 / n:.2f} ms, the '
+              f'({n} (1 - ({n - 1}/{n})^32)): {read * distinct / n:.2f}-'
+              f'{read * 32 / n:.2f} ms, the '
               'floor of that row when its kernels come from memory (the cache keeps a few from '
               f'call to call). So top-1 can be at most about {dense_ms / (read * 32 / n):.1f}-'
               f'{dense_ms / (read * distinct / n):.1f}x cheaper than the dense layer\'s '
