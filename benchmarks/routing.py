@@ -32,6 +32,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
+from benchmarks import host_cpu  # pylint: disable=g-import-not-at-top
 from experiments.reproduce import column_nme, share_for_mass  # pylint: disable=g-import-not-at-top
 from treemoe_jax import cascade, experts, gates, routing as routing_lib  # pylint: disable=g-import-not-at-top
 
@@ -209,7 +210,9 @@ def accuracy(workdir: str, names=ROUTINGS) -> dict[str, dict]:
 def write_doc(path: pathlib.Path, report: dict) -> None:
   lines = ['# Routing at inference: dense, top-k and greedy experts', '',
            'Written by `python benchmarks/routing.py ' + ' '.join(sys.argv[1:]) + '` on '
-           f'{report["device"]}, {report["date"]}; jit GEMM {report["gemm"]:.0f} GFLOP/s in the '
+           f'{report["device"]}'
+           f'{" (" + host_cpu.summary(report["cpu"]) + ")" if report.get("cpu") else ""}, '
+           f'{report["date"]}; jit GEMM {report["gemm"]:.0f} GFLOP/s in the '
            'same run. Only the selected experts run (`treemoe_jax/routing.py`), so the saving '
            'is in FLOPs and time, not a mask. How they run is the committee\'s routed lowering '
            '(`experts.resolve_routed_lowering`): on CPU one (face, expert) pair after another, '
@@ -284,7 +287,7 @@ def main() -> None:
   print(LAYER_HEADER, flush=True)
   gemm = common.gemm_gflops()
   report = {'device': f'{jax.devices()[0].device_kind} x{jax.device_count()}',
-            'date': time.strftime('%Y-%m-%d'), 'gemm': gemm,
+            'cpu': host_cpu.describe(), 'date': time.strftime('%Y-%m-%d'), 'gemm': gemm,
             'layer': layer_speed(gemm, routed_lowering=args.routed_lowering)}
   report['weights_read_ms'], report['weights_read_bytes'] = weights_read()
   print(f'reading the 64 regressors\' first-layer kernels ({report["weights_read_bytes"] / 1e6:.0f}'
