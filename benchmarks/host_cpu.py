@@ -1,6 +1,6 @@
 """Which CPU a benchmark ran on: model, vector instructions, last-level cache.
 
-Why: the same code's "% of the jit GEMM" moved from 60.6% to 36.5% between two of this
+Why: the same code's "% of the jit GEMM" moved from 60.6% to 36.6-38.8% between two of this
 project's 2-core machines (docs/benchmarks.md, "A second CPU"): an AVX-512 core doubles the GEMM
 rate but not the narrow convolutions' or the memory's. `platform.processor()` says only
 "x86_64", so a figure without this cannot be compared with another. Read from Linux's

@@ -290,7 +290,7 @@ def main() -> None:
             'cpu': host_cpu.describe(), 'date': time.strftime('%Y-%m-%d'), 'gemm': gemm,
             'layer': layer_speed(gemm, routed_lowering=args.routed_lowering)}
   report['weights_read_ms'], report['weights_read_bytes'] = weights_read()
-  print(f'reading the 64 regressors\' first-layer kernels ({report["weights_read_bytes"] / 1e6:.0f}'
+  print(f'reading the {RegressionLayer.num_experts} regressors\' first-layer kernels ({report["weights_read_bytes"] / 1e6:.0f}'
         f' MB): {report["weights_read_ms"]:.2f} ms', flush=True)
   print(CNN_HEADER, flush=True)
   report['cnn'] = cnn_speed()

@@ -98,11 +98,10 @@ def test_run_all_names_the_cpu_in_its_json_and_its_table(tmp_path):
   machine = run_all.machine()
   assert machine['cpu'] == host_cpu.describe()
   cpu = describe(tmp_path, ZEN5, [(3, '32768K')])
-  results = {'machine': dict(machine, cpu=cpu), 'argv': 'x', 'json': 'x', 'rows': [],
-             'gemm_gflops_start': 1.0, 'gemm_gflops_end': 1.0, 'gemm_gflops_bf16': 1.0}
+  results = {'machine': dict(machine, cpu=cpu, cpu_count=2), 'argv': 'x', 'json': 'x',
+             'rows': [], 'gemm_gflops_start': 1.0, 'gemm_gflops_end': 1.0,
+             'gemm_gflops_bf16': 1.0}
   header = run_all.markdown(results).splitlines()[0]
-  assert '(2 CPU cores; AMD EPYC (AuthenticAMD family 26 model 2; AVX-512' in header.replace(
-      f'({machine["cpu_count"]} CPU cores', '(2 CPU cores')
+  assert '(2 CPU cores; AMD EPYC (AuthenticAMD family 26 model 2; AVX-512' in header
   old = {k: v for k, v in results['machine'].items() if k != 'cpu'}  # a JSON from before
-  assert f'({machine["cpu_count"]} CPU cores), jax' in run_all.markdown(
-      dict(results, machine=old)).splitlines()[0]
+  assert '(2 CPU cores), jax' in run_all.markdown(dict(results, machine=old)).splitlines()[0]
