@@ -16,9 +16,9 @@ import re
 import sys
 
 from input_pipeline import formats
-from treemoe_jax import align_files
-from treemoe_jax import detect
-from treemoe_jax import photos
+from treemoe_jax.inference import align_files
+from treemoe_jax.inference import detect
+from treemoe_jax.inference import photos
 
 _ROUTING = re.compile(r'dense|greedy|topk:[1-9][0-9]*')
 

@@ -15,9 +15,9 @@ from ml_collections import config_flags
 
 from input_pipeline import pipeline
 from treemoe_jax import cli
-from treemoe_jax import evaluate
-from treemoe_jax import protocols
-from treemoe_jax import reports
+from treemoe_jax.evaluate import evaluator as evaluate
+from treemoe_jax.evaluate import protocols
+from treemoe_jax.evaluate import reports
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<exp>.py[:variant] (optional)',
                                           lock_config=True)

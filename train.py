@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from input_pipeline import pipeline
 from treemoe_jax import cli
-from treemoe_jax import train
+from treemoe_jax.train import trainer as train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<exp>.py[:variant]',
                                           lock_config=True)

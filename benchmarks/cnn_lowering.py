@@ -62,7 +62,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from treemoe_jax import experts  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
 
 FEATURES, KERNELS = (7, 14, 28, 56, 30), (5, 5, 3, 3, 1)
 

@@ -18,7 +18,10 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from treemoe_jax import experts, gates, patches, pose  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import gates  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import patches  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import pose  # pylint: disable=g-import-not-at-top
 
 
 def time_module(name, module, *inputs, gemm, counted=None, **kwargs):

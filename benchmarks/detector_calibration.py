@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import input_pipeline.datasets  # pylint: disable=g-import-not-at-top,unused-import (registers)
 from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-from treemoe_jax import detect  # pylint: disable=g-import-not-at-top
+from treemoe_jax.inference import detect  # pylint: disable=g-import-not-at-top
 
 YAW_BINS = ((0, 30), (30, 60), (60, 91))  # |yaw| degrees; 90 itself falls in the last bin.
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import input_pipeline.datasets  # pylint: disable=g-import-not-at-top,unused-import (registers)
 from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
 from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
-from treemoe_jax import protocols  # pylint: disable=g-import-not-at-top
+from treemoe_jax.evaluate import protocols  # pylint: disable=g-import-not-at-top
 
 CROP = pipeline.CropConfig()  # 150 px, margin 0.25: the configs' default
 

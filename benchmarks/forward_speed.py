@@ -19,7 +19,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from configs import default  # pylint: disable=g-import-not-at-top
-from treemoe_jax import models  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
 from treemoe_jax import xla_options  # pylint: disable=g-import-not-at-top
 
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from treemoe_jax import experts  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
 
 NUM_EXPERTS, FEATURES, HIDDEN, OUTPUTS = 64, 2040, 128, 2 * 68
 

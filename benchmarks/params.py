@@ -13,7 +13,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import default  # pylint: disable=g-import-not-at-top
-from treemoe_jax import models  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
 
 COMPONENTS = ('representation', 'representation_gate', 'regression', 'regression_gate')
 

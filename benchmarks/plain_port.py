@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from treemoe_jax import cascade
-from treemoe_jax import gates
-from treemoe_jax import models
-from treemoe_jax import patches as patches_lib
+from treemoe_jax.nn import cascade
+from treemoe_jax.nn import gates
+from treemoe_jax.nn import models
+from treemoe_jax.nn import patches as patches_lib
 
 
 def grouped_cnns(params: dict, crops: jax.Array) -> jax.Array:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import run_all  # pylint: disable=g-import-not-at-top
 from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
-from treemoe_jax import experts  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
 
 CROPPED = experts.receptive_crops
 

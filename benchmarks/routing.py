@@ -34,7 +34,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import host_cpu  # pylint: disable=g-import-not-at-top
 from experiments.reproduce import column_nme, share_for_mass  # pylint: disable=g-import-not-at-top
-from treemoe_jax import cascade, experts, gates, routing as routing_lib  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import cascade  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import gates  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import routing as routing_lib  # pylint: disable=g-import-not-at-top
 
 ROUTINGS = ('dense', 'topk:8', 'topk:4', 'topk:1', 'greedy')
 VIEWS = ('frontal', 'large_pose', 'occluded', 'yaw_0_30', 'yaw_30_60', 'yaw_60_90')
@@ -173,7 +176,8 @@ def cnn_row(r: dict) -> str:
 
 def end_to_end_speed(workdir: str, batch: int = 32) -> dict[str, float]:
   """img/s of the trained cascade's jitted forward per routing (the Aligner's forward)."""
-  from treemoe_jax import aligner, evaluate  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.inference import aligner  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.evaluate import evaluator as evaluate  # pylint: disable=g-import-not-at-top
   run = evaluate.load_run(workdir)
   size = run.config.model.image_size
   images = jax.random.uniform(jax.random.key(0), (batch, size, size), minval=-1, maxval=1)
@@ -190,7 +194,7 @@ def end_to_end_speed(workdir: str, batch: int = 32) -> dict[str, float]:
 
 def accuracy(workdir: str, names=ROUTINGS) -> dict[str, dict]:
   """{routing: {view: NME %}} on the synthetic Table 1 / Table 3 protocols."""
-  from treemoe_jax import evaluate  # pylint: disable=g-import-not-at-top (TF)
+  from treemoe_jax.evaluate import evaluator as evaluate  # pylint: disable=g-import-not-at-top (TF)
   out = {}
   for name in names:
     with tempfile.TemporaryDirectory() as tmp:
@@ -294,7 +298,7 @@ def main() -> None:
         f' MB): {report["weights_read_ms"]:.2f} ms', flush=True)
   print(CNN_HEADER, flush=True)
   report['cnn'] = cnn_speed()
-  from treemoe_jax import workdirs  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import record as workdirs  # pylint: disable=g-import-not-at-top
   for kind in ('tree', 'softmax'):
     workdir = getattr(args, f'{kind}_workdir')
     if not workdir:

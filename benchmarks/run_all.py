@@ -32,8 +32,8 @@ from benchmarks import host_cpu  # pylint: disable=g-import-not-at-top
 from benchmarks import plain_port  # pylint: disable=g-import-not-at-top
 from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
 from configs import default  # pylint: disable=g-import-not-at-top
-from treemoe_jax import experts  # pylint: disable=g-import-not-at-top
-from treemoe_jax import models  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
 from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
 from treemoe_jax import xla_options  # pylint: disable=g-import-not-at-top
 
@@ -219,7 +219,8 @@ def pipeline_rates(batch: int) -> tuple[dict, bool | None]:
 
 def numerics(workdir: str) -> dict:
   """NME per synthetic view of a trained workdir, float32 vs bfloat16, same parameters."""
-  from treemoe_jax import evaluate, metrics  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.evaluate import evaluator as evaluate  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
   run = evaluate.load_run(workdir)
   mesh = parallel.make_mesh()
   variables = jax.device_put(run.variables, parallel.replicated(mesh))

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from configs import default  # pylint: disable=g-import-not-at-top
 from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
-from treemoe_jax import tasks  # pylint: disable=g-import-not-at-top
-from treemoe_jax import train  # pylint: disable=g-import-not-at-top
+from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
+from treemoe_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
 
 
 def random_batch(config, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
 from configs import default  # pylint: disable=g-import-not-at-top
-from treemoe_jax import experts  # pylint: disable=g-import-not-at-top
-from treemoe_jax import models  # pylint: disable=g-import-not-at-top
-from treemoe_jax import patches  # pylint: disable=g-import-not-at-top
-from treemoe_jax import pose  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import patches  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import pose  # pylint: disable=g-import-not-at-top
 from treemoe_jax import xla_options  # pylint: disable=g-import-not-at-top
 
 _TYPE = 'LIBRARY_FUSION_TYPE_'

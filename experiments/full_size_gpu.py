@@ -30,8 +30,8 @@ from configs import default  # pylint: disable=g-import-not-at-top
 from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
 from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
 from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
-from treemoe_jax import tasks  # pylint: disable=g-import-not-at-top
-from treemoe_jax import train  # pylint: disable=g-import-not-at-top
+from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
+from treemoe_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
 
 CHUNK = 128
 

@@ -217,7 +217,7 @@ def evaluate_runs(runs: dict, out: pathlib.Path, timings: dict, steps: int) -> d
   A run's stored results are reused only when they score its step `steps` checkpoint; a run
   extended to more steps is evaluated again.
   """
-  from treemoe_jax import evaluate  # pylint: disable=g-import-not-at-top (TF)
+  from treemoe_jax.evaluate import evaluator as evaluate  # pylint: disable=g-import-not-at-top (TF)
   results = {}
   for (arch, seed), workdir in runs.items():
     stored = workdir / 'results.json'
@@ -241,7 +241,7 @@ def ert_peer(out: pathlib.Path, args, timings: dict) -> dict:
     return table
   from benchmarks import ert_peer as peer  # pylint: disable=g-import-not-at-top (dlib, TF)
   from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
-  from treemoe_jax import protocols  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.evaluate import protocols  # pylint: disable=g-import-not-at-top
   log(f'ERT: training dlib.train_shape_predictor on the train crops of {args.dataset}')
   images, landmarks = peer.crops(args.dataset, 'train', None)
   start = time.perf_counter()
@@ -578,7 +578,7 @@ def curves_figure(runs: dict, seed: int, path: pathlib.Path) -> None:
 
 
 def gate_figure(results: dict, architectures, seed: int, path: pathlib.Path) -> None:
-  from treemoe_jax import plots  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.evaluate import plots  # pylint: disable=g-import-not-at-top
   curves = {}
   for arch in architectures:
     subset = results[(arch, seed)]['protocols']['synthetic_table1']['subsets']['large_pose']

@@ -133,7 +133,8 @@ def train_pose(args, out: pathlib.Path) -> None:
   import flax.serialization  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import full_size_gpu  # pylint: disable=g-import-not-at-top
-  from treemoe_jax import parallel, tasks  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
   faces = load_faces(out)
   mean_shape = faces['train']['landmarks'].mean(0)
   config = _config('pose_tree_moe', args)
@@ -162,7 +163,11 @@ def worker(architecture: str, args, out: pathlib.Path) -> None:
   import flax.serialization  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import full_size_gpu  # pylint: disable=g-import-not-at-top
-  from treemoe_jax import evaluate, metrics, parallel, tasks, train  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.evaluate import evaluator as evaluate  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
   faces = load_faces(out)
   mean_shape = faces['train']['landmarks'].mean(0)
   config = _config(architecture, args)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from treemoe_jax import geometry
-from treemoe_jax import pose_fit
+from treemoe_jax.geometry import head_pose as pose_fit
 
 PathLike = str | os.PathLike
 LOSSLESS_SUFFIXES = ('.png', '.bmp')

@@ -29,7 +29,7 @@ import scipy.io
 
 from input_pipeline import formats
 from treemoe_jax import geometry
-from treemoe_jax import protocols
+from treemoe_jax.evaluate import protocols
 
 MEAN = geometry.MEAN_FACE_3D.astype(np.float64)
 DEG = np.pi / 180

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 import align
-from treemoe_jax import align_files
-from treemoe_jax import detect
+from treemoe_jax.inference import align_files
+from treemoe_jax.inference import detect
 from treemoe_jax import geometry
 
 POSE = np.array([0.1, -0.2, 0.3], np.float32)  # yaw, pitch, roll radians

@@ -11,9 +11,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from input_pipeline import pipeline
-from treemoe_jax import aligner
-from treemoe_jax import evaluate
-from treemoe_jax import export
+from treemoe_jax.inference import aligner
+from treemoe_jax.evaluate import evaluator as evaluate
+from treemoe_jax.inference import export
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 150

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from treemoe_jax import annotate
+from treemoe_jax.inference import drawing as annotate
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ from jax import test_util as jtu
 import numpy as np
 import pytest
 
-from treemoe_jax import cascade
+from treemoe_jax.nn import cascade
 
 
 def numpy_top_k(weights: np.ndarray, k: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from input_pipeline import formats
 from input_pipeline.datasets import cofw
 from input_pipeline.datasets import real
 from tests import fake_real_datasets as fake
-from treemoe_jax import protocols
+from treemoe_jax.evaluate import protocols
 
 DEG = np.pi / 180
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from treemoe_jax import detect
+from treemoe_jax.inference import detect
 
 
 def _astronaut():

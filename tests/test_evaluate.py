@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from tests.test_train import micro_config
-from treemoe_jax import evaluate
+from treemoe_jax.evaluate import evaluator as evaluate
 from treemoe_jax import geometry
 from treemoe_jax import metrics
-from treemoe_jax import protocols
+from treemoe_jax.evaluate import protocols
 
 STEPS = 10
 PER_VIEW = 8  # synthetic_faces/tiny's faces per test view

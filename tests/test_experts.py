@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from treemoe_jax import experts
+from treemoe_jax.nn import experts
 
 
 def expert_slice(params, e):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from treemoe_jax import gates
+from treemoe_jax.nn import gates
 
 
 def brute_force_leaves(logits: np.ndarray) -> np.ndarray:

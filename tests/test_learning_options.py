@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from treemoe_jax import models
-from treemoe_jax import train
+from treemoe_jax.nn import models
+from treemoe_jax.train import trainer as train
 
 
 def _config(**changes):
@@ -113,8 +113,8 @@ def test_legacy_pose_heads_are_read_through_tanh(tmp_path):
   """A pose workdir from before the wrapped heads (no pose.head_output in its config.json) is
   read through pi * tanh, by the estimator built from it and by cascades gated on it."""
   import json  # pylint: disable=g-import-not-at-top
-  from treemoe_jax import pose as pose_lib  # pylint: disable=g-import-not-at-top
-  from treemoe_jax import workdirs  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.nn import pose as pose_lib  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import record as workdirs  # pylint: disable=g-import-not-at-top
   pose_config = default.get_config('pose_tree_moe', 'tiny')
   record = json.loads(pose_config.to_json_best_effort())
   del record['pose']['head_output']

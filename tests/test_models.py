@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from treemoe_jax import experts
-from treemoe_jax import models
-from treemoe_jax import patches
+from treemoe_jax.nn import experts
+from treemoe_jax.nn import models
+from treemoe_jax.nn import patches
 
 ARCHITECTURES = [a.value for a in models.Architecture]
 
@@ -292,7 +292,7 @@ def test_float_images_of_any_precision_pass_the_checks():
 def test_bfloat16_model_keeps_float32_parameters_coordinates_and_loss():
   """config.model.dtype = 'bfloat16': bf16 compute; parameters, shapes, gates and loss float32,
   and the landmarks close to the float32 model's with the same parameters."""
-  from treemoe_jax import tasks  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
   def one_stage(dtype):  # one stage holds every part the dtype policy touches; bf16 is slow here
     config = default.get_config('pose_tree_moe', 'tiny')
     with config.unlocked():

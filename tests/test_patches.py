@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from treemoe_jax import patches
+from treemoe_jax.nn import patches
 
 
 def numpy_patch(image: np.ndarray, x_p: float, y_p: float, size: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from treemoe_jax import photos
+from treemoe_jax.inference import photos
 
 
 def _png(path, value=128):

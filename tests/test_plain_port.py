@@ -13,8 +13,8 @@ import pytest
 
 from benchmarks import plain_port
 from configs import default
-from treemoe_jax import gates
-from treemoe_jax import models
+from treemoe_jax.nn import gates
+from treemoe_jax.nn import models
 
 
 @pytest.mark.parametrize('architecture,patch_size', [

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from treemoe_jax import pose as pose_lib
+from treemoe_jax.nn import pose as pose_lib
 
 TINY = dict(stage_sizes=(1, 1, 1, 1), base_width=8, head_hidden=16)
 TINY_FEATURES = 32 * 8  # 4 * base_width * 2**3

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from input_pipeline import synthetic
-from treemoe_jax import geometry, pose_fit
+from treemoe_jax import geometry
+from treemoe_jax.geometry import head_pose as pose_fit
 
 DEG = np.pi / 180
 MEAN = geometry.MEAN_FACE_3D.astype(np.float64)

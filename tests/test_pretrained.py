@@ -17,8 +17,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 import pytest
 
-from treemoe_jax import pose as pose_lib
-from treemoe_jax import pretrained
+from treemoe_jax.nn import pose as pose_lib
+from treemoe_jax.nn import pretrained
 
 # Stage 2 has an identity (no-projection) block.
 TINY = dict(stage_sizes=(1, 2, 1, 1), base_width=4)
@@ -385,7 +385,7 @@ def test_keras_layer_names():
 def test_training_config_initialises_the_trunk_from_the_file(tiny_file):
   """`config.resnet50_weights` reaches the pose task's init: the trunk is the converted file's."""
   from configs import default  # pylint: disable=g-import-not-at-top
-  from treemoe_jax import tasks  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
   config = default.get_config('pose_tree_moe', 'tiny')
   config.pose.stage_sizes, config.pose.base_width = TINY['stage_sizes'], TINY['base_width']
   config.resnet50_weights = str(tiny_file)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from treemoe_jax import protocols
+from treemoe_jax.evaluate import protocols
 
 # hpm-detection-code utility/Mapping68kToCofw29.m, 0-based (as SPEC lists it): COFW point k is
 # the mean of these iBUG points.

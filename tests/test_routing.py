@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from configs import tree_moe, pose_tree_moe
-from treemoe_jax import cascade
-from treemoe_jax import experts
-from treemoe_jax import gates
-from treemoe_jax import models
-from treemoe_jax import routing
+from treemoe_jax.nn import cascade
+from treemoe_jax.nn import experts
+from treemoe_jax.nn import gates
+from treemoe_jax.nn import models
+from treemoe_jax.nn import routing
 
 
 def numpy_greedy_leaf(logits: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from configs import default
 from treemoe_jax import geometry
 from treemoe_jax import metrics
-from treemoe_jax import tasks
+from treemoe_jax.train import tasks
 
 
 class _FixedShifts(nn.Module):

@@ -25,8 +25,8 @@ from configs import default
 import input_pipeline.datasets  # pylint: disable=unused-import (registers the builders)
 from input_pipeline import pipeline
 from treemoe_jax import checkpointing
-from treemoe_jax import train
-from treemoe_jax import workdirs
+from treemoe_jax.train import trainer as train
+from treemoe_jax.train import record as workdirs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8

@@ -6,7 +6,7 @@ import ml_collections
 import pytest
 
 from configs import default
-from treemoe_jax import workdirs
+from treemoe_jax.train import record as workdirs
 
 
 def _config(**changes) -> ml_collections.ConfigDict:

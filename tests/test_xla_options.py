@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from treemoe_jax import experts
-from treemoe_jax import models
+from treemoe_jax.nn import experts
+from treemoe_jax.nn import models
 from treemoe_jax import xla_options
 
 # Compiling with XLA:CPU's flag and reading its compiled programs needs the CPU backend.
@@ -78,7 +78,9 @@ def test_training_evaluation_compiles_with_the_options_and_matches_defaults(monk
   import numpy as np  # pylint: disable=g-import-not-at-top,reimported
   import optax  # pylint: disable=g-import-not-at-top
   from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
-  from treemoe_jax import parallel, tasks, train  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
   config = default.get_config('pose_tree_moe', 'tiny')
   with config.unlocked():  # a one-block pose ResNet: the options, not its size, are under test
     config.pose.update(stage_sizes=(1,), base_width=4, head_hidden=8)

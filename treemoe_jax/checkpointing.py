@@ -11,9 +11,11 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def manager(directory: str, *, keep: int = 3, asynchronous: bool = True) -> ocp.CheckpointManager:
+def manager(directory: str, *, keep: int = 3, asynchronous: bool = True,
+            create: bool = True) -> ocp.CheckpointManager:
+  """`create=False` for readers: a restore never makes (or cleans) folders in a workdir."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+      max_to_keep=keep, create=create, cleanup_tmp_directories=create,
       enable_async_checkpointing=asynchronous)
   handlers = {'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)

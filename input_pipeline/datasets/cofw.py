@@ -49,8 +49,8 @@ import tensorflow_datasets as tfds
 from input_pipeline import formats
 from input_pipeline.datasets import real
 from treemoe_jax import geometry
-from treemoe_jax import pose_fit
-from treemoe_jax import protocols
+from treemoe_jax.geometry import head_pose as pose_fit
+from treemoe_jax.evaluate import protocols
 
 NAME = 'cofw'
 FILES = {'train': 'COFW_train_color.mat', 'test': 'COFW_test_color.mat'}

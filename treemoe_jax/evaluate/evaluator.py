@@ -20,7 +20,6 @@ Axis legend: N faces, B batch, P = 68 landmarks, Q landmarks of a mapped markup,
 L / L' representation / regression experts.
 """
 
-import dataclasses
 import datetime
 import logging
 import pathlib
@@ -35,14 +34,14 @@ import ml_collections
 import numpy as np
 
 import treemoe_jax
-from treemoe_jax import checkpointing
 from treemoe_jax import metrics
-from treemoe_jax import models
+from treemoe_jax.nn import models
 from treemoe_jax import parallel
-from treemoe_jax import protocols as protocols_lib
-from treemoe_jax import reports
-from treemoe_jax import routing as routing_lib
-from treemoe_jax import workdirs
+from treemoe_jax.evaluate import protocols as protocols_lib
+from treemoe_jax.evaluate import reports
+from treemoe_jax.nn import routing as routing_lib
+from treemoe_jax import runs
+from treemoe_jax.runs import Run, load_run  # noqa: F401 (evaluation's run, re-exported)
 from treemoe_jax import xla_options
 
 Arrays = dict[str, np.ndarray]
@@ -57,39 +56,6 @@ NUM_FIGURE_FACES = 4  # Fig. 7 rows
 CED_JSON_THRESHOLDS = metrics.CED_THRESHOLDS[::10]  # 0 to 0.10 in steps of 0.001
 
 
-# --- A trained run. ---
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """What evaluation needs of a workdir: its config (the truth), model, weights, step and s(0)."""
-  workdir: pathlib.Path
-  config: ml_collections.ConfigDict
-  model: models.FaceAligner
-  variables: dict  # host numpy {'params', 'batch_stats'?}
-  step: int
-  mean_shape: np.ndarray  # [P, 2] crop pixels
-
-
-def load_run(workdir: str | pathlib.Path, step: int | None = None) -> Run:
-  """The newest (or `step`'s) checkpoint of an alignment workdir, restored to host memory."""
-  workdir = pathlib.Path(workdir)
-  config = workdirs.load_config(workdir)
-  if config.task != 'alignment':
-    raise ValueError(f'{workdir} trained a {config.task!r} model; evaluation needs a cascade')
-  mngr = checkpointing.manager(str(workdir / 'checkpoints'), asynchronous=False)
-  try:
-    state = checkpointing.restore_to_host(mngr, step)
-    step = int(mngr.latest_step() if step is None else step)
-  finally:
-    mngr.close()
-  variables = {'params': state['params']}
-  if state.get('batch_stats'):
-    variables['batch_stats'] = state['batch_stats']
-  return Run(workdir, config, models.create(config, inference=True), variables, step,
-             workdirs.load_mean_shape(workdir))
-
-
 # --- The model pass: every face of a split once, on every device. ---
 
 
@@ -100,23 +66,17 @@ def make_predict(model: models.FaceAligner, mesh, regression_top_k: int = 0,
   `routing` (routing.py): which experts run; `regression_top_k` masks after running them all.
   """
 
+  apply = models.forward(model, routing=routing, regression_top_k=regression_top_k)
+
   def predict(variables, batch):
-    out = model.apply(variables, batch['image'], batch['init_shape'], train=False,
-                      regression_top_k=regression_top_k, routing=routing,
-                      pose=batch['pose'] if model.gate_pose == 'truth' else None)
-    rows = {
-        'shape': out['shape'],
-        'stage_shapes': jnp.moveaxis(out['stage_shapes'], 0, 1),  # [B, K, P, 2]
-        'gates_representation': jnp.moveaxis(out['gates']['representation'], 0, 1),
-        'gates_regression': jnp.moveaxis(out['gates']['regression'], 0, 1),
+    rows = apply(variables, batch['image'], batch['init_shape'], batch['pose'])
+    rows |= {
         'landmarks': batch['landmarks'], 'pose_true': batch['pose'], 'mask': batch['mask'],
         # Per face, whether its inputs are finite: gathered to every host, so all stop together.
         'finite_inputs': jnp.all(jnp.stack([
             jnp.all(jnp.isfinite(batch[k].reshape(batch[k].shape[0], -1)), axis=1)
             for k in ('image', 'landmarks', 'init_shape', 'pose')]), axis=0),
     }
-    if 'pose' in out:
-      rows['pose'] = out['pose']
     if 'landmarks_29' in batch:  # COFW's own 29-point truth, for its mapped column
       rows['landmarks_29'] = batch['landmarks_29']
     return rows
@@ -413,7 +373,7 @@ def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | Non
   workdir) from process 0; every process must call this.
   """
   start = time.perf_counter()
-  chosen = _protocols_of(workdirs.load_config(workdir), protocols)
+  chosen = _protocols_of(runs.load_config(workdir), protocols)
   check_builders(chosen)  # before restoring anything
   run = load_run(workdir)
   data_dir = data_dir or run.config.get('data_dir') or None

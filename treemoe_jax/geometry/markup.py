@@ -78,29 +78,3 @@ def _mean_face_3d() -> np.ndarray:
 
 
 MEAN_FACE_3D = _mean_face_3d()
-
-
-# Head pose from landmarks and 300W-LP `Pose_Para` conversion live in `pose_fit` (it imports this
-# module for the mean face, hence the imports at call time).
-
-
-def pose_from_landmarks(landmarks, **kwargs) -> np.ndarray:
-  """Head pose (yaw, pitch, roll) float32 [..., 3], radians, of landmarks [..., 68, 2] (pixels):
-  MEAN_FACE_3D fitted under the renderer's weak-perspective camera and pose convention.
-  Options (weights, hidden_jaw_weight, cauchy_scale, ...): `pose_fit.pose_from_landmarks`."""
-  from treemoe_jax import pose_fit  # pylint: disable=import-outside-toplevel
-  return pose_fit.pose_from_landmarks(landmarks, **kwargs)
-
-
-def pose_from_pose_para(pose_para) -> np.ndarray:
-  """(yaw, pitch, roll) [..., 3] in this project's convention from 300W-LP / AFLW2000-3D
-  `Pose_Para` [..., 7] (3DDFA's [pitch, yaw, roll, tx, ty, tz, scale]); see `pose_fit`."""
-  from treemoe_jax import pose_fit  # pylint: disable=import-outside-toplevel
-  return pose_fit.pose_from_pose_para(pose_para)
-
-
-def pose_para_from_pose(pose, **kwargs) -> np.ndarray:
-  """3DDFA `Pose_Para` [..., 7] of poses (yaw, pitch, roll) [..., 3]: the inverse of
-  `pose_from_pose_para` (options translation, scale: `treemoe_jax.pose_fit`)."""
-  from treemoe_jax import pose_fit  # pylint: disable=import-outside-toplevel
-  return pose_fit.pose_para_from_pose(pose, **kwargs)

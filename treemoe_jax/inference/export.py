@@ -1,19 +1,21 @@
-"""An exported, servable aligner: the jitted forward serialised with `jax.export`.
+"""An exported, servable aligner: the whole image forward serialised with `jax.export`.
 
-`export(workdir, out)` writes, for each routing and bucket size, the forward
-`(parameters, images [n, S, S], s(0) [n, P, 2]) -> {shape, stage_shapes, pose?}` as a StableHLO
-artifact, plus the parameters, the mean shape and the crop settings. `load(out, routing)` runs it
-with nothing but JAX and numpy: no Flax module, no config, no checkpoint library
-(`Aligner.from_export` wraps it with the training crop).
+`export(workdir, out)` writes, for each routing and bucket size n, the forward
+`(parameters, image uint8 [H, W, 3], image_hw int32 [2], boxes float32 [n, 4]) -> {landmarks
+[n, P, 2], stage_landmarks [n, K, P, 2], pose [n, 3]?}` (`inference.forward`: the face crop, the
+model, the map back to the image's pixels) as a StableHLO artifact, H and W symbolic, so it takes
+a photograph of any size and its face boxes. `load(out, routing)` runs it with nothing but JAX and
+numpy: no Flax module, no config, no checkpoint library, no TensorFlow.
 
 Layout of the directory:
   aligner.json                 image size, crop margin, buckets, routings, platforms, source run
-  mean_shape.npy               s(0) [P, 2] in crop pixels
+  mean_shape.npy               s(0) [P, 2] in crop pixels (also inside the artifacts)
   parameters.npz               the variables' leaves in tree order, p0000, p0001, ...
-  forward_<routing>_b<n>.jaxexport   one serialised jax.export.Exported each
+  align_<routing>_b<n>.jaxexport   one serialised jax.export.Exported each
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 from collections.abc import Callable, Sequence
@@ -22,46 +24,54 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from treemoe_jax import aligner as aligner_lib
-from treemoe_jax import routing as routing_lib
 from treemoe_jax import xla_options
+from treemoe_jax.inference import forward as forward_lib
+from treemoe_jax.nn import routing as routing_lib
 
 META_FILE = 'aligner.json'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: crop-level artifacts, cropped by TensorFlow outside
 
 
 def artifact_name(routing: str, bucket: int) -> str:
-  """File name of one artifact: 'topk:4' -> forward_topk4_b8.jaxexport (no ':' on disk)."""
-  return f'forward_{str(routing_lib.parse(routing)).replace(":", "")}_b{bucket}.jaxexport'
+  """File name of one artifact: 'topk:4' -> align_topk4_b8.jaxexport (no ':' on disk)."""
+  return f'align_{str(routing_lib.parse(routing)).replace(":", "")}_b{bucket}.jaxexport'
 
 
 def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
            routings: Sequence[str] = ('dense',),
-           buckets: Sequence[int] = aligner_lib.DEFAULT_BUCKETS,
+           buckets: Sequence[int] = forward_lib.DEFAULT_BUCKETS,
            platforms: Sequence[str] | None = None, step: int | None = None) -> pathlib.Path:
   """Serialise a trained workdir's forward; `platforms` e.g. ('cpu', 'cuda') (default: this one)."""
-  from treemoe_jax import evaluate  # pylint: disable=g-import-not-at-top
-  run = evaluate.load_run(workdir, step)
+  from treemoe_jax import runs  # pylint: disable=g-import-not-at-top (Flax, orbax: export only)
+  from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
+  run = runs.load_run(workdir, step)
   if run.model.gate_pose == 'truth':
     raise ValueError(f'{workdir} gates on the true head pose; only estimator-gated models export')
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   leaves, treedef = jax.tree.flatten(run.variables)
-  size, points = run.config.model.image_size, run.mean_shape.shape[0]
+  size, margin = run.config.model.image_size, float(run.config.crop_margin)
   leaf_specs = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]
+  height, width = jax.export.symbolic_shape('h, w')
+  image_spec = jax.ShapeDtypeStruct((height, width, 3), jnp.uint8)
+  hw_spec = jax.ShapeDtypeStruct((2,), jnp.int32)
   for routing in routings:
-    forward = aligner_lib.model_forward(run.model, routing)
-    flat = jax.jit(lambda params, images, init: forward(
-        jax.tree.unflatten(treedef, params), images, init))
+    apply = models.forward(run.model, routing=routing)
+
+    def whole(params, image, image_hw, boxes, apply=apply):
+      variables = jax.tree.unflatten(treedef, params)
+      return forward_lib.image_forward(functools.partial(apply, variables),
+                                       mean_shape=run.mean_shape, image_size=size,
+                                       margin=margin)(image, image_hw, boxes)
+
     for bucket in buckets:
-      exported = jax.export.export(flat, platforms=platforms)(
-          leaf_specs, jax.ShapeDtypeStruct((bucket, size, size), jnp.float32),
-          jax.ShapeDtypeStruct((bucket, points, 2), jnp.float32))
+      exported = jax.export.export(jax.jit(whole), platforms=platforms)(
+          leaf_specs, image_spec, hw_spec, jax.ShapeDtypeStruct((bucket, 4), jnp.float32))
       (out / artifact_name(routing, bucket)).write_bytes(exported.serialize())
   np.savez(out / 'parameters.npz', **{f'p{i:04d}': np.asarray(x) for i, x in enumerate(leaves)})
   np.save(out / 'mean_shape.npy', run.mean_shape)
-  meta = {'format_version': FORMAT_VERSION, 'image_size': size,
-          'margin': float(run.config.crop_margin), 'num_landmarks': points,
+  meta = {'format_version': FORMAT_VERSION, 'image_size': size, 'margin': margin,
+          'num_landmarks': int(run.mean_shape.shape[0]), 'channels': 3,
           'buckets': sorted(int(b) for b in buckets),
           'routings': [str(routing_lib.parse(r)) for r in routings],
           'platforms': list(platforms) if platforms else [jax.default_backend()],
@@ -74,12 +84,13 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:
-  """What `Aligner` needs of an export: the forward (any bucket size it holds) and the crop."""
-  forward: Callable[[np.ndarray, np.ndarray], dict]
+  """What `Aligner` needs of an export: the image forward (any bucket it holds) and the crop."""
+  forward: Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
   mean_shape: np.ndarray
   image_size: int
   margin: float
   buckets: tuple[int, ...]
+  channels: int  # what the artifacts take: 3 (RGB)
 
 
 def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
@@ -91,7 +102,7 @@ def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
   meta = json.loads(meta_path.read_text())
   if meta.get('format_version') != FORMAT_VERSION:
     raise ValueError(f'{directory} has export format {meta.get("format_version")}, this reads '
-                     f'{FORMAT_VERSION}')
+                     f'{FORMAT_VERSION}: export the workdir again')
   routing = str(routing_lib.parse(routing))
   if routing not in meta['routings']:
     raise ValueError(f'{directory} holds routings {meta["routings"]}, not {routing!r}: export it '
@@ -104,24 +115,24 @@ def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
       (directory / artifact_name(routing, b)).read_bytes())).call, compiler_options=options)
               for b in meta['buckets']}
 
-  def forward(images: np.ndarray, init_shape: np.ndarray) -> dict:
-    if images.shape[0] not in exported:
-      raise ValueError(f'{images.shape[0]} faces: the export holds buckets {meta["buckets"]}')
-    return exported[images.shape[0]](params, images, init_shape)
+  def forward(image: np.ndarray, image_hw: np.ndarray, boxes: np.ndarray) -> dict:
+    if boxes.shape[0] not in exported:
+      raise ValueError(f'{boxes.shape[0]} faces: the export holds buckets {meta["buckets"]}')
+    return exported[boxes.shape[0]](params, image, image_hw, boxes)
 
   return Loaded(forward, np.load(directory / 'mean_shape.npy'), int(meta['image_size']),
-                float(meta['margin']), tuple(meta['buckets']))
+                float(meta['margin']), tuple(meta['buckets']), int(meta['channels']))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """python -m treemoe_jax.export --workdir DIR --out EXPORT [--routings dense,greedy] ..."""
+  """treemoe-export (python -m treemoe_jax.inference.export) --workdir DIR --out EXPORT [--routings dense,greedy] ..."""
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description='Serialise a trained aligner with jax.export.')
   parser.add_argument('--workdir', required=True, help='a trained alignment workdir')
   parser.add_argument('--out', required=True, help='the export folder (created)')
   parser.add_argument('--routings', default='dense',
                       help='comma-separated, e.g. dense,topk:4,greedy')
-  parser.add_argument('--buckets', default=','.join(map(str, aligner_lib.DEFAULT_BUCKETS)),
+  parser.add_argument('--buckets', default=','.join(map(str, forward_lib.DEFAULT_BUCKETS)),
                       help='comma-separated face counts per call, e.g. 1,8,32')
   parser.add_argument('--platforms', default=None, help='e.g. cpu,cuda (default: this machine)')
   args = parser.parse_args(argv)

@@ -1,29 +1,34 @@
 """Align faces in people's own photographs with a trained (or exported) model.
 
-`Aligner.from_workdir(path)` loads the run's config, mean shape and parameters (pose estimator
-included) once; `align(image, boxes)` / `align_batch(images, boxes)` crop every face with the
-training crop (`input_pipeline.pipeline.face_image`: same margin, same antialiasing), run all the
-faces of all the images through one jitted forward in fixed bucket sizes (no recompiling per face
-count), and map the landmarks back to each image's pixels. `Aligner.from_export(path)` runs the
-`jax.export` artifact of `treemoe_jax.export` instead, without the model's Python classes.
+`Aligner.from_workdir(path)` restores the run (`treemoe_jax.runs`) once and jits its whole
+forward: the face crop (`treemoe_jax.crop`, the training crop's map and antialiasing, in JAX),
+the model and the map back to the image's pixels (`inference.forward`). `Aligner.from_export(path)`
+runs the `jax.export` artifact of the same forward instead, without the model's Python classes.
+Neither imports TensorFlow. Faces go through in bucket-sized calls and images are zero-padded to
+a multiple of `SHAPE_STEP` pixels (their true size passed along), so a folder of photos compiles
+a few programs, not one per face count or image size.
 
-Axis legend: N faces, S crop size (150), P = 68 landmarks, K stages.
+Axis legend: N faces, S crop size (150), P = 68 landmarks, K stages, H, W, C image.
 """
 
 import dataclasses
+import functools
+import math
 import pathlib
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from treemoe_jax import routing as routing_lib
 from treemoe_jax import xla_options
+from treemoe_jax.inference import forward as forward_lib
+from treemoe_jax.inference.forward import DEFAULT_BUCKETS  # noqa: F401 (re-exported)
+from treemoe_jax.nn import routing as routing_lib
 
-DEFAULT_BUCKETS = (1, 8, 32)
+SHAPE_STEP = 64  # images are padded to multiples of this (true size passed): few compiled shapes
 Box = Sequence[float]  # (x0, y0, x1, y1) image pixels
-Forward = Callable[[np.ndarray, np.ndarray], dict]  # images [n, S, S], init [n, P, 2] -> arrays
+# image [H, W, C] uint8, image_hw [2], boxes [N, 4] -> {landmarks, stage_landmarks, pose?}
+ImageForward = Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,16 +78,29 @@ def buckets_for(count: int, buckets: Sequence[int]) -> list[int]:
 
 
 class Aligner:
-  """Face boxes in, landmarks (and head pose) out; see the module docstring."""
+  """Face boxes in, landmarks (and head pose) out; see the module docstring.
 
-  def __init__(self, forward: Forward, *, mean_shape: np.ndarray, image_size: int, margin: float,
-               buckets: Sequence[int] = DEFAULT_BUCKETS, routing: str = 'dense',
-               detector: Callable | None = None):
+  `forward`: a crop-level model, (images [N, S, S] in [-1, 1], s(0) [N, P, 2]) -> {shape,
+  stage_shapes [N, K, P, 2], pose?} in crop pixels, composed here with the crop (eagerly: for
+  stand-ins and tests); or `image_forward`: the whole forward already composed and compiled
+  (`from_workdir`, `from_export`).
+  """
+
+  def __init__(self, forward: Callable | None = None, *, mean_shape: np.ndarray,
+               image_size: int, margin: float, buckets: Sequence[int] = DEFAULT_BUCKETS,
+               routing: str = 'dense', detector: Callable | None = None,
+               image_forward: ImageForward | None = None, channels: int | None = None):
     if not buckets or min(buckets) < 1:
       raise ValueError(f'buckets must be positive face counts, got {buckets}')
-    self._forward = forward
+    if (forward is None) == (image_forward is None):
+      raise ValueError('give exactly one of forward (crop level) and image_forward')
     self.mean_shape = np.asarray(mean_shape, np.float32)  # [P, 2] crop pixels
     self.image_size, self.margin = int(image_size), float(margin)
+    if image_forward is None:
+      image_forward = forward_lib.image_forward(forward, mean_shape=self.mean_shape,
+                                                image_size=self.image_size, margin=self.margin)
+    self._image_forward = image_forward
+    self._channels = channels  # what image_forward takes; None: 1 or 3 as given
     self.buckets = tuple(sorted(set(int(b) for b in buckets)))
     self.routing = str(routing_lib.parse(routing))
     self._detector = detector
@@ -94,26 +112,38 @@ class Aligner:
                    buckets: Sequence[int] = DEFAULT_BUCKETS, step: int | None = None,
                    detector: Callable | None = None) -> 'Aligner':
     """The newest (or `step`'s) checkpoint of a trained alignment workdir."""
-    from treemoe_jax import evaluate  # pylint: disable=g-import-not-at-top
-    run = evaluate.load_run(workdir, step)
+    from treemoe_jax import runs  # pylint: disable=g-import-not-at-top (Flax, orbax)
+    from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
+    run = runs.load_run(workdir, step)
     if run.model.gate_pose == 'truth':
       raise ValueError(f'{workdir} gates on the true head pose (an oracle for analysis); a '
                        'photograph has none: align with a model trained with its estimator')
     variables = jax.device_put(run.variables)
+    size, margin = run.config.model.image_size, run.config.crop_margin
+    apply = models.forward(run.model, routing=routing)
+
+    def whole(variables, image, image_hw, boxes):
+      return forward_lib.image_forward(functools.partial(apply, variables),
+                                       mean_shape=run.mean_shape, image_size=size,
+                                       margin=margin)(image, image_hw, boxes)
+
     options = xla_options.inference_options(run.model.pose_estimator is not None)
-    apply = jax.jit(model_forward(run.model, routing), compiler_options=options)
-    return cls(lambda images, init: apply(variables, images, init),
-               mean_shape=run.mean_shape, image_size=run.config.model.image_size,
-               margin=run.config.crop_margin, buckets=buckets, routing=routing, detector=detector)
+    compiled = jax.jit(whole, compiler_options=options)
+    return cls(mean_shape=run.mean_shape, image_size=size, margin=margin, buckets=buckets,
+               routing=routing, detector=detector,
+               image_forward=lambda image, image_hw, boxes: compiled(variables, image, image_hw,
+                                                                     boxes))
 
   @classmethod
   def from_export(cls, directory: str | pathlib.Path, *, routing: str = 'dense',
                   detector: Callable | None = None) -> 'Aligner':
-    """A `treemoe_jax.export` directory: runs the serialised forward, no model classes."""
-    from treemoe_jax import export  # pylint: disable=g-import-not-at-top
+    """A `treemoe_jax.inference.export` directory: runs the serialised forward, no model
+    classes, no TensorFlow."""
+    from treemoe_jax.inference import export  # pylint: disable=g-import-not-at-top
     loaded = export.load(directory, routing)
-    return cls(loaded.forward, mean_shape=loaded.mean_shape, image_size=loaded.image_size,
-               margin=loaded.margin, buckets=loaded.buckets, routing=routing, detector=detector)
+    return cls(mean_shape=loaded.mean_shape, image_size=loaded.image_size, margin=loaded.margin,
+               buckets=loaded.buckets, routing=routing, detector=detector,
+               image_forward=loaded.forward, channels=loaded.channels)
 
   # --- Alignment. ---
 
@@ -147,55 +177,54 @@ class Aligner:
 
   def align_crops(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]
                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """(landmarks [P, 2], stage landmarks [K, P, 2], pose [3] or None) per (image, box)."""
-    from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    windows, crops = [], []
-    for image, box in zip(images, boxes):
-      window = pipeline.crop_window(tf.constant(box), self.margin)
-      crops.append(pipeline.face_image(tf.constant(image), window, self.image_size).numpy())
-      windows.append(window.numpy())
-    outputs = self._run_buckets(np.stack(crops) if crops else None, len(crops))
+    """(landmarks [P, 2], stage landmarks [K, P, 2], pose [3] or None) per (image, box): each
+    image's faces in bucket-sized calls (consecutive faces of one image share calls)."""
     results = []
-    for n, window in enumerate(windows):
-      to_image = lambda points: pipeline.uncrop_landmarks(points, window, self.image_size)
-      pose = outputs['pose'][n] if 'pose' in outputs else None
-      results.append((to_image(outputs['shape'][n]), to_image(outputs['stage_shapes'][n]), pose))
+    start = 0
+    while start < len(images):
+      stop = start
+      while stop < len(images) and images[stop] is images[start]:
+        stop += 1
+      results += self._align_one_image(images[start], np.stack(boxes[start:stop]))
+      start = stop
     return results
 
-  def _run_buckets(self, crops: np.ndarray | None, count: int) -> dict[str, np.ndarray]:
-    """The forward over `count` crops in bucket-sized calls; outputs trimmed to `count` rows."""
-    parts, start = [], 0
-    for size in buckets_for(count, self.buckets):
-      chunk = crops[start:start + size]
-      padded = np.zeros((size,) + crops.shape[1:], np.float32)
-      padded[:len(chunk)] = chunk
-      init = np.broadcast_to(self.mean_shape, (size,) + self.mean_shape.shape)
-      out = self._forward(padded, np.ascontiguousarray(init))
-      parts.append({k: np.asarray(v)[:len(chunk)] for k, v in out.items()})
-      start += size
-    if not parts:
-      return {}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  def _align_one_image(self, image: np.ndarray, boxes: np.ndarray) -> list[tuple]:
+    padded, image_hw = pad_image(image, SHAPE_STEP, self._channels)
+    outputs = []
+    done = 0
+    for size in buckets_for(len(boxes), self.buckets):
+      chunk = boxes[done:done + size]
+      rows = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), 0)])  # pad: copies
+      out = self._image_forward(padded, image_hw, rows.astype(np.float32))
+      out = {k: np.asarray(v)[:len(chunk)] for k, v in out.items()}
+      outputs += [(out['landmarks'][n], out['stage_landmarks'][n],
+                   out['pose'][n] if 'pose' in out else None) for n in range(len(chunk))]
+      done += len(chunk)
+    return outputs
 
   @property
   def detector(self) -> Callable:
     """The face detector used when no box is given (treemoe_jax.detect, made on first use)."""
     if self._detector is None:
-      from treemoe_jax import detect  # pylint: disable=g-import-not-at-top
+      from treemoe_jax.inference import detect  # pylint: disable=g-import-not-at-top
       self._detector = detect.make('auto')
     return self._detector
 
 
-def model_forward(model, routing: str):
-  """forward(variables, images [n, S, S], init [n, P, 2]) -> {shape, stage_shapes, pose?}."""
-  routing = routing_lib.parse(routing)
+def pad_image(image: np.ndarray, step: int, channels: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """[H, W, C] -> (zero-padded [H', W', C'] with H', W' multiples of `step`, int32 (H, W)).
 
-  def forward(variables, images, init_shape):
-    out = model.apply(variables, images, init_shape, train=False, routing=routing)
-    rows = {'shape': out['shape'], 'stage_shapes': jnp.moveaxis(out['stage_shapes'], 0, 1)}
-    if 'pose' in out:
-      rows['pose'] = out['pose']
-    return rows
-
-  return forward
+  `channels` 3: a grey image is repeated into RGB (an export takes RGB only; its grey is then
+  0.9999 of the original, tf's luma weights' sum).
+  """
+  height, width = image.shape[:2]
+  if channels == 3 and image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  shape = (math.ceil(height / step) * step, math.ceil(width / step) * step, image.shape[-1])
+  if shape != image.shape:
+    padded = np.zeros(shape, image.dtype)
+    padded[:height, :width] = image
+    image = padded
+  return image, np.array([height, width], np.int32)

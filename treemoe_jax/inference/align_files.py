@@ -24,9 +24,9 @@ import numpy as np
 import tqdm
 
 from input_pipeline import formats
-from treemoe_jax import annotate
+from treemoe_jax.inference import drawing as annotate
 from treemoe_jax import geometry
-from treemoe_jax import photos
+from treemoe_jax.inference import photos
 
 OK = 'ok'
 NO_FACE = 'no face found'  # The detector found none.
@@ -61,7 +61,7 @@ class Result:
 
 def load_aligner(*, workdir=None, exported=None, routing: str = 'dense'):
   """`aligner.Aligner` of a trained workdir or of a `treemoe_jax.export` directory."""
-  from treemoe_jax import aligner  # pylint: disable=g-import-not-at-top (JAX, the model)
+  from treemoe_jax.inference import aligner  # pylint: disable=g-import-not-at-top (JAX, the model)
   if exported is not None:
     return aligner.Aligner.from_export(exported, routing=routing)
   return aligner.Aligner.from_workdir(workdir, routing=routing)

@@ -36,12 +36,13 @@ import optax
 import orbax.checkpoint as ocp
 
 from treemoe_jax import checkpointing
-from treemoe_jax import models
+from treemoe_jax.nn import models
 from treemoe_jax import parallel
-from treemoe_jax import tasks
-from treemoe_jax import workdirs
+from treemoe_jax.train import tasks
+from treemoe_jax.runs import load_pose_estimator  # noqa: F401 (re-exported)
+from treemoe_jax.train import record as workdirs
 from treemoe_jax import xla_options
-from treemoe_jax.schedules import SCHEDULES, learning_rate_schedule  # noqa: F401 (re-exported)
+from treemoe_jax.train.schedules import SCHEDULES, learning_rate_schedule  # noqa: F401 (re-exported)
 
 
 class TrainState(train_state.TrainState):
@@ -231,18 +232,6 @@ def _data(config, split: str) -> dict:
               crop=pipeline.CropConfig(size=config.model.image_size, margin=config.crop_margin))
 
 
-def load_pose_estimator(pose_workdir: str | pathlib.Path) -> dict:
-  """{'params': ..., 'batch_stats': ...} of the newest checkpoint of a pose-training workdir."""
-  directory = pathlib.Path(pose_workdir) / 'checkpoints'
-  if not directory.is_dir():
-    raise FileNotFoundError(f'no pose checkpoints in {directory}: train one with '
-                            f'--config configs/pose_resnet50.py --workdir {pose_workdir}')
-  mngr = checkpointing.manager(str(directory), asynchronous=False)
-  state = checkpointing.restore_to_host(mngr)
-  mngr.close()
-  return {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
-
-
 def with_pose_heads_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with the pose heads its `pose_checkpoint` was trained with (recorded as such).
 
@@ -313,7 +302,7 @@ def _mean_shape(config, workdir: pathlib.Path, resuming: bool) -> np.ndarray:
 def _train(config, workdir: pathlib.Path, task: tasks.Task, resuming: bool,
            overrides: dict | None = None) -> dict:
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
-  from treemoe_jax import progress as progress_lib  # pylint: disable=g-import-not-at-top (TF)
+  from treemoe_jax.train import progress as progress_lib  # pylint: disable=g-import-not-at-top (TF)
   mesh = parallel.make_mesh()
   mean_shape = _mean_shape(config, workdir, resuming)
   frozen = ('pose_estimator',) if task.name == 'alignment' and config.model.freeze_pose else ()

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from treemoe_jax import cascade
-from treemoe_jax import pose as pose_lib
-from treemoe_jax import routing as routing_lib
-from treemoe_jax.gates import GateKind
+from treemoe_jax.nn import cascade
+from treemoe_jax.nn import pose as pose_lib
+from treemoe_jax.nn import routing as routing_lib
+from treemoe_jax.nn.gates import GateKind
 
 
 class Architecture(str, enum.Enum):
@@ -120,6 +120,32 @@ class FaceAligner(nn.Module):
     if pose is not None:
       outputs['pose'] = pose
     return outputs
+
+
+def forward(model: FaceAligner, *, routing: 'str | routing_lib.Routing' = 'dense',
+            regression_top_k: int = 0):
+  """The one inference forward: fn(variables, images [B, S, S], init_shape [B, P, 2], pose=None)
+  -> per-face rows, batch leading, for evaluation, the Aligner and the export alike:
+  shape [B, P, 2], stage_shapes [B, K, P, 2], gates_representation [B, K, L],
+  gates_regression [B, K, L'] and, for pose-gated models, pose [B, 3].
+
+  `pose` is read only by a model that gates on the true pose (`gate_pose='truth'`).
+  """
+  routing = routing_lib.parse(routing)
+
+  def apply(variables, images, init_shape, pose=None):
+    out = model.apply(variables, images, init_shape, train=False,
+                      regression_top_k=regression_top_k, routing=routing,
+                      pose=pose if model.gate_pose == 'truth' else None)
+    rows = {'shape': out['shape'],
+            'stage_shapes': jnp.moveaxis(out['stage_shapes'], 0, 1),
+            'gates_representation': jnp.moveaxis(out['gates']['representation'], 0, 1),
+            'gates_regression': jnp.moveaxis(out['gates']['regression'], 0, 1)}
+    if 'pose' in out:
+      rows['pose'] = out['pose']
+    return rows
+
+  return apply
 
 
 def stage_spec(model_config: ml_collections.ConfigDict,

@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from treemoe_jax import gates
+from treemoe_jax.nn import gates
 from treemoe_jax import metrics as metrics_lib
-from treemoe_jax import models
-from treemoe_jax import pose as pose_lib
+from treemoe_jax.nn import models
+from treemoe_jax.nn import pose as pose_lib
 
 Batch = dict[str, jax.Array]
 
@@ -76,7 +76,7 @@ def pose_task(config: ml_collections.ConfigDict) -> Task:
   def init(rng):
     variables = model.init(rng, jnp.zeros((1, size, size), jnp.float32), train=False)
     if config.resnet50_weights:
-      from treemoe_jax import pretrained  # pylint: disable=g-import-not-at-top (h5py, on demand)
+      from treemoe_jax.nn import pretrained  # pylint: disable=g-import-not-at-top (h5py, on demand)
       variables = pretrained.init_pose_trunk(variables, config.resnet50_weights)
     return variables
 

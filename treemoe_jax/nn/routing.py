@@ -60,7 +60,7 @@ def select(weights: jax.Array, routing: Routing, node_logits: jax.Array | None =
   if routing.kind == 'dense':
     return None
   if routing.kind == 'greedy' and node_logits is not None:
-    from treemoe_jax import gates  # pylint: disable=g-import-not-at-top (Flax; parse() needs none)
+    from treemoe_jax.nn import gates  # pylint: disable=g-import-not-at-top (Flax; parse() needs none)
     leaf = gates.greedy_leaf(node_logits)[..., None]  # [B, 1]
     return leaf, jax.numpy.ones(leaf.shape, weights.dtype)
   k = 1 if routing.kind == 'greedy' else routing.k

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 import numpy as np
 
-from treemoe_jax import pose_fit
+from treemoe_jax.geometry import head_pose as pose_fit
 
 NOSE_TIP = 30  # iBUG 68-point index (treemoe_jax.geometry: nose base 31-35 below it).
 AXIS_COLOURS = ('tab:red', 'tab:green', 'tab:blue')  # Model x, y, z.

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from treemoe_jax import models
-from treemoe_jax import plots
+from treemoe_jax.nn import models
+from treemoe_jax.evaluate import plots
 
 Arrays = dict[str, np.ndarray]
 

@@ -14,10 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from treemoe_jax import experts
-from treemoe_jax import gates
-from treemoe_jax import patches
-from treemoe_jax import routing as routing_lib
+from treemoe_jax.nn import experts
+from treemoe_jax.nn import gates
+from treemoe_jax.nn import patches
+from treemoe_jax.nn import routing as routing_lib
 
 
 DTYPES = ('float32', 'bfloat16')

@@ -15,8 +15,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-CONFIG_FILE = 'config.json'
-MEAN_SHAPE_FILE = 'mean_shape.npy'
+from treemoe_jax.runs import CONFIG_FILE, MEAN_SHAPE_FILE  # noqa: F401 (the record's files)
+from treemoe_jax.runs import has_checkpoint, latest_checkpoint_step, load_config  # noqa: F401
+from treemoe_jax.runs import load_mean_shape  # noqa: F401
+
 # Fields a resumed run may change: when to stop, how often to log, evaluate and save, where the
 # (same) data lives, what is evaluated. Everything else decides what the run trains.
 SAFE_TO_CHANGE = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
@@ -54,35 +56,6 @@ class ResumeError(ValueError):
   """A resumed run's config changes what was trained: use a new workdir."""
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """The workdir's config.json (JSON turned tuples into lists; consumers convert where needed)."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def load_mean_shape(workdir: str | pathlib.Path) -> np.ndarray:
-  """s(0) before placement [P, 2], as the run learned it from its train split."""
-  path = pathlib.Path(workdir) / MEAN_SHAPE_FILE
-  if not path.exists():
-    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
-  return np.load(path)
-
-
-def _checkpoint_steps(workdir: str | pathlib.Path) -> list[int]:
-  """The steps of the finished checkpoints (orbax names them by step; unfinished ones *-tmp*)."""
-  directory = pathlib.Path(workdir) / 'checkpoints'
-  if not directory.is_dir():
-    return []
-  return [int(p.name) for p in directory.iterdir() if p.name.isdigit()]
-
-
-def has_checkpoint(workdir: str | pathlib.Path) -> bool:
-  """Whether a finished checkpoint exists."""
-  return bool(_checkpoint_steps(workdir))
-
-
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
   if isinstance(tree, dict):
     out = {}
@@ -112,15 +85,10 @@ def config_differences(stored: ml_collections.ConfigDict | dict,
           if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
 
 
-def latest_checkpoint_step(workdir: str | pathlib.Path) -> int:
-  """The step of the newest finished checkpoint; 0 when there is none."""
-  return max(_checkpoint_steps(workdir), default=0)
-
-
 def schedule_keeps_the_past(stored: ml_collections.ConfigDict | dict,
                             current: ml_collections.ConfigDict, trained_steps: int) -> bool:
   """Whether `current`'s learning rates equal `stored`'s at every step in [0, trained_steps)."""
-  from treemoe_jax import schedules  # optax: only when a schedule changed
+  from treemoe_jax.train import schedules  # optax: only when a schedule changed
   old = {key: value for key, value in _flatten(_as_json(stored)).items() if '.' not in key}
   old = {**{k: v for k, v in ADDED_LATER.items() if '.' not in k}, **old}
   try:

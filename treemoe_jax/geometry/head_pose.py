@@ -16,7 +16,7 @@ horizontal flip maps (yaw, pitch, roll) to (-yaw, pitch, -roll).
 
 import numpy as np
 
-from treemoe_jax import geometry
+from treemoe_jax.geometry import markup as geometry
 
 Array = np.ndarray
 
