@@ -1,6 +1,6 @@
 """How to compute a committee of expert CNNs: nn.vmap's grouped convolutions against alternatives.
 
-  python benchmarks/cnn_lowering.py [--faces 32]
+  python -m benchmarks.cnn_lowering [--faces 32]
 
 The 8 pose experts of the paper (7-14-28-56-30, kernels 5-5-3-3-1) on the 68 patches of `--faces`
 faces, from the same `[E, ...]` parameters, each lowering jitted alone:
@@ -20,7 +20,7 @@ faces, from the same `[E, ...]` parameters, each lowering jitted alone:
 Forward and gradient (w.r.t. the parameters) times, and each lowering's largest difference from
 the reference. Read the ratios within one run.
 
-  python benchmarks/cnn_lowering.py --set gpu --faces 1024 --dtype bfloat16   # a GPU's candidates
+  python -m benchmarks.cnn_lowering --set gpu --faces 1024 --dtype bfloat16   # a GPU's candidates
 
 times, beside vmap and merged, what suits a GPU's matrix units (experts.grouped_committee):
   merged_cpu_grads merged with the CPU's custom VJP (space-to-depth input gradients);
@@ -35,18 +35,18 @@ times, beside vmap and merged, what suits a GPU's matrix units (experts.grouped_
 The FLOP rate is the reference's count (the useful work) over each lowering's time;
 `--lowerings blockdiag,grouped2_pad8` times only those (the reference is always computed).
 
-  python benchmarks/cnn_lowering.py --layers --faces 16
+  python -m benchmarks.cnn_lowering --layers --faces 16
 
 times each layer of one expert alone: forward, kernel gradient and input gradient, as XLA's
 strided convolution and as a stride-1 convolution of the space-to-depth input, and the kernel
 gradient as one matmul of the windows (experts.im2col_kernel_grad).
 
-  python benchmarks/cnn_lowering.py --rules [--repeats 2]
+  python -m benchmarks.cnn_lowering --rules [--repeats 2]
 
 times the committee gradient with im2col kernel gradients for no layer, the first only, the
 layers `experts.kernel_grad_for` picks ('auto') and every layer.
 
-  python benchmarks/cnn_lowering.py --train_step [--repeats 2]
+  python -m benchmarks.cnn_lowering --train_step [--repeats 2]
 
 times run_all's training-step rows (pose_tree_moe full at batch 8, tiny at batch 16) with every
 kernel gradient XLA's (before) and with `experts.kernel_grad_for`'s choice (after), alternating.
@@ -54,15 +54,12 @@ kernel gradient XLA's (before) and with `experts.kernel_grad_for`'s choice (afte
 
 import argparse
 import contextlib
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import common  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
+from benchmarks import common
+from treemoe_jax.nn import experts
 
 FEATURES, KERNELS = (7, 14, 28, 56, 30), (5, 5, 3, 3, 1)
 
@@ -208,14 +205,13 @@ def rules_table(faces: int, repeats: int) -> None:
 
 def train_step_table(repeats: int) -> None:
   """Training-step img/s, XLA's kernel gradients against the chosen ones, in one process."""
-  from benchmarks import run_all  # pylint: disable=g-import-not-at-top
   print(f'jit GEMM at the start {common.gemm_gflops():.1f} GFLOP/s')
   print('| architecture | size | batch | kernel gradients | train img/s |')
   print('|---|---|---|---|---|')
   for architecture, size, batch in (('pose_tree_moe', 'full', 8), ('pose_tree_moe', 'tiny', 16)):
     for kind in ('xla', 'auto') * repeats:
       with kernel_grads(kind):
-        row = run_all.train_row(architecture, size, 'float32', batch, 'merged/scan')
+        row = common.train_row(architecture, size, 'float32', batch, 'merged/scan')
       print(f'| {architecture} | {size} | {batch} | {kind} | {row["img_s"]:.2f} |', flush=True)
   print(f'jit GEMM at the end {common.gemm_gflops():.1f} GFLOP/s')
 

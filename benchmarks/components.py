@@ -1,7 +1,7 @@
 """Where a full-size forward spends its time: each component of one stage, timed alone.
 
-  python benchmarks/components.py [--batch 8]
-  python benchmarks/components.py --batch 1024 --dtype bfloat16 --pose_only --gemm_n 8192  # GPU
+  python -m benchmarks.components [--batch 8]
+  python -m benchmarks.components --batch 1024 --dtype bfloat16 --pose_only --gemm_n 8192  # GPU
 
 Pose estimator (ResNet-50), patch extraction, the representation committee (1 CNN of section
 3.5 widths, and 8 pose expert CNNs as one nn.vmap), the 64-expert regression committee and the
@@ -10,18 +10,15 @@ the same run for scale.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import common  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import gates  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import patches  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import pose  # pylint: disable=g-import-not-at-top
+from benchmarks import common
+from treemoe_jax.nn import experts
+from treemoe_jax.nn import gates
+from treemoe_jax.nn import patches
+from treemoe_jax.nn import pose
 
 
 def time_module(name, module, *inputs, gemm, counted=None, **kwargs):

@@ -1,8 +1,8 @@
 """The performance issue's GPU check in one command: at most ~15 min on one card, no TensorFlow.
 
-  python benchmarks/gpu_benchmark.py --out DIR        # writes DIR/gpu_benchmark.json
-  python benchmarks/gpu_benchmark.py --variant tiny --batches 1,8 --train_batch 8   # CPU smoke
-  python benchmarks/gpu_benchmark.py --only 'merged'    # the items whose name holds 'merged'
+  python -m benchmarks.gpu_benchmark --out DIR        # writes DIR/gpu_benchmark.json
+  python -m benchmarks.gpu_benchmark --variant tiny --batches 1,8 --train_batch 8   # CPU smoke
+  python -m benchmarks.gpu_benchmark --only 'merged'    # the items whose name holds 'merged'
 
 Installs nothing beyond the project's wheels (jax, flax, optax, orbax, chex; ml_collections).
 Measures, most important first, so that a lease cut short still answers the targets: the
@@ -15,13 +15,13 @@ CNNs: what 'auto', now 'blockdiag'/'vmap' on a GPU, was measured against on one 
 lowering's forward before their training steps. Each item starts only while
 `--budget_s` lasts; a batch that does not fit in memory is recorded as such. The JSON is
 rewritten after every row (a run killed at its limit keeps what it measured), in run_all's
-format (`run_all.py --from_json` renders it).
+format (`python -m benchmarks.run_all --from_json` renders it).
 Prints the targets' figures last.
 
 XLA's GPU cost analysis (jax 0.11.2) counts no FLOPs for convolutions and matmuls before
 optimisation, so rates there read 0. FLOPs do not depend on the device: afterwards, on any CPU,
 
-  python benchmarks/gpu_benchmark.py --count_flops OUT/gpu_benchmark.json[,MORE.json] \
+  python -m benchmarks.gpu_benchmark --count_flops OUT/gpu_benchmark.json[,MORE.json] \
       --merged_json docs/data/gpu_benchmark_h100.json
 
 merges the runs and fills each row's count from the same computation lowered on the CPU.
@@ -37,11 +37,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from benchmarks import common  # pylint: disable=g-import-not-at-top
-from benchmarks import plain_port  # pylint: disable=g-import-not-at-top
-from benchmarks import run_all  # pylint: disable=g-import-not-at-top
-from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
+from benchmarks import common
+from benchmarks import plain_port
 
 GEMM_N = 8192  # a GPU reaches its matmul rate only on large products; 2048 is far below it
 
@@ -56,20 +53,20 @@ def plan(args) -> list[tuple[str, Callable[[], list[dict]]]]:
   def case(architecture, dtype, lowering='auto'):
     key = (architecture, dtype, lowering)
     if key not in cases:
-      cases[key] = run_all.forward_case(architecture, args.variant, dtype, lowering)
+      cases[key] = common.forward_case(architecture, args.variant, dtype, lowering)
     return cases[key]
 
   def forward(architecture, dtype, batch, lowering='auto'):
-    return lambda: [run_all.forward_row(case(architecture, dtype, lowering), batch,
-                                        args.min_seconds)]
+    return lambda: [common.forward_row(case(architecture, dtype, lowering), batch,
+                                       args.min_seconds)]
 
   def plain(architecture, batch):
-    return lambda: [run_all.plain_port_row(case(architecture, 'float32'), batch,
-                                           args.min_seconds)]
+    return lambda: [common.plain_port_row(case(architecture, 'float32'), batch,
+                                          args.min_seconds)]
 
   def train(architecture, dtype, lowering='auto'):
-    return lambda: [run_all.train_row(architecture, args.variant, dtype, args.train_batch,
-                                      lowering)]
+    return lambda: [common.train_row(architecture, args.variant, dtype, args.train_batch,
+                                     lowering)]
 
   items = []
   for architecture in args.architectures.split(','):
@@ -109,7 +106,7 @@ def main() -> int:
   parser.add_argument('--other_lowerings',
                       default='blockdiag/vmap/matmul,blockdiag/vmap/s2d,vmap/vmap,merged/vmap',
                       help="'CNN/MLP' or 'CNN/MLP/FIRST' committee lowerings measured beside "
-                      "'auto' (run_all.split_lowering)")
+                      "'auto' (common.split_lowering)")
   parser.add_argument('--only', default='',
                       help="comma-separated substrings: run only the items whose name holds one")
   parser.add_argument('--min_seconds', type=float, default=1.0)
@@ -125,8 +122,8 @@ def main() -> int:
   args = parser.parse_args()
   if args.count_flops:
     merged = merge_with_flops(args.count_flops.split(','), args.auto_was)
-    pathlib.Path(args.merged_json).write_text(json.dumps(merged, indent=1) + '\n')
-    print(run_all.markdown(merged))
+    common.write_json(args.merged_json, merged)
+    print(common.markdown(merged))
     print(targets(merged))
     if args.plot:
       plot(merged, args.plot)
@@ -135,13 +132,13 @@ def main() -> int:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   report = out / 'gpu_benchmark.json'
-  results = {'machine': run_all.machine(), 'script': 'benchmarks/gpu_benchmark.py',
+  results = {'machine': common.machine(), 'script': '-m benchmarks.gpu_benchmark',
              'argv': ' '.join(sys.argv[1:]), 'json': str(report), 'gemm_n': GEMM_N,
              'gemm_gflops_start': common.gemm_gflops(GEMM_N),
              'gemm_gflops_bf16': common.gemm_gflops(GEMM_N, jnp.bfloat16),
              'rows': [], 'failed': {}, 'skipped': []}
-  run_all.log(f'{results["machine"]}; GEMM {GEMM_N}^3 {results["gemm_gflops_start"]:.0f} '
-              f'GFLOP/s fp32, {results["gemm_gflops_bf16"]:.0f} bf16')
+  common.log(f'{results["machine"]}; GEMM {GEMM_N}^3 {results["gemm_gflops_start"]:.0f} '
+             f'GFLOP/s fp32, {results["gemm_gflops_bf16"]:.0f} bf16')
   for name, measure in plan(args):
     if args.only and not any(part in name for part in args.only.split(',')):
       continue
@@ -152,11 +149,11 @@ def main() -> int:
       results['rows'] += measure()
     except Exception as error:  # pylint: disable=broad-except
       results['failed'][name] = failed(error)
-      run_all.log(f'{name}: {results["failed"][name]}')
-    report.write_text(json.dumps(results, indent=1) + '\n')
+      common.log(f'{name}: {results["failed"][name]}')
+    common.write_json(report, results)
   results['gemm_gflops_end'] = common.gemm_gflops(GEMM_N)
-  report.write_text(json.dumps(results, indent=1) + '\n')
-  print(run_all.markdown(results))
+  common.write_json(report, results)
+  print(common.markdown(results))
   if results['skipped']:
     print(f'\nNot started within --budget_s {args.budget_s:.0f}: {", ".join(results["skipped"])}')
   print(targets(results))
@@ -183,14 +180,14 @@ def merge_with_flops(paths: list[str], auto_was: str = '') -> dict:
 
 def counted_flops(row: dict) -> float:
   """XLA's FLOPs (common.countable, before optimisation) of the computation a row timed."""
-  config = run_all.config_for(row['architecture'], row['variant'], row['dtype'], row['resolved'])
+  config = common.config_for(row['architecture'], row['variant'], row['dtype'], row['resolved'])
   if row['kind'] == 'train':
-    mesh, state, _, batches = train_speed.setup_step(config, row['batch'], num_batches=1)
-    return train_speed.step_flops(config, 'alignment', mesh, state, batches[0])
-  case = run_all.forward_case(row['architecture'], row['variant'], row['dtype'], row['resolved'],
-                              abstract=True)
+    mesh, state, _, batches = common.setup_step(config, row['batch'], num_batches=1)
+    return common.step_flops(config, 'alignment', mesh, state, batches[0])
+  case = common.forward_case(row['architecture'], row['variant'], row['dtype'], row['resolved'],
+                             abstract=True)
   fn = plain_port.make_forward(case.model) if row['kind'] == 'plain_port' else case.counted_forward
-  images, init = run_all.inputs(row['batch'])
+  images, init = common.inputs(row['batch'])
   return common.lowered_flops(jax.jit(fn).lower(case.variables, images, init))
 
 

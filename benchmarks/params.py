@@ -1,19 +1,15 @@
 """Parameters per cascade stage of the six full-size architectures (paper: ~18M each).
 
-  python benchmarks/params.py
+  python -m benchmarks.params
 
 Counts come from the built models (jax.eval_shape: nothing is allocated), split by component.
 """
 
-import sys
-from pathlib import Path
-
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs import default  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
+from configs import default
+from treemoe_jax.nn import models
 
 COMPONENTS = ('representation', 'representation_gate', 'regression', 'regression_gate')
 

@@ -1,6 +1,6 @@
 """A plain port of the face aligner's forward: what a straightforward JAX rewrite would compute.
 
-Not imported by the package: the speed baseline that `benchmarks/run_all.py` compares the
+Not imported by the package: the speed baseline that `python -m benchmarks.run_all` compares the
 package's forward to, and an independent reference that tests/test_plain_port.py checks the
 package's forward against (dense routing). It reads the package's own parameter tree and writes
 each part the obvious way:

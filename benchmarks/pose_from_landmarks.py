@@ -1,6 +1,6 @@
 """Accuracy of `geometry.pose_from_landmarks` on rendered faces of known pose.
 
-  python benchmarks/pose_from_landmarks.py [--num 400] [--seed 0] [--noise 0.02]
+  python -m benchmarks.pose_from_landmarks [--num 400] [--seed 0] [--noise 0.02]
 
 Renders `num` faces with the default (wide: yaw uniform over +-90 degrees) config and fits the
 head pose to their landmarks. The renderer's landmarks are projected 3D points of a face that
@@ -23,7 +23,7 @@ import os
 for _var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
   os.environ.setdefault(_var, '1')  # One core: before numpy loads its BLAS.
 
-import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
+import argparse  # pylint: disable=wrong-import-position
 import time
 
 import numpy as np

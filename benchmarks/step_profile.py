@@ -1,6 +1,6 @@
 """Where a training step's time goes, by model part and direction, from a jax.profiler trace.
 
-  python benchmarks/step_profile.py [--architecture pose_tree_moe] [--variant full] [--batch 8]
+  python -m benchmarks.step_profile [--architecture pose_tree_moe] [--variant full] [--batch 8]
       [--top_ops 20] [--dtype bfloat16] [--lowering blockdiag/vmap/matmul] [--forward] [--out DIR]
 
 `--forward` profiles the inference forward (as evaluation and Aligner compile it) instead of
@@ -8,7 +8,7 @@ the step; `--out` keeps the trace, the compiled HLO and the tables there, to rea
 (`--from_out DIR`). On a GPU only the device's kernel events count, each named by its HLO
 instruction (the host's launch events would count twice).
 
-Runs the jitted data-parallel step (random batches, as benchmarks/train_speed.py; no TensorFlow)
+Runs the jitted data-parallel step (random batches, as `run_all --only train`; no TensorFlow)
 under jax.profiler with a perfetto trace and sums the time of every XLA op (XLA:CPU traces one
 event per thunk) by the model part its HLO metadata names: the pose estimator, each cascade
 module (summed over the stages), and what lies outside the model (the loss and the optimizer).
@@ -33,9 +33,7 @@ from pathlib import Path
 
 import jax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import run_all  # pylint: disable=g-import-not-at-top
-from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
+from benchmarks import common
 
 OUTSIDE = 'outside the model (loss, optimizer)'
 _SHAPE = r'(?:\([^)]*\)|\S+)'  # an HLO result shape: one array's, or a tuple's in parentheses
@@ -243,8 +241,8 @@ def markdown(us_by_part: dict, wall_s: float) -> str:
 
 def forward_call(architecture: str, variant: str, dtype: str, batch: int, lowering: str = 'auto'):
   """(the inference forward compiled as run_all times it, a call of it that blocks)."""
-  case = run_all.forward_case(architecture, variant, dtype, lowering)
-  images, init = run_all.inputs(batch)
+  case = common.forward_case(architecture, variant, dtype, lowering)
+  images, init = common.inputs(batch)
   compiled = jax.jit(case.forward, compiler_options=case.options).lower(
       case.variables, images, init).compile()
   return compiled, lambda: jax.block_until_ready(compiled(case.variables, images, init))
@@ -303,7 +301,7 @@ def main() -> None:
     print(report(events, hlo_text, meta['wall_s'], meta['steps'], args.top_ops, meta['title']))
     return
   what = 'forward' if args.forward else 'training step'
-  resolved = run_all.resolved_lowering(args.lowering, inference=args.forward)
+  resolved = common.resolved_lowering(args.lowering, inference=args.forward)
   title = (f'{args.architecture} {args.variant} {args.dtype} {what} ({resolved}), batch '
            f'{args.batch}, {jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores)')
   out = Path(args.out) if args.out else None
@@ -315,8 +313,8 @@ def main() -> None:
                                   args.lowering)
     events, wall_s = trace_calls(call, args.steps, keep)
   else:
-    config = run_all.config_for(args.architecture, args.variant, args.dtype, args.lowering)
-    _, state, step, batches = train_speed.setup_step(config, args.batch)
+    config = common.config_for(args.architecture, args.variant, args.dtype, args.lowering)
+    _, state, step, batches = common.setup_step(config, args.batch)
     compiled = step.lower(state, batches[0]).compile()
     events, wall_s = trace_step(compiled, state, batches, args.steps, keep)
   hlo_text = compiled.as_text()

@@ -1,8 +1,8 @@
 """XLA:CPU's library fusions, measured: each setting of `xla_cpu_experimental_ynn_fusion_type` on
 the full-size components, the whole forwards and the training steps.
 
-  python benchmarks/xla_cpu_options.py [--batch 32] [--train_batch 8] [--rounds 2]
-  python benchmarks/xla_cpu_options.py --no_forward  # the training steps only
+  python -m benchmarks.xla_cpu_options [--batch 32] [--train_batch 8] [--rounds 2]
+  python -m benchmarks.xla_cpu_options --no_forward  # the training steps only
 
 Every setting is compiled in this one process (`jax.jit(..., compiler_options=...)`) and the
 settings are timed in turn, `--rounds` times, keeping each one's best; so a machine that slows
@@ -11,22 +11,18 @@ XLA's defaults. treemoe_jax/xla_options.py holds what the package picks from thi
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import common  # pylint: disable=g-import-not-at-top
-from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
-from configs import default  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import patches  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import pose  # pylint: disable=g-import-not-at-top
-from treemoe_jax import xla_options  # pylint: disable=g-import-not-at-top
+from benchmarks import common
+from configs import default
+from treemoe_jax.nn import experts
+from treemoe_jax.nn import models
+from treemoe_jax.nn import patches
+from treemoe_jax.nn import pose
+from treemoe_jax import xla_options
 
 _TYPE = 'LIBRARY_FUSION_TYPE_'
 SETTINGS = {  # name -> compiler_options (None: XLA's defaults)
@@ -100,9 +96,9 @@ def time_train_steps(batch: int, rounds: int, gemm: float) -> None:
   for architecture, task_name in (('pose_tree_moe', 'alignment'), ('tree_moe', 'alignment'),
                                   ('pose_tree_moe', 'pose')):
     config = default.get_config(architecture, 'full')
-    mesh, state, step, (data,) = train_speed.setup_step(config, batch, task_name, num_batches=1)
+    mesh, state, step, (data,) = common.setup_step(config, batch, task_name, num_batches=1)
     compiled = {s: step.lower(state, data).compile(compiler_options=o) for s, o in SETTINGS.items()}
-    flops = train_speed.step_flops(config, task_name, mesh, state, data)
+    flops = common.step_flops(config, task_name, mesh, state, data)
     best = {s: float('inf') for s in SETTINGS}
     for _ in range(rounds + 1):  # the first round warms every setting up
       for s, c in compiled.items():

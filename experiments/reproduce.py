@@ -239,7 +239,7 @@ def ert_peer(out: pathlib.Path, args, timings: dict) -> dict:
     table = json.loads(stored.read_text())
     timings.setdefault('ert_train', table['train_seconds'])
     return table
-  from benchmarks import ert_peer as peer  # pylint: disable=g-import-not-at-top (dlib, TF)
+  from experiments import ert_peer as peer  # pylint: disable=g-import-not-at-top (dlib, TF)
   from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
   from treemoe_jax.evaluate import protocols  # pylint: disable=g-import-not-at-top
   log(f'ERT: training dlib.train_shape_predictor on the train crops of {args.dataset}')

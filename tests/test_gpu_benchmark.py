@@ -10,20 +10,20 @@ import json
 
 import pytest
 
+from benchmarks import common
 from benchmarks import gpu_benchmark
-from benchmarks import run_all
 
 
 @pytest.fixture(scope='module')
 def timed_rows():
-  case = run_all.forward_case('tree_moe', 'tiny', 'float32', 'vmap/vmap')
-  forward = run_all.forward_row(case, 2, min_seconds=0)
-  train = run_all.train_row('tree_moe', 'tiny', 'bfloat16', 4)
+  case = common.forward_case('tree_moe', 'tiny', 'float32', 'vmap/vmap')
+  forward = common.forward_row(case, 2, min_seconds=0)
+  train = common.train_row('tree_moe', 'tiny', 'bfloat16', 4)
   return [forward, train]
 
 
 def test_filled_flops_equal_the_counts_taken_when_timed(timed_rows, tmp_path):
-  run = {'machine': run_all.machine(), 'argv': 'x', 'json': 'x', 'gemm_gflops_start': 1.0,
+  run = {'machine': common.machine(), 'argv': 'x', 'json': 'x', 'gemm_gflops_start': 1.0,
          'gemm_gflops_bf16': 1.0,
          'rows': [dict(r, gflop_img=0.0, gflops=0.0) for r in timed_rows]}
   path = tmp_path / 'gpu.json'
@@ -40,7 +40,7 @@ def test_filled_flops_equal_the_counts_taken_when_timed(timed_rows, tmp_path):
 
 def test_rows_without_a_recorded_lowering_take_auto_was(timed_rows, tmp_path):
   row = {k: v for k, v in timed_rows[0].items() if k != 'resolved'}
-  run = {'machine': run_all.machine(), 'argv': 'x', 'rows': [dict(row, lowering='auto')]}
+  run = {'machine': common.machine(), 'argv': 'x', 'rows': [dict(row, lowering='auto')]}
   path = tmp_path / 'old.json'
   path.write_text(json.dumps(run))
   merged = gpu_benchmark.merge_with_flops([str(path)], auto_was='vmap/vmap')
@@ -75,7 +75,7 @@ def test_out_of_memory_is_said_plainly():
 
 def test_plot_writes_a_png(timed_rows, tmp_path):
   rows = [timed_rows[0], dict(timed_rows[0], batch=8, img_s=2 * timed_rows[0]['img_s'])]
-  results = {'machine': run_all.machine(), 'rows': rows}
+  results = {'machine': common.machine(), 'rows': rows}
   path = tmp_path / 'gpu.png'
   gpu_benchmark.plot(results, str(path))
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -85,14 +85,14 @@ def test_plot_writes_a_png(timed_rows, tmp_path):
 def test_a_first_layer_lowering_is_named_run_and_counted_as_the_convolution():
   """'CNN/MLP/FIRST' reaches the model; the row records it; its FLOPs are the useful work, the
   same count as the convolution's (the matmul's column of ones is not counted)."""
-  assert run_all.split_lowering('auto') == ('auto', 'auto', 'auto')
-  assert run_all.split_lowering('merged/vmap') == ('merged', 'vmap', 'auto')
+  assert common.split_lowering('auto') == ('auto', 'auto', 'auto')
+  assert common.split_lowering('merged/vmap') == ('merged', 'vmap', 'auto')
   with pytest.raises(ValueError, match='CNN/MLP/FIRST'):
-    run_all.split_lowering('merged')
-  assert run_all.config_for('pose_tree_moe', 'tiny', 'float32',
-                            'merged/vmap/matmul').model.cnn_first_layer == 'matmul'
-  rows = [run_all.forward_row(run_all.forward_case('moe', 'tiny', 'float32', lowering),
-                              2, min_seconds=0)
+    common.split_lowering('merged')
+  assert common.config_for('pose_tree_moe', 'tiny', 'float32',
+                           'merged/vmap/matmul').model.cnn_first_layer == 'matmul'
+  rows = [common.forward_row(common.forward_case('moe', 'tiny', 'float32', lowering),
+                             2, min_seconds=0)
           for lowering in ('merged/vmap/matmul', 'merged/vmap/conv')]
   assert [r['resolved'] for r in rows] == ['merged/vmap/matmul', 'merged/vmap']
   assert rows[0]['gflop_img'] == pytest.approx(rows[1]['gflop_img'], rel=1e-9)

@@ -1,9 +1,9 @@
-"""benchmarks/host_cpu.py: the CPU named from files written in Linux's /proc and /sys formats."""
+"""benchmarks/common.py's host description: the CPU named from files in Linux's /proc and /sys
+formats."""
 
 import pathlib
 
-from benchmarks import host_cpu
-from benchmarks import run_all
+from benchmarks import common
 
 # Two processors of an AMD Zen 5 as a 2-core VM reports them (this project's CI machines).
 ZEN5 = """processor\t: 0
@@ -58,7 +58,7 @@ def describe(tmp_path: pathlib.Path, cpuinfo: str, caches=()) -> dict:
   tmp_path.mkdir(parents=True, exist_ok=True)
   path = tmp_path / 'cpuinfo'
   path.write_text(cpuinfo)
-  return host_cpu.describe(path, write_caches(tmp_path / 'cache', list(caches)))
+  return common.describe_cpu(path, write_caches(tmp_path / 'cache', list(caches)))
 
 
 def test_first_processor_only_and_the_widest_vector_set(tmp_path):
@@ -66,7 +66,7 @@ def test_first_processor_only_and_the_widest_vector_set(tmp_path):
   assert cpu == {'model': 'AMD EPYC', 'vendor': 'AuthenticAMD', 'family': '26',
                  'model_number': '2', 'vector': 'AVX-512', 'extras': ['AVX512-BF16', 'VNNI'],
                  'cache_level': 3, 'cache_mb': 32.0}
-  assert host_cpu.summary(cpu) == (
+  assert common.cpu_summary(cpu) == (
       'AMD EPYC (AuthenticAMD family 26 model 2; AVX-512, AVX512-BF16, VNNI; L3 32 MB)')
 
 
@@ -79,29 +79,29 @@ def test_other_processors(tmp_path):
   grace = describe(tmp_path / 'c', GRACE, [(1, '64K'), (2, '1M'), (3, '114M')])
   assert grace['model'] == 'Arm implementer 0x41 part 0xd4f'
   assert (grace['vendor'], grace['vector'], grace['extras']) == ('Arm', 'SVE2', ['BF16', 'I8MM'])
-  assert host_cpu.summary(grace) == (
+  assert common.cpu_summary(grace) == (
       'Arm implementer 0x41 part 0xd4f (Arm; SVE2, BF16, I8MM; L3 114 MB)')
 
 
 def test_cache_sizes_in_sysfs_units():
-  assert host_cpu.cache_bytes('32768K') == 32 * 1024 * 1024
-  assert host_cpu.cache_bytes('1M') == 1024 * 1024
-  assert host_cpu.cache_bytes('512\n') == 512
+  assert common.cache_bytes('32768K') == 32 * 1024 * 1024
+  assert common.cache_bytes('1M') == 1024 * 1024
+  assert common.cache_bytes('512\n') == 512
 
 
 def test_no_proc_files_no_description(tmp_path):
-  assert host_cpu.describe(tmp_path / 'absent', tmp_path / 'absent_too') == {}
-  assert host_cpu.summary({}) == ''
+  assert common.describe_cpu(tmp_path / 'absent', tmp_path / 'absent_too') == {}
+  assert common.cpu_summary({}) == ''
 
 
 def test_run_all_names_the_cpu_in_its_json_and_its_table(tmp_path):
-  machine = run_all.machine()
-  assert machine['cpu'] == host_cpu.describe()
+  machine = common.machine()
+  assert machine['cpu'] == common.describe_cpu()
   cpu = describe(tmp_path, ZEN5, [(3, '32768K')])
   results = {'machine': dict(machine, cpu=cpu, cpu_count=2), 'argv': 'x', 'json': 'x',
              'rows': [], 'gemm_gflops_start': 1.0, 'gemm_gflops_end': 1.0,
              'gemm_gflops_bf16': 1.0}
-  header = run_all.markdown(results).splitlines()[0]
+  header = common.markdown(results).splitlines()[0]
   assert '(2 CPU cores; AMD EPYC (AuthenticAMD family 26 model 2; AVX-512' in header
   old = {k: v for k, v in results['machine'].items() if k != 'cpu'}  # a JSON from before
-  assert '(2 CPU cores), jax' in run_all.markdown(dict(results, machine=old)).splitlines()[0]
+  assert '(2 CPU cores), jax' in common.markdown(dict(results, machine=old)).splitlines()[0]

@@ -3,7 +3,7 @@
 The plain port computes the expert CNNs as grouped convolutions, the tree gate as products of
 sigmoids along each leaf's path and the regressors as einsums: it shares only the parameter tree,
 the patch crop and the ResNet module with the package. It is also the speed baseline of
-benchmarks/run_all.py.
+`python -m benchmarks.run_all`.
 """
 
 import jax

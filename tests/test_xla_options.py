@@ -77,7 +77,7 @@ def test_training_evaluation_compiles_with_the_options_and_matches_defaults(monk
   and its metrics equal those compiled with XLA's defaults."""
   import numpy as np  # pylint: disable=g-import-not-at-top,reimported
   import optax  # pylint: disable=g-import-not-at-top
-  from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
   from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
   from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
   from treemoe_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
@@ -90,7 +90,7 @@ def test_training_evaluation_compiles_with_the_options_and_matches_defaults(monk
   assert task.runs_pose_estimator
   mesh = parallel.make_mesh()
   state = train.create_train_state(task, optax.adam(1e-3), mesh, jax.random.key(0))
-  batch = train_speed.random_batch(config, 4, np.random.default_rng(0)) | {
+  batch = common.random_batch(config, 4, np.random.default_rng(0)) | {
       'mask': np.array([True, True, True, False])}
   asked = []
   tuned_options = xla_options.inference_options

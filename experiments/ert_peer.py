@@ -1,7 +1,7 @@
 """The classic peer: dlib's ERT trained and tested on exactly the crops the neural models see.
 
   pip install -e '.[peers]'   # dlib-bin: the peer only, not a dependency of the package
-  python benchmarks/ert_peer.py [--dataset synthetic_faces/small] [--protocols ...] [--threads 2]
+  python -m experiments.ert_peer [--dataset synthetic_faces/small] [--protocols ...] [--threads 2]
 
 Kazemi and Sullivan's ensemble of regression trees (`dlib.train_shape_predictor`, default options
 unless given) learns from the train split's 150x150 crops (the pipeline's own crop, no
@@ -17,15 +17,13 @@ Axis legend: N faces, P = 68 landmarks.
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import input_pipeline.datasets  # pylint: disable=g-import-not-at-top,unused-import (registers)
-from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
-from treemoe_jax.evaluate import protocols  # pylint: disable=g-import-not-at-top
+import input_pipeline.datasets  # pylint: disable=unused-import (registers)
+from input_pipeline import pipeline
+from treemoe_jax import metrics
+from treemoe_jax.evaluate import protocols
 
 CROP = pipeline.CropConfig()  # 150 px, margin 0.25: the configs' default
 

@@ -1,6 +1,9 @@
 """The expert CNNs with and without their receptive-field crops, alternated in one process.
 
-  python benchmarks/receptive_crops.py [--architecture pose_tree_moe] [--dtype bfloat16]
+Finished study, moved from benchmarks/ (issue 33): the crops are on; the figures are in
+docs/benchmarks.md ("Receptive crops"). Rerun to check the change on new hardware.
+
+  python -m experiments.receptive_crops [--architecture pose_tree_moe] [--dtype bfloat16]
       [--batches 1,256,1024] [--train_batch 256] [--rounds 2] [--json OUT.json]
 
 `experts.receptive_crops` lets the last layers of each expert CNN compute only the outputs the
@@ -11,17 +14,12 @@ machine's drift falls on both. TensorFlow-free (runs on a GPU machine without it
 """
 
 import argparse
-import json
-import pathlib
 import sys
 
 import jax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from benchmarks import common  # pylint: disable=g-import-not-at-top
-from benchmarks import run_all  # pylint: disable=g-import-not-at-top
-from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
+from benchmarks import common
+from treemoe_jax.nn import experts
 
 CROPPED = experts.receptive_crops
 
@@ -44,8 +42,8 @@ def compiled_under(crops, lower):
 
 
 def forward_rows(args, batch: int) -> list[dict]:
-  case = run_all.forward_case(args.architecture, args.variant, args.dtype)
-  images, init = run_all.inputs(batch)
+  case = common.forward_case(args.architecture, args.variant, args.dtype)
+  images, init = common.inputs(batch)
   fn = jax.jit(case.forward, compiler_options=case.options)
   compiled = {name: compiled_under(crops, lambda: fn.lower(case.variables, images, init))
               for name, crops in VARIANTS.items()}
@@ -55,13 +53,13 @@ def forward_rows(args, batch: int) -> list[dict]:
       seconds = common.time_call(lambda c=c: c(case.variables, images, init), args.min_seconds)
       rows.append(dict(kind='forward', variant=name, batch=batch, round=round_,
                        seconds=seconds, img_s=batch / seconds))
-      run_all.log(f'forward batch {batch} {name}: {batch / seconds:.1f} img/s')
+      common.log(f'forward batch {batch} {name}: {batch / seconds:.1f} img/s')
   return rows
 
 
 def train_rows(args) -> list[dict]:
-  config = run_all.config_for(args.architecture, args.variant, args.dtype)
-  _, state, step, batches = train_speed.setup_step(config, args.train_batch)
+  config = common.config_for(args.architecture, args.variant, args.dtype)
+  _, state, step, batches = common.setup_step(config, args.train_batch)
   compiled = {name: compiled_under(crops, lambda: step.lower(state, batches[0]))
               for name, crops in VARIANTS.items()}
   rows = []
@@ -74,7 +72,7 @@ def train_rows(args) -> list[dict]:
       seconds = common.time_call(call, args.min_seconds)
       rows.append(dict(kind='train', variant=name, batch=args.train_batch, round=round_,
                        seconds=seconds, img_s=args.train_batch / seconds))
-      run_all.log(f'train batch {args.train_batch} {name}: {args.train_batch / seconds:.1f} img/s')
+      common.log(f'train batch {args.train_batch} {name}: {args.train_batch / seconds:.1f} img/s')
   return rows
 
 
@@ -102,16 +100,16 @@ def main() -> None:
   parser.add_argument('--min_seconds', type=float, default=2.0)
   parser.add_argument('--json', default='')
   args = parser.parse_args()
-  machine = run_all.machine()
-  run_all.log(f'{machine}; crops {experts.receptive_crops(32, (5, 5, 3, 3, 1))} for 32 px')
+  machine = common.machine()
+  common.log(f'{machine}; crops {experts.receptive_crops(32, (5, 5, 3, 3, 1))} for 32 px')
   rows = []
   for batch in [int(b) for b in args.batches.split(',') if b]:
     rows += forward_rows(args, batch)
   if args.train_batch:
     rows += train_rows(args)
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(
-        {'machine': machine, 'argv': ' '.join(sys.argv[1:]), 'rows': rows}, indent=1) + '\n')
+    common.write_json(args.json, {'machine': machine, 'argv': ' '.join(sys.argv[1:]),
+                                  'rows': rows})
   print(f'\n{args.architecture} {args.variant} {args.dtype}, {machine["device"]}, '
         f'rounds alternated in one process\n')
   print(table(rows))

@@ -1,7 +1,7 @@
-"""Measures `treemoe_jax.detect.BOX_MAPS`: each detector's box -> the tight landmark box.
+"""Measures `treemoe_jax.inference.detect.BOX_MAPS`: each detector's box -> the tight landmark box.
 
   pip install -e '.[detect]'
-  python benchmarks/detector_calibration.py [--dataset synthetic_faces/small] [--splits train,test]
+  python -m experiments.detector_calibration [--dataset synthetic_faces/small] [--splits train,test]
 
 Runs every installed detector on the rendered faces, whose landmark box is known, and counts a face
 as found when a detection's centre lies inside its landmark box (the best-scoring such detection
@@ -17,14 +17,12 @@ Letters: N faces, P = 68 landmarks.
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import input_pipeline.datasets  # pylint: disable=g-import-not-at-top,unused-import (registers)
-from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-from treemoe_jax.inference import detect  # pylint: disable=g-import-not-at-top
+import input_pipeline.datasets  # pylint: disable=unused-import (registers)
+from input_pipeline import pipeline
+from treemoe_jax.inference import detect
 
 YAW_BINS = ((0, 30), (30, 60), (60, 91))  # |yaw| degrees; 90 itself falls in the last bin.
 

@@ -1,6 +1,9 @@
 """How to compute the committee of 64 expert regressors: nn.vmap against a scan over experts.
 
-  python benchmarks/mlp_lowering.py [--batches 1,8,32,256]
+Finished study, moved from benchmarks/ (issue 33): 'scan' is what `mlp_lowering='auto'` picks on
+CPU; the figures are in docs/benchmarks.md. Rerun to check the choice on new hardware.
+
+  python -m experiments.mlp_lowering [--batches 1,8,32,256]
 
 The paper's regression committee (64 experts 2040-128-136, one cascade stage) on `--batches`
 rows of features, from the same `[E, ...]` parameters, each lowering jitted alone:
@@ -12,7 +15,7 @@ Forward and gradient (w.r.t. the parameters and the features, as training takes 
 lowering's largest difference from the reference, and the first-layer kernel copies XLA left in
 the compiled forward. Read the ratios within one run.
 
-  python benchmarks/mlp_lowering.py --whole_model [--repeats 2]
+  python -m experiments.mlp_lowering --whole_model [--repeats 2]
 
 times the whole model before ('merged/vmap') and after ('merged/scan'), alternating, with
 run_all's forward and training-step rows: pose_tree_moe and tree_moe full size (forward batch 1
@@ -20,15 +23,12 @@ and 32, training batch 8) and pose_tree_moe tiny (batch 16, the README main job'
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import common  # pylint: disable=g-import-not-at-top
-from treemoe_jax.nn import experts  # pylint: disable=g-import-not-at-top
+from benchmarks import common
+from treemoe_jax.nn import experts
 
 NUM_EXPERTS, FEATURES, HIDDEN, OUTPUTS = 64, 2040, 128, 2 * 68
 
@@ -42,7 +42,6 @@ def kernel_copies(compiled) -> int:
 
 def whole_model(repeats: int) -> None:
   """Before/after rows of the whole model, alternating lowerings in one process."""
-  from benchmarks import run_all  # pylint: disable=g-import-not-at-top
   gemm = common.gemm_gflops()
   print(f'jit GEMM at the start {gemm:.1f} GFLOP/s')
   print('| architecture | size | lowering | forward img/s (batch) | train img/s (batch) |')
@@ -52,8 +51,8 @@ def whole_model(repeats: int) -> None:
                                                    ('tree_moe', 'full', [1, 32], 8),
                                                    ('pose_tree_moe', 'tiny', [16], 16)):
     for lowering in ('merged/vmap', 'merged/scan') * repeats:
-      rows = run_all.forward_rows(architecture, size, 'float32', batches, options, lowering)
-      train = run_all.train_row(architecture, size, 'float32', train_batch, lowering)
+      rows = common.forward_rows(architecture, size, 'float32', batches, options, lowering)
+      train = common.train_row(architecture, size, 'float32', train_batch, lowering)
       forward = ', '.join(f'{r["img_s"]:.2f} ({r["batch"]})' for r in rows)
       print(f'| {architecture} | {size} | {lowering} | {forward} | {train["img_s"]:.2f} '
             f'({train_batch}) |', flush=True)
