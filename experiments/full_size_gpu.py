@@ -4,7 +4,7 @@
 
 `experiments/reproduce.py --size full` is the real thing, through train.py and tf.data. Machines
 lent without TensorFlow (this project's GPU sessions) run this instead: faces rendered by the
-numpy renderer on every CPU core, cropped on the device (the pipeline's pixel-centre map and
+numpy renderer on every CPU core, cropped on the device (`treemoe_jax.crop`, the pipeline's map and
 antialiasing, in JAX), then the head-pose estimator (ResNet-50, section 3.1) and the full-size
 cascade trained with the package's own task, optimiser and jitted step, each for a wall-clock
 budget. Simplified on purpose: no face-box jitter or flips, s(0) jittered as
@@ -15,6 +15,7 @@ Axis legend: N faces, S crop size, P = 68 landmarks.
 """
 
 import argparse
+import functools
 import multiprocessing
 import os
 import sys
@@ -22,12 +23,12 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import default  # pylint: disable=g-import-not-at-top
 from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+from treemoe_jax import crop as crop_lib  # pylint: disable=g-import-not-at-top
 from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
 from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
 from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
@@ -49,28 +50,7 @@ def render(num: int, first_seed: int) -> dict:
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-@jax.jit
-def crop(images: jax.Array, boxes: jax.Array, landmarks: jax.Array):
-  """The pipeline's crop (input_pipeline.pipeline.crop_window / crop_image, margin 0.25) in JAX.
-
-  images uint8 [N, H, W], boxes [N, 4] -> images [N, S, S] in [-1, 1], landmarks [N, P, 2].
-  """
-  size, margin = 150, 0.25
-  centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-  side = jnp.maximum((boxes[:, 2:] - boxes[:, :2]).max(-1) * (1 + 2 * margin), 1.0)  # [N]
-  left = centre - side[:, None] / 2  # [N, 2] (x, y)
-  scale = size / side
-
-  def one(image, left, scale):
-    # Output pixel j is centred on input left + (j + 0.5) / scale (pixel centres at integers).
-    translation = -(left[::-1] + 0.5) * scale
-    return jax.image.scale_and_translate(image.astype(jnp.float32), (size, size), (0, 1),
-                                         jnp.stack([scale, scale]), translation, 'linear',
-                                         antialias=True)
-
-  crops = jax.vmap(one)(images, left, scale)
-  points = (landmarks - left[:, None]) * scale[:, None, None] - 0.5
-  return crops / 127.5 - 1.0, points
+crop = jax.jit(functools.partial(crop_lib.crop_faces, size=150, margin=0.25))  # the one crop
 
 
 def prepare(faces: dict) -> dict[str, np.ndarray]:

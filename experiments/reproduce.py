@@ -34,6 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments import pose_schedule  # noqa: E402 (the MAE curve of a pose workdir)
+from treemoe_jax.evaluate.reports import column_nme, share_for_mass, view_subset  # noqa: E402
 
 ARCHITECTURES = ('baseline', 'moe', 'softmax_moe', 'tree_moe', 'pose_softmax_moe',
                  'pose_tree_moe')
@@ -268,20 +269,6 @@ def ert_peer(out: pathlib.Path, args, timings: dict) -> dict:
 # --- What the report computes from the results. ---
 
 
-def column_nme(result: dict, name: str) -> float:
-  """NME (fraction) of one column of the Table 1 or Table 3 protocol: a view or an aggregate."""
-  for proto in result['protocols'].values():
-    if name in proto.get('aggregates', {}):
-      return proto['aggregates'][name]['nme']
-  return view_subset(result, name)['nme']
-
-
-def share_for_mass(cumulative: list[float], mass: float = 0.9) -> float:
-  """The fewest experts (as a share of all) whose sorted gate weights sum to `mass` on average."""
-  cumulative = np.asarray(cumulative)
-  return float((np.argmax(cumulative >= mass - 1e-9) + 1) / len(cumulative))
-
-
 def summarise(results: dict, architectures, seeds) -> dict:
   """{arch: {column: (mean, std over seeds)}} in NME %, plus per-stage NME and gate shares."""
   table = {}
@@ -308,14 +295,6 @@ PAIRED = (('pose_tree_moe', 'baseline', 'the pose gate against the single CNN'),
           ('pose_tree_moe', 'tree_moe', 'gating the CNNs on pose'),
           ('pose_tree_moe_true_pose', 'pose_tree_moe', 'the true pose against the estimated one'))
 ALL_VIEWS = TABLE1_VIEWS + TABLE3_VIEWS[:3]
-
-
-def view_subset(result: dict, view: str) -> dict:
-  """The evaluation record of one view (Table 1 view or Table 3 bucket)."""
-  for proto in result['protocols'].values():
-    if view in proto.get('subsets', {}):
-      return proto['subsets'][view]
-  raise KeyError(view)
 
 
 def paired_difference(a: dict, b: dict, view: str) -> tuple[float, float]:

@@ -227,7 +227,7 @@ def results_dir(args) -> pathlib.Path:
 
 def report(args) -> str:
   """The Markdown table: mean shape, ERT (same faces, CPU run), the six architectures."""
-  from experiments.reproduce import share_for_mass  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.evaluate.reports import share_for_mass  # pylint: disable=g-import-not-at-top
   out = results_dir(args)
   results = {a: json.loads((out / f'{a}.json').read_text()) for a in ARCHITECTURES
              if (out / f'{a}.json').exists()}

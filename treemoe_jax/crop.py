@@ -75,25 +75,29 @@ def resample_matrix(first: Array, step: Array, size: int, extent: int, length) -
   return jnp.where(inside, jnp.where(step > 1, wide, narrow), 0.0)
 
 
-def to_grayscale(image: Array) -> Array:
-  """[H, W, C] (C = 1 or 3) -> float32 [H, W]."""
-  image = image.astype(jnp.float32)
-  if image.shape[-1] == 3:
-    return image @ jnp.asarray(RGB_TO_GRAY, jnp.float32)
-  if image.shape[-1] != 1:
-    raise ValueError(f'images must have 1 or 3 channels, got shape {image.shape}')
-  return image[..., 0]
+def channel_weights(channels: int) -> Array:
+  """[C]: how the channels of an image sum to the grey the model reads (1: as is; 3: luma)."""
+  if channels not in (1, 3):
+    raise ValueError(f'images must have 1 or 3 channels, got {channels}')
+  return jnp.asarray((1.0,) if channels == 1 else RGB_TO_GRAY, jnp.float32)
 
 
-def face_image(image, window, size: int, image_hw=None) -> Array:
+def to_grayscale(image: Array, weights=None) -> Array:
+  """[H, W, C] (C = 1 or 3) -> float32 [H, W]; `weights` [C] default `channel_weights(C)`."""
+  weights = channel_weights(image.shape[-1]) if weights is None else weights
+  return jnp.matmul(image.astype(jnp.float32), weights, precision=jax.lax.Precision.HIGHEST)
+
+
+def face_image(image, window, size: int, image_hw=None, weights=None) -> Array:
   """One face: image [H, W] or [H, W, C] (uint8 or float, 0-255), window [3] -> [S, S] in [-1, 1].
 
   `image_hw` (height, width): the image's true size when `image` is zero-padded beyond it.
+  `weights` [C]: `channel_weights(C)`, given where C is not known when tracing (the export).
   """
   image = jnp.asarray(image)
   if image.ndim == 2:
     image = image[..., None]
-  gray = to_grayscale(image)  # [H, W]; the crop is linear, so grey first costs a third
+  gray = to_grayscale(image, weights)  # [H, W]; the crop is linear: grey first costs a third
   height, width = gray.shape
   true_h, true_w = (height, width) if image_hw is None else (image_hw[0], image_hw[1])
   window = jnp.asarray(window, jnp.float32)
@@ -105,9 +109,9 @@ def face_image(image, window, size: int, image_hw=None) -> Array:
   return crop / 127.5 - 1.0
 
 
-def face_images(image, windows, size: int, image_hw=None) -> Array:
+def face_images(image, windows, size: int, image_hw=None, weights=None) -> Array:
   """The faces of one image: windows [N, 3] -> [N, S, S] in [-1, 1]."""
-  return jax.vmap(lambda w: face_image(image, w, size, image_hw))(jnp.asarray(windows))
+  return jax.vmap(lambda w: face_image(image, w, size, image_hw, weights))(jnp.asarray(windows))
 
 
 def crop_faces(images, boxes, landmarks, *, size: int, margin: float) -> tuple[Array, Array]:

@@ -6,7 +6,7 @@ Read from the files the user downloaded (see `MANUAL_DOWNLOAD_INSTRUCTIONS`) wit
 
 Splits: `train` (`COFW_train_color.mat`: `IsTr`, `phisTr`, `bboxesTr`) and `test`
 (`COFW_test_color.mat`: 507 faces). The paper tests on COFW only: the protocol maps predicted 68
-points to COFW's 29 (`treemoe_jax.protocols.COFW_29`) and compares them with `landmarks_29`.
+points to COFW's 29 (`treemoe_jax.geometry.COFW_29`) and compares them with `landmarks_29`.
 
 Features: the common ones of `real.features` plus
   landmarks_29 float32 [29, 2]: COFW's points, 0-based (the file's 1-based MATLAB pixels - 1);
@@ -25,7 +25,7 @@ The common features, by case:
   has_68 False (train split, or no COFW-68): there is no 68-point ground truth. `landmarks` is a
     least-squares *estimate*, for cropping only and never for a metric: the mean face
     (`geometry.MEAN_FACE_3D`) under the weak-perspective camera fitted to the 29 points (through
-    the 68 -> 29 map `protocols.COFW_29`), plus the minimum-norm correction that makes the map of
+    the 68 -> 29 map `markup.COFW_29`), plus the minimum-norm correction that makes the map of
     the estimate agree with the 29 points in the least-squares sense. `visibility` is all True
     (nothing is known per 68-point landmark; use `occluded_29`), `box` = the 29 points' tight box,
     `pose` = the rotation of that same fit (`pose_fit.fit_weak_perspective` of the mapped mean
@@ -50,7 +50,7 @@ from input_pipeline import formats
 from input_pipeline.datasets import real
 from treemoe_jax import geometry
 from treemoe_jax.geometry import head_pose as pose_fit
-from treemoe_jax.evaluate import protocols
+from treemoe_jax.geometry import markup
 
 NAME = 'cofw'
 FILES = {'train': 'COFW_train_color.mat', 'test': 'COFW_test_color.mat'}
@@ -62,7 +62,7 @@ COFW68_DIRS = ('cofw68', 'COFW68', 'COFW68_Data', 'cofw68_benchmark', 'cofw68-be
 COFW68_BOXES = 'cofw68_test_bboxes.mat'
 
 # The 68 -> 29 map as a matrix [29, 68], and the 29-point mean face it induces.
-_MAP = protocols.COFW_29.matrix()
+_MAP = markup.COFW_29.matrix()
 _MEAN_29 = _MAP @ geometry.MEAN_FACE_3D.astype(np.float64)
 # 29-point fit weights: 0 for 5, 7 (the lower brow mid-points, which the 68-point markup lacks: the
 # map's stand-ins for them lie elsewhere on the mean face) and for the points that move with the

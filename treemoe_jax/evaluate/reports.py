@@ -25,6 +25,29 @@ def column(results: dict, name: str) -> dict:
   return results['subsets'].get(name) or results['aggregates'][name]
 
 
+def view_subset(result: dict, view: str) -> dict:
+  """The record of one view (a subset of any protocol) in an evaluation's results.json."""
+  for proto in result['protocols'].values():
+    if view in proto.get('subsets', {}):
+      return proto['subsets'][view]
+  raise KeyError(view)
+
+
+def column_nme(result: dict, name: str) -> float:
+  """NME (fraction) of one column of any protocol in results.json: a view or an aggregate."""
+  for proto in result['protocols'].values():
+    if name in proto.get('aggregates', {}):
+      return proto['aggregates'][name]['nme']
+  return view_subset(result, name)['nme']
+
+
+def share_for_mass(cumulative, mass: float = 0.9) -> float:
+  """The fewest experts (as a share of all) whose sorted gate weights sum to `mass` on average
+  (Fig. 6), from the cumulative sorted gate mass."""
+  cumulative = np.asarray(cumulative)
+  return float((np.argmax(cumulative >= mass - 1e-9) + 1) / len(cumulative))
+
+
 # --- Markdown. ---
 
 

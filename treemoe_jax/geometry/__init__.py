@@ -12,4 +12,4 @@ from treemoe_jax.geometry.head_pose import pose_para_from_pose
 from treemoe_jax.geometry.markup import INNER_MOUTH, JAW, LEFT_BROW, LEFT_EYE, MEAN_FACE_3D
 from treemoe_jax.geometry.markup import MIRROR_68, NOSE_BASE, NOSE_BRIDGE, NUM_LANDMARKS
 from treemoe_jax.geometry.markup import OUTER_MOUTH, RIGHT_BROW, RIGHT_EYE
-from treemoe_jax.geometry.markup import flip_landmarks, pupils
+from treemoe_jax.geometry.markup import COFW_29, LandmarkMap, flip_landmarks, pupils

@@ -4,6 +4,8 @@ Coordinates are `(x, y)` pixels, 0-based, pixel centres at integers. Indices are
 jaw 0-16, brows 17-26, nose 27-35, eyes 36-47 (36-41 the subject's right eye), mouth 48-67.
 """
 
+import dataclasses
+
 import numpy as np
 
 NUM_LANDMARKS = 68
@@ -78,3 +80,49 @@ def _mean_face_3d() -> np.ndarray:
 
 
 MEAN_FACE_3D = _mean_face_3d()
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkMap:
+  """Another markup's Q points as means of our 68 (each row: the 0-based iBUG points averaged).
+
+  `pupils` are the indices, in the Q-point markup, of the two pupils: the inter-pupil normaliser
+  of ground truth given in that markup.
+  """
+  name: str
+  sources: tuple[tuple[int, ...], ...]
+  pupils: tuple[int, int]
+
+  @property
+  def num_points(self) -> int:
+    return len(self.sources)
+
+  def matrix(self) -> np.ndarray:
+    """[Q, 68]: rows summing to 1, so `matrix @ shape68` is the shape in this markup."""
+    out = np.zeros((self.num_points, NUM_LANDMARKS))
+    for q, points in enumerate(self.sources):
+      out[q, list(points)] = 1.0 / len(points)
+    return out
+
+
+# COFW's 29 points (Burgos-Artizzu et al. 2013) from the 68-point markup: the published fixed
+# mapping of hpm-detection-code `utility/Mapping68kToCofw29.m` (Ghiasi and Fowlkes; SPEC), each
+# COFW point the mean of these 0-based iBUG points. The paper maps with a linear regression learned
+# on COFW-68, whose weights are not published; this table is its fixed core.
+COFW_29 = LandmarkMap('cofw29', sources=(
+    (17,), (26,),  # 0-1 brow outer corners
+    (21,), (22,),  # 2-3 brow inner corners
+    (19,), (17, 21),  # 4-5 right brow top, bottom mid-points
+    (24,), (22, 26),  # 6-7 left brow top, bottom mid-points
+    (36,), (45,),  # 8-9 eye outer corners
+    (39,), (42,),  # 10-11 eye inner corners
+    (37, 38), (40, 41),  # 12-13 right eye upper, lower lid
+    (43, 44), (46, 47),  # 14-15 left eye upper, lower lid
+    tuple(RIGHT_EYE), tuple(LEFT_EYE),  # 16-17 pupils (eq. 12's centres)
+    (31,), (35,),  # 18-19 nose wings
+    (30,), (33,),  # 20-21 nose tip, subnasale
+    (48, 60), (54, 64),  # 22-23 mouth corners
+    (50, 51, 52), (62,),  # 24-25 upper lip top, bottom
+    (66,), (56, 57, 58),  # 26-27 lower lip top, bottom
+    (7, 8, 9),  # 28 chin
+), pupils=(16, 17))

@@ -89,7 +89,7 @@ class Aligner:
   def __init__(self, forward: Callable | None = None, *, mean_shape: np.ndarray,
                image_size: int, margin: float, buckets: Sequence[int] = DEFAULT_BUCKETS,
                routing: str = 'dense', detector: Callable | None = None,
-               image_forward: ImageForward | None = None, channels: int | None = None):
+               image_forward: ImageForward | None = None):
     if not buckets or min(buckets) < 1:
       raise ValueError(f'buckets must be positive face counts, got {buckets}')
     if (forward is None) == (image_forward is None):
@@ -100,7 +100,6 @@ class Aligner:
       image_forward = forward_lib.image_forward(forward, mean_shape=self.mean_shape,
                                                 image_size=self.image_size, margin=self.margin)
     self._image_forward = image_forward
-    self._channels = channels  # what image_forward takes; None: 1 or 3 as given
     self.buckets = tuple(sorted(set(int(b) for b in buckets)))
     self.routing = str(routing_lib.parse(routing))
     self._detector = detector
@@ -143,7 +142,7 @@ class Aligner:
     loaded = export.load(directory, routing)
     return cls(mean_shape=loaded.mean_shape, image_size=loaded.image_size, margin=loaded.margin,
                buckets=loaded.buckets, routing=routing, detector=detector,
-               image_forward=loaded.forward, channels=loaded.channels)
+               image_forward=loaded.forward)
 
   # --- Alignment. ---
 
@@ -190,7 +189,7 @@ class Aligner:
     return results
 
   def _align_one_image(self, image: np.ndarray, boxes: np.ndarray) -> list[tuple]:
-    padded, image_hw = pad_image(image, SHAPE_STEP, self._channels)
+    padded, image_hw = pad_image(image, SHAPE_STEP)
     outputs = []
     done = 0
     for size in buckets_for(len(boxes), self.buckets):
@@ -212,16 +211,9 @@ class Aligner:
     return self._detector
 
 
-def pad_image(image: np.ndarray, step: int, channels: int | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
-  """[H, W, C] -> (zero-padded [H', W', C'] with H', W' multiples of `step`, int32 (H, W)).
-
-  `channels` 3: a grey image is repeated into RGB (an export takes RGB only; its grey is then
-  0.9999 of the original, tf's luma weights' sum).
-  """
+def pad_image(image: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+  """[H, W, C] -> (zero-padded [H', W', C] with H', W' multiples of `step`, int32 (H, W))."""
   height, width = image.shape[:2]
-  if channels == 3 and image.shape[-1] == 1:
-    image = np.repeat(image, 3, axis=-1)
   shape = (math.ceil(height / step) * step, math.ceil(width / step) * step, image.shape[-1])
   if shape != image.shape:
     padded = np.zeros(shape, image.dtype)

@@ -1,10 +1,12 @@
 """An exported, servable aligner: the whole image forward serialised with `jax.export`.
 
 `export(workdir, out)` writes, for each routing and bucket size n, the forward
-`(parameters, image uint8 [H, W, 3], image_hw int32 [2], boxes float32 [n, 4]) -> {landmarks
-[n, P, 2], stage_landmarks [n, K, P, 2], pose [n, 3]?}` (`inference.forward`: the face crop, the
-model, the map back to the image's pixels) as a StableHLO artifact, H and W symbolic, so it takes
-a photograph of any size and its face boxes. `load(out, routing)` runs it with nothing but JAX and
+`(parameters, image uint8 [H, W, C], channel weights float32 [C], image_hw int32 [2], boxes
+float32 [n, 4]) -> {landmarks [n, P, 2], stage_landmarks [n, K, P, 2], pose [n, 3]?}`
+(`inference.forward`: the face crop, the model, the map back to the image's pixels) as a
+StableHLO artifact, H, W and C symbolic, so it takes a photograph of any size, grey (weights [1])
+or RGB (weights `crop.RGB_TO_GRAY`), and its face boxes; image_hw is (H, W) unless the image is
+zero-padded beyond its true size. `load(out, routing)` runs it with nothing but JAX and
 numpy: no Flax module, no config, no checkpoint library, no TensorFlow.
 
 Layout of the directory:
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from treemoe_jax import crop
 from treemoe_jax import xla_options
 from treemoe_jax.inference import forward as forward_lib
 from treemoe_jax.nn import routing as routing_lib
@@ -52,26 +55,28 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   leaves, treedef = jax.tree.flatten(run.variables)
   size, margin = run.config.model.image_size, float(run.config.crop_margin)
   leaf_specs = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]
-  height, width = jax.export.symbolic_shape('h, w')
-  image_spec = jax.ShapeDtypeStruct((height, width, 3), jnp.uint8)
+  height, width, channels = jax.export.symbolic_shape('h, w, c')
+  image_spec = jax.ShapeDtypeStruct((height, width, channels), jnp.uint8)
+  weights_spec = jax.ShapeDtypeStruct((channels,), jnp.float32)
   hw_spec = jax.ShapeDtypeStruct((2,), jnp.int32)
   for routing in routings:
     apply = models.forward(run.model, routing=routing)
 
-    def whole(params, image, image_hw, boxes, apply=apply):
+    def whole(params, image, weights, image_hw, boxes, apply=apply):
       variables = jax.tree.unflatten(treedef, params)
       return forward_lib.image_forward(functools.partial(apply, variables),
                                        mean_shape=run.mean_shape, image_size=size,
-                                       margin=margin)(image, image_hw, boxes)
+                                       margin=margin)(image, image_hw, boxes, weights)
 
     for bucket in buckets:
       exported = jax.export.export(jax.jit(whole), platforms=platforms)(
-          leaf_specs, image_spec, hw_spec, jax.ShapeDtypeStruct((bucket, 4), jnp.float32))
+          leaf_specs, image_spec, weights_spec, hw_spec,
+          jax.ShapeDtypeStruct((bucket, 4), jnp.float32))
       (out / artifact_name(routing, bucket)).write_bytes(exported.serialize())
   np.savez(out / 'parameters.npz', **{f'p{i:04d}': np.asarray(x) for i, x in enumerate(leaves)})
   np.save(out / 'mean_shape.npy', run.mean_shape)
   meta = {'format_version': FORMAT_VERSION, 'image_size': size, 'margin': margin,
-          'num_landmarks': int(run.mean_shape.shape[0]), 'channels': 3,
+          'num_landmarks': int(run.mean_shape.shape[0]),
           'buckets': sorted(int(b) for b in buckets),
           'routings': [str(routing_lib.parse(r)) for r in routings],
           'platforms': list(platforms) if platforms else [jax.default_backend()],
@@ -90,7 +95,6 @@ class Loaded:
   image_size: int
   margin: float
   buckets: tuple[int, ...]
-  channels: int  # what the artifacts take: 3 (RGB)
 
 
 def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
@@ -118,10 +122,11 @@ def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
   def forward(image: np.ndarray, image_hw: np.ndarray, boxes: np.ndarray) -> dict:
     if boxes.shape[0] not in exported:
       raise ValueError(f'{boxes.shape[0]} faces: the export holds buckets {meta["buckets"]}')
-    return exported[boxes.shape[0]](params, image, image_hw, boxes)
+    weights = crop.channel_weights(image.shape[-1])
+    return exported[boxes.shape[0]](params, image, weights, image_hw, boxes)
 
   return Loaded(forward, np.load(directory / 'mean_shape.npy'), int(meta['image_size']),
-                float(meta['margin']), tuple(meta['buckets']), int(meta['channels']))
+                float(meta['margin']), tuple(meta['buckets']))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

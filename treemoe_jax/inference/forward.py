@@ -27,15 +27,17 @@ def place_mean_shape(mean_shape, count: int):
 
 def image_forward(crop_forward: CropForward, *, mean_shape: np.ndarray, image_size: int,
                   margin: float):
-  """fn(image [H, W, C] 0-255, image_hw [2], boxes [N, 4]) -> landmarks [N, P, 2],
-  stage_landmarks [N, K, P, 2] in image pixels, and pose [N, 3] where the model estimates it.
+  """fn(image [H, W, C] 0-255, image_hw [2], boxes [N, 4], weights=None) -> landmarks
+  [N, P, 2], stage_landmarks [N, K, P, 2] in image pixels, and pose [N, 3] where the model
+  estimates it.
 
-  `image_hw` is the image's true (height, width) when `image` is zero-padded to a shape bucket.
+  `image_hw` is the image's true (height, width) when `image` is zero-padded to a shape bucket;
+  `weights` [C] how its channels make grey (`crop.channel_weights`; default from C).
   """
 
-  def forward(image, image_hw, boxes):
+  def forward(image, image_hw, boxes, weights=None):
     windows = crop.crop_window(boxes, margin)  # [N, 3]
-    faces = crop.face_images(image, windows, image_size, image_hw)  # [N, S, S]
+    faces = crop.face_images(image, windows, image_size, image_hw, weights)  # [N, S, S]
     rows = crop_forward(faces, place_mean_shape(mean_shape, boxes.shape[0]))
     out = {'landmarks': crop.uncrop_landmarks(rows['shape'], windows, image_size),
            'stage_landmarks': crop.uncrop_landmarks(rows['stage_shapes'], windows[:, None],
