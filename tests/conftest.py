@@ -59,7 +59,7 @@ def micro_data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope='session')
 def micro_runs(micro_data_dir, tmp_path_factory) -> dict[str, pathlib.Path]:
   """Two trained micro workdirs, tree_moe and pose_tree_moe (tests must not write into them)."""
-  from tests.test_train import micro_config  # pylint: disable=g-import-not-at-top
+  from tests.micro import micro_config  # pylint: disable=g-import-not-at-top
   from treemoe_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
 
   def trained(name, **changes):

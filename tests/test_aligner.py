@@ -174,21 +174,26 @@ def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, 
       np.testing.assert_allclose(a.pose, b.pose, atol=1e-5)
   with pytest.raises(ValueError, match='holds routings'):
     aligner.Aligner.from_export(out, routing='topk:2')
-  # In a fresh process, aligning from the export never imports Flax (the model's classes).
+  # In a fresh process, aligning from the export never imports Flax (the model's classes) nor
+  # TensorFlow; from the workdir, never TensorFlow. The exported artifact takes the image itself.
   np.save(tmp_path / 'image.npy', images[0])
   np.save(tmp_path / 'box.npy', boxes[0][0])
-  code = (f'import sys, numpy as np\nfrom treemoe_jax import aligner\n'
-          f'a = aligner.Aligner.from_export({str(out)!r})\n'
-          f'faces = a.align(np.load({str(tmp_path / "image.npy")!r}), '
-          f'[np.load({str(tmp_path / "box.npy")!r})])\n'
-          f'assert "flax" not in sys.modules, "flax imported"\n'
-          f'print(faces[0].landmarks[0].tolist())')
-  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
   dense = aligner.Aligner.from_workdir(workdir, buckets=(8,)).align(images[0], boxes[0])
   dense = dense[0].landmarks[0]
-  np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), dense, atol=1e-3)
+  for make, absent in ((f'Aligner.from_export({str(out)!r})', ('flax', 'tensorflow')),
+                       (f'Aligner.from_workdir({str(workdir)!r})', ('tensorflow',))):
+    code = (f'import sys, numpy as np\nfrom treemoe_jax import Aligner\n'
+            f'a = {make}\n'
+            f'faces = a.align(np.load({str(tmp_path / "image.npy")!r}), '
+            f'[np.load({str(tmp_path / "box.npy")!r})])\n'
+            f'for name in {absent!r}:\n'
+            f'  assert name not in sys.modules, name + " imported"\n'
+            f'print(faces[0].landmarks[0].tolist())')
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), dense,
+                               atol=1e-3)
 
 
 def test_align_py_end_to_end_on_a_trained_workdir(workdir, data_dir, tmp_path):

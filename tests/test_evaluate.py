@@ -13,7 +13,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from tests.test_train import micro_config
+from tests.micro import micro_config
 from treemoe_jax.evaluate import evaluator as evaluate
 from treemoe_jax import geometry
 from treemoe_jax import metrics

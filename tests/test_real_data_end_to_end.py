@@ -14,7 +14,7 @@ import numpy as np
 
 from tests import fake_datasets
 from tests import fake_real_datasets
-from tests.test_train import ROOT, finish, run_train
+from tests.micro import ROOT, finish, run_train
 
 
 def test_train_on_w300_then_tables_1_2_3(tmp_path):

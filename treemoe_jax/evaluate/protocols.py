@@ -25,7 +25,6 @@ import math
 
 import numpy as np
 
-from treemoe_jax import geometry
 from treemoe_jax import metrics
 from treemoe_jax.geometry.markup import COFW_29, LandmarkMap  # noqa: F401 (re-exported)
 
