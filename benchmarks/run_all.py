@@ -217,7 +217,8 @@ def main() -> int:
       common.write_doc(pathlib.Path(args.doc), text)
     return 0
   want = sections(args)
-  results = {'machine': common.machine(), 'argv': ' '.join(sys.argv[1:]), 'json': args.json,
+  results = {'machine': common.machine(), 'script': '-m benchmarks.run_all',
+             'argv': ' '.join(sys.argv[1:]), 'json': args.json,
              'gemm_gflops_start': common.gemm_gflops(),
              'gemm_gflops_bf16': common.gemm_gflops(dtype=jnp.bfloat16), 'rows': []}
   common.log(f'{results["machine"]}; GEMM {results["gemm_gflops_start"]:.1f} GFLOP/s fp32, '
