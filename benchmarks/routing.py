@@ -190,19 +190,16 @@ def end_to_end_speed(workdir: str, batch: int = 32) -> dict[str, float]:
 def accuracy(workdir: str, names=ROUTINGS) -> dict[str, dict]:
   """{routing: {view: NME %}} on the synthetic Table 1 / Table 3 protocols."""
   from treemoe_jax.evaluate import evaluator as evaluate  # pylint: disable=g-import-not-at-top (TF)
-  # TODO(issue 33): column_nme and share_for_mass belong in treemoe_jax.evaluate.reports; until
-  # they move there, read them lazily so that importing benchmarks imports no experiments.
-  from experiments.reproduce import column_nme  # pylint: disable=g-import-not-at-top
-  from experiments.reproduce import share_for_mass  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.evaluate import reports  # pylint: disable=g-import-not-at-top
   out = {}
   for name in names:
     with tempfile.TemporaryDirectory() as tmp:
       start = time.perf_counter()
       results = evaluate.evaluate_workdir(workdir, PROTOCOLS, out=tmp, figures=False,
                                           routing=name)
-    out[name] = {v: 100 * column_nme(results, v) for v in VIEWS}
+    out[name] = {v: 100 * reports.column_nme(results, v) for v in VIEWS}
     out[name]['gate_share'] = {
-        layer: share_for_mass(g['cumulative_mass_stage0']) for layer, g in
+        layer: reports.share_for_mass(g['cumulative_mass_stage0']) for layer, g in
         results['protocols']['synthetic_table1']['subsets']['large_pose']['gates'].items()
         if g['num_experts'] > 1}
     print(f'NME %, {name}: ' + ' '.join(f'{v} {out[name][v]:.2f}' for v in VIEWS)
