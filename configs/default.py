@@ -10,7 +10,7 @@ runs on a CPU in minutes:
 import ml_collections
 
 # Section 3.5 / SPEC's table: what each architecture is at full size. Gate kinds follow from
-# the name (treemoe_jax.models.GATES); these are the sizes.
+# the name (treemoe_jax.nn.models.GATES); these are the sizes.
 _SINGLE_CNN = dict(cnn_features=(20, 40, 80, 160, 30), num_cnn_experts=1)
 _POSE_CNNS = dict(cnn_features=(7, 14, 28, 56, 30), num_cnn_experts=8, representation_gate_depth=3)
 _REGRESSORS = dict(num_regression_experts=64, regression_hidden=128, regression_gate_depth=6)
@@ -24,7 +24,7 @@ PAPER_SIZES = {
 }
 
 # The same code at CPU scale: 2 stages, 16x16 patches, 8 features per landmark, 4 pose experts,
-# 8 regressors of 128 hidden units (32 before docs/learning.md: 4x wider was 10% better).
+# 8 regressors of 128 hidden units (docs/learning.md).
 _TINY_CNN = dict(cnn_features=(8, 8, 16, 16, 8))
 TINY_SIZES = {
     'baseline': dict(**_TINY_CNN, num_cnn_experts=1, num_regression_experts=1,
@@ -35,10 +35,8 @@ TINY_SIZES = {
                        regression_hidden=128, regression_gate_depth=3),
 }
 
-# The reproduction's CPU size (experiments/reproduce.py): the tiny widths on the default 4000
-# faces for longer, with every architecture at the same parameter budget per stage, as section 3.5
-# insists: one CNN (8, 8, 16, 16, 8) or 4 pose experts (4, 4, 8, 8, 8), ~5.5k convolution weights
-# either way; one regressor of 1024 hidden units or 8 of 128.
+# The reproduction's CPU size (experiments/reproduce.py): every architecture at the same parameter
+# budget per stage, as section 3.5 insists (docs/reproduction.md).
 _SMALL_SINGLE_CNN = dict(cnn_features=(8, 8, 16, 16, 8), num_cnn_experts=1)
 _SMALL_POSE_CNNS = dict(cnn_features=(4, 4, 8, 8, 8), num_cnn_experts=4,
                         representation_gate_depth=2)
@@ -75,11 +73,9 @@ def model_config(architecture: str) -> ml_collections.ConfigDict:
       dtype='float32',
       representation_gate_depth=3,
       regression_gate_depth=6,
-      # True = each stage trained on s(k) as data: no gradient through the patch positions into
-      # the stage before, which trained that stage 25% worse (docs/learning.md).
+      # Each stage trained on s(k) as data, no gradient into the stage before (docs/learning.md).
       stop_gradient_between_stages=True,
-      # The gate reads a *trained* head-pose estimator (section 3.1): trained by the alignment
-      # loss instead, its output drifts away from head pose (tiny run: yaw MAE 25 -> 55-70 deg).
+      # The gate reads a *trained*, frozen head-pose estimator (section 3.1; docs/learning.md).
       freeze_pose=True,
       gate_pose='estimator',  # or 'truth': gate on the true head pose (an oracle, for analysis)
       regression_output_init='lecun',
@@ -115,23 +111,17 @@ def _training(config: ml_collections.ConfigDict) -> None:
   config.warmup_steps = 0
   config.decay_steps = 0  # 'wsd' only: the last steps, where the rate falls linearly to 0
   config.loss_stages = 'all'  # 'all': every stage's shape regressed to the truth; 'last'
-  # 'distance': each landmark's Euclidean error, 15% better than section 3.5's 'l2' (squared
-  # error) in docs/learning.md: far-off faces no longer drown the sub-pixel work.
+  # 'distance': each landmark's Euclidean error; 'l2': section 3.5's squared error (docs/learning.md).
   config.loss_type = 'distance'
 
   config.nme_normalizer = 'box'  # for the logged NME: 'box' suits every pose; 'inter_pupil'
-  # s(0) moved by N(0, translate_std) px and scaled by N(1, scale_std) (section 3.5); beyond the
-  # paper, the face box jittered like a detector's before cropping: shifted by N(0, box_shift_std *
-  # its longer side) per axis and scaled by exp(N(0, box_scale_std)) (pipeline.AugmentConfig says
-  # why 0.05). Eval never jitters.
-  # translate_std 3 px, not the paper's 10: with the box jitter, 10 px made the train-time s(0)
-  # much worse than any test s(0), and the cascade 20% worse (docs/learning.md).
+  # s(0) moved by N(0, translate_std) px and scaled by N(1, scale_std) (section 3.5; 3 px, not the
+  # paper's 10: docs/learning.md); beyond the paper, the face box jittered like a detector's
+  # (pipeline.AugmentConfig). Eval never jitters.
   config.augment = ml_collections.ConfigDict(dict(translate_std=3.0, scale_std=0.1,
                                                    flip_prob=0.5, box_shift_std=0.05,
                                                    box_scale_std=0.05))
-  # Encoded training records in the shuffle buffer (every host holds one: all walk the same
-  # stream), after each epoch's record files are shuffled and 16 interleaved. 10k holds
-  # synthetic_faces' train split whole, and ~0.5 GB of 300W-LP's 122k jpgs.
+  # Encoded training records in the shuffle buffer, after each epoch's files are shuffled.
   config.shuffle_buffer = 10_000
   config.crop_margin = 0.25  # face box widened by this fraction on each side before resizing
   config.log_every_steps = 50

@@ -6,10 +6,10 @@
 lent without TensorFlow (this project's GPU sessions) run this instead: faces rendered by the
 numpy renderer on every CPU core, cropped on the device (`treemoe_jax.crop`, the pipeline's map and
 antialiasing, in JAX), then the head-pose estimator (ResNet-50, section 3.1) and the full-size
-cascade trained with the package's own task, optimiser and jitted step, each for a wall-clock
-budget. Simplified on purpose: no face-box jitter or flips, s(0) jittered as
-`config.augment` says. Prints the learning curve and the test NME per stage, beside the mean
-shape, for the |yaw| buckets.
+cascade trained through the package's one loop (`trainer.train_and_evaluate` on
+`train.data.ArrayData`), each for a wall-clock budget. Simplified on purpose: no face-box jitter
+or flips, s(0) jittered as `config.augment` says. Logs the learning curve and prints the test
+NME per stage, beside the mean shape, for the |yaw| buckets.
 
 Axis legend: N faces, S crop size, P = 68 landmarks.
 """
@@ -18,7 +18,9 @@ import argparse
 import functools
 import multiprocessing
 import os
+import pathlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,9 +32,10 @@ from configs import default  # pylint: disable=g-import-not-at-top
 from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
 from treemoe_jax import crop as crop_lib  # pylint: disable=g-import-not-at-top
 from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
-from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
-from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
-from treemoe_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
+from treemoe_jax import runs  # pylint: disable=g-import-not-at-top
+from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
+from treemoe_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+from treemoe_jax.train import trainer  # pylint: disable=g-import-not-at-top
 
 CHUNK = 128
 
@@ -64,45 +67,24 @@ def prepare(faces: dict) -> dict[str, np.ndarray]:
           'pose': faces['pose'].astype(np.float32)}
 
 
-def batches(data: dict, batch: int, seed: int, mean_shape: np.ndarray, augment) -> dict:
-  """Endless shuffled batches; s(0) = the mean shape moved and scaled as config.augment says."""
-  rng = np.random.default_rng(seed)
-  num = len(data['image'])
-  while True:
-    order = rng.permutation(num)
-    for start in range(0, num - batch + 1, batch):
-      rows = order[start:start + batch]
-      shift = rng.normal(0, augment.translate_std, (batch, 1, 2))
-      scale = 1 + rng.normal(0, augment.scale_std, (batch, 1, 1))
-      centre = mean_shape.mean(0)
-      init = ((mean_shape - centre) * scale + centre + shift).astype(np.float32)
-      yield {'image': data['image'][rows], 'landmarks': data['landmarks'][rows],
-             'pose': data['pose'][rows], 'init_shape': init}
+def budget_config(config, batch: int):
+  """`config` for a wall-clock run: the step count is the deadline's, logs every 250 steps, one
+  evaluation and one checkpoint at the end."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.batch_size = batch
+    config.num_train_steps = 10**7  # the deadline stops it
+    config.log_every_steps = 250
+    config.eval_every_steps = config.checkpoint_every_steps = 10**7
+  return config
 
 
-def train_for(task, config, data, mesh, minutes: float, mean_shape, overrides=None,
-              frozen=()) -> tuple[train.TrainState, list]:
-  tx = train.make_optimizer(config, frozen)
-  state = train.create_train_state(task, tx, mesh, jax.random.key(config.seed), overrides)
-  step_fn = train.make_train_step(task, mesh)
-  stream = batches(data, config.batch_size, config.seed, mean_shape, config.augment)
-  curve, step = [], 0
-  start = time.perf_counter()
-  compiled_at = None
-  while time.perf_counter() - start < 60 * minutes:
-    batch = parallel.global_batch(next(stream), task.batch_keys, mesh)
-    state, out = step_fn(state, batch)
-    step += 1
-    if step == 1:
-      jax.block_until_ready(out['loss'])
-      compiled_at = time.perf_counter()
-    if step % 250 == 0:
-      loss = float(out['loss'])
-      rate = (step - 1) * config.batch_size / (time.perf_counter() - compiled_at)
-      curve.append((step, loss))
-      print(f'  {task.name} step {step}: loss {loss:.4f}, {rate:.0f} img/s', flush=True)
-  jax.block_until_ready(state.params)
-  return state, curve
+def array_data(config, train_data: dict, test_data: dict) -> data_lib.ArrayData:
+  """The cropped faces as the loop's data, s(0) jittered as `config.augment` says."""
+  return data_lib.ArrayData(train_data, test_data, batch_size=config.batch_size,
+                            seed=config.seed, translate_std=config.augment.translate_std,
+                            scale_std=config.augment.scale_std,
+                            process_index=jax.process_index(), process_count=jax.process_count())
 
 
 def main() -> int:
@@ -114,6 +96,7 @@ def main() -> int:
   parser.add_argument('--minutes', type=float, default=3.0)
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--variant', default='full', help="'tiny' for a CPU smoke test")
+  parser.add_argument('--workdir', default=None, help='where the runs go (default: a new temp dir)')
   args = parser.parse_args()
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, '
         f'{os.cpu_count()} CPU cores', flush=True)
@@ -122,47 +105,35 @@ def main() -> int:
   test_data = prepare(render(args.test_faces, 10_000))
   print(f'rendered and cropped {args.train_faces} + {args.test_faces} faces in '
         f'{time.perf_counter() - start:.0f} s', flush=True)
-  mean_shape = train_data['landmarks'].mean(0)
-  mesh = parallel.make_mesh()
-
-  config = default.get_config(args.architecture, args.variant)  # the paper's size by default
-  with config.unlocked():
-    config.batch_size = args.batch
-  overrides, frozen = None, ()
+  workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix='full_size_gpu_'))
+  config = budget_config(default.get_config(args.architecture, args.variant), args.batch)
+  data = array_data(config, train_data, test_data)
   if args.architecture.startswith('pose_'):
-    pose_config = default.get_config(args.architecture, args.variant)
+    pose_config = budget_config(config, args.batch)
     with pose_config.unlocked():
-      pose_config.task, pose_config.batch_size = 'pose', args.batch
-    pose_task = tasks.pose_task(pose_config)
+      pose_config.task = 'pose'
     print(f'head-pose estimator (ResNet-50), {args.pose_minutes} min:', flush=True)
-    pose_state, _ = train_for(pose_task, pose_config, train_data, mesh, args.pose_minutes,
-                              mean_shape)
-    variables = {'params': pose_state.params, 'batch_stats': pose_state.batch_stats}
-    error = []
-    for s in range(0, len(test_data['image']), 256):
-      out = pose_task.model.apply(variables, test_data['image'][s:s + 256], train=False)
-      error.append(np.degrees(np.abs(np.asarray(tasks.wrap_angle(
-          out['pose'] - test_data['pose'][s:s + 256])))))
-    mae = np.concatenate(error).mean(0)
-    print(f'  test MAE deg: yaw {mae[0]:.2f}, pitch {mae[1]:.2f}, roll {mae[2]:.2f}', flush=True)
-    overrides = {'params': {'pose_estimator': pose_state.params},
-                 'batch_stats': {'pose_estimator': pose_state.batch_stats}}
-    frozen = ('pose_estimator',)
-  task = tasks.alignment_task(config)
+    pose_eval = trainer.train_and_evaluate(pose_config, str(workdir / 'pose'), data=data,
+                                           deadline=time.time() + 60 * args.pose_minutes)
+    print('  test MAE deg: ' + ', '.join(f'{k.removeprefix("mae_deg/")} {v:.2f}'
+                                         for k, v in sorted(pose_eval.items()) if 'mae' in k),
+          flush=True)
+    with config.unlocked():
+      config.pose_checkpoint = str(workdir / 'pose')
   print(f'{args.architecture} at {args.variant} size ({config.model.num_stages} stages, '
         f'{config.model.patch_size} px patches), {args.minutes} min:', flush=True)
-  state, _ = train_for(task, config, train_data, mesh, args.minutes, mean_shape, overrides,
-                       frozen)
+  trainer.train_and_evaluate(config, str(workdir), data=data,
+                             deadline=time.time() + 60 * args.minutes)
 
-  variables = {'params': state.params} | ({'batch_stats': state.batch_stats}
-                                          if state.batch_stats else {})
-  apply = jax.jit(lambda v, images, init: task.model.apply(v, images, init, train=False))
+  run = runs.load_run(workdir)
+  mean_shape = run.mean_shape
+  apply = jax.jit(models.forward(run.model))
   init = np.broadcast_to(mean_shape, test_data['landmarks'].shape).astype(np.float32)
   stages = []
   for s in range(0, len(init), 256):
-    stages.append(np.asarray(apply(variables, test_data['image'][s:s + 256],
+    stages.append(np.asarray(apply(run.variables, test_data['image'][s:s + 256],
                                    init[s:s + 256])['stage_shapes']))
-  stages = np.concatenate(stages, axis=1)  # [K, N, P, 2]
+  stages = np.moveaxis(np.concatenate(stages), 1, 0)  # [K, N, P, 2]
   yaw = np.degrees(np.abs(test_data['pose'][:, 0]))
   print('\n| abs(yaw) bucket | faces | mean shape NME % | ' +
         ' | '.join(f'stage {k + 1}' for k in range(len(stages))) + ' |')

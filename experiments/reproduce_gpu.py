@@ -9,7 +9,8 @@
 test views of `synthetic_faces/default`, rendered by `input_pipeline.synthetic_splits` (the
 builder's own seeds and view predicates; each split's digest is checked against
 docs/data/synthetic_default_digests.json, written from the stored dataset by `--write_digests`).
-Faces are cropped on the device as the pipeline crops them (`experiments/full_size_gpu.py`).
+Faces are cropped on the device as the pipeline crops them (`treemoe_jax.crop`), and every run
+trains through the package's one loop (`trainer.train_and_evaluate` on `train.data.ArrayData`).
 
 Order of work: the shared head-pose estimator (ResNet-50) alone for `--pose_seconds`; then the
 six architectures at once, each in its own process (the GPU is far from busy with one full-size
@@ -128,24 +129,47 @@ def _config(architecture: str, args):
   return config
 
 
-def train_pose(args, out: pathlib.Path) -> None:
-  """The shared head-pose estimator, then its MAE per view; parameters to pose.msgpack."""
-  import flax.serialization  # pylint: disable=g-import-not-at-top
+def _train(config, workdir: pathlib.Path, faces: dict, *, max_steps: int, deadline: float
+           ) -> float:
+  """`config` through the package's one loop on the cropped train faces, until `max_steps` or
+  `deadline`; the wall-clock seconds it took (compile included)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments import full_size_gpu  # pylint: disable=g-import-not-at-top
-  from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.num_train_steps = max_steps
+    config.log_every_steps = 250
+    config.eval_every_steps = config.checkpoint_every_steps = max_steps
+  data = data_lib.ArrayData(faces['train'], None, batch_size=config.batch_size, seed=config.seed,
+                            translate_std=config.augment.translate_std,
+                            scale_std=config.augment.scale_std,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count())
+  start = time.perf_counter()
+  trainer.train_and_evaluate(config, str(workdir), data=data, deadline=deadline)
+  return time.perf_counter() - start
+
+
+def _curve(workdir: pathlib.Path) -> list[tuple[int, float]]:
+  """(step, loss) at each log step, from the run's metrics.jsonl."""
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return [(r['step'], r['train/loss']) for r in rows if 'train/loss' in r]
+
+
+def train_pose(args, out: pathlib.Path) -> None:
+  """The shared head-pose estimator (workdir OUT/pose), then its MAE per view."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import runs  # pylint: disable=g-import-not-at-top
   from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
   faces = load_faces(out)
-  mean_shape = faces['train']['landmarks'].mean(0)
   config = _config('pose_tree_moe', args)
   with config.unlocked():
     config.task = 'pose'
+  _train(config, out / 'pose', faces, max_steps=10**7,
+         deadline=time.time() + args.pose_seconds)
+  variables = runs.load_pose_estimator(out / 'pose')
   task = tasks.pose_task(config)
-  state, _ = full_size_gpu.train_for(task, config, faces['train'], parallel.make_mesh(),
-                                     args.pose_seconds / 60, mean_shape)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  (out / 'pose.msgpack').write_bytes(flax.serialization.msgpack_serialize(
-      jax.device_get(variables)))
   mae = {}
   predict = jax.jit(lambda v, images: task.model.apply(v, images, train=False)['pose'])
   for view in VIEWS:
@@ -160,62 +184,37 @@ def train_pose(args, out: pathlib.Path) -> None:
 
 def worker(architecture: str, args, out: pathlib.Path) -> None:
   """One architecture: train until --max_steps or the deadline, evaluate every view."""
-  import flax.serialization  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments import full_size_gpu  # pylint: disable=g-import-not-at-top
-  from treemoe_jax.evaluate import evaluator as evaluate  # pylint: disable=g-import-not-at-top
   from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
-  from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
-  from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
-  from treemoe_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import runs  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.evaluate import evaluator  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
   faces = load_faces(out)
-  mean_shape = faces['train']['landmarks'].mean(0)
   config = _config(architecture, args)
-  overrides, frozen = None, ()
   if architecture.startswith('pose_'):
-    pose = flax.serialization.msgpack_restore((out / 'pose.msgpack').read_bytes())
-    overrides = {'params': {'pose_estimator': pose['params']},
-                 'batch_stats': {'pose_estimator': pose['batch_stats']}}
-    frozen = ('pose_estimator',)
-  task = tasks.alignment_task(config)
-  mesh = parallel.make_mesh()
-  state = train.create_train_state(task, train.make_optimizer(config, frozen), mesh,
-                                   jax.random.key(config.seed), overrides)
-  step_fn = train.make_train_step(task, mesh)
-  stream = full_size_gpu.batches(faces['train'], config.batch_size, config.seed, mean_shape,
-                                 config.augment)
-  start, step, curve, compiled = time.perf_counter(), 0, [], None
-  while step < args.max_steps and time.time() < args.deadline:
-    state, metrics_out = step_fn(state, parallel.global_batch(next(stream), task.batch_keys, mesh))
-    step += 1
-    if step == 1:
-      jax.block_until_ready(metrics_out['loss'])
-      compiled = time.perf_counter()
-    if step % 250 == 0:
-      curve.append((step, float(metrics_out['loss'])))
-  jax.block_until_ready(state.params)
-  seconds = time.perf_counter() - (compiled or start)
-  log(f'{architecture}: {step} steps, {max(step - 1, 0) * config.batch_size / max(seconds, 1e-9):.0f} '
-      f'img/s after a {(compiled or start) - start:.0f} s compile')
-  variables = {'params': state.params} | ({'batch_stats': state.batch_stats}
-                                          if state.batch_stats else {})
-  apply = jax.jit(lambda v, images, init: task.model.apply(v, images, init, train=False))
-  result = {'architecture': architecture, 'steps': step, 'batch': config.batch_size,
-            'train_seconds': seconds, 'compile_seconds': (compiled or start) - start,
-            'curve': curve, 'nme': {}, 'mean_shape_nme': {}, 'stage_nme': {}}
+    with config.unlocked():
+      config.pose_checkpoint = str(out / 'pose')
+  workdir = out / architecture
+  seconds = _train(config, workdir, faces, max_steps=args.max_steps, deadline=args.deadline)
+  run = runs.load_run(workdir)
+  log(f'{architecture}: {run.step} steps, {run.step * config.batch_size / max(seconds, 1e-9):.0f} '
+      f'img/s over {seconds:.0f} s, compile included')
+  apply = jax.jit(models.forward(run.model))
+  result = {'architecture': architecture, 'steps': run.step, 'batch': config.batch_size,
+            'train_seconds': seconds, 'curve': _curve(workdir), 'nme': {},
+            'mean_shape_nme': {}, 'stage_nme': {}}
   regression_gates = []
   for view in VIEWS:
     data = faces[f'test_{view}']
-    init = np.broadcast_to(mean_shape, data['landmarks'].shape).astype(np.float32)
-    outs = [apply(variables, data['image'], init)]  # one shape for every view: one compile
-    stages = np.concatenate([np.asarray(o['stage_shapes']) for o in outs], axis=1)  # [K, N, P, 2]
-    regression_gates.append(np.concatenate([np.asarray(o['gates']['regression'][0])
-                                            for o in outs]))  # [N, L] first stage
+    init = np.broadcast_to(run.mean_shape, data['landmarks'].shape).astype(np.float32)
+    rows = apply(run.variables, data['image'], init)  # one shape for every view: one compile
+    stages = np.moveaxis(np.asarray(rows['stage_shapes']), 1, 0)  # [K, N, P, 2]
+    regression_gates.append(np.asarray(rows['gates_regression'])[:, 0])  # [N, L] first stage
     result['nme'][view] = float(metrics.nme(stages[-1], data['landmarks'], 'box').mean())
     result['mean_shape_nme'][view] = float(metrics.nme(init, data['landmarks'], 'box').mean())
     result['stage_nme'][view] = [float(metrics.nme(s, data['landmarks'], 'box').mean())
                                  for s in stages]
-  result['cumulative_gate_mass_stage0'] = evaluate.cumulative_gate_mass(
+  result['cumulative_gate_mass_stage0'] = evaluator.cumulative_gate_mass(
       np.concatenate(regression_gates)).tolist()
   (results_dir(args) / f'{architecture}.json').write_text(json.dumps(result, indent=1))
   log(f'{architecture}: NME % ' + ' '.join(f'{v} {100 * x:.2f}' for v, x in result['nme'].items()))

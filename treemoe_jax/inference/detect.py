@@ -6,7 +6,7 @@ The models crop a square around the *tight box of the 68 landmarks* (`formats.bo
 margin (`pipeline.crop_window`). A detector's box is another box: OpenCV's Haar cascade and dlib's
 HOG detector start on the forehead, stop above the chin and are wider than the jaw. Each detector's
 box goes through a `BoxMap` measured on faces with known landmarks (see `BOX_MAPS` and
-`benchmarks/detector_calibration.py`), so that the crop the model sees is placed as in training,
+`experiments/detector_calibration.py`), so that the crop the model sees is placed as in training,
 where boxes were jittered by 5% of their side (`pipeline.AugmentConfig`).
 
   detector = detect.make('auto')      # dlib if installed, else OpenCV
@@ -79,7 +79,7 @@ def fit_box_map(detected: Array, truth: Array) -> BoxMap:
   return BoxMap(float(dx), float(dy), float(sx), float(sy))
 
 
-# Measured by `python benchmarks/detector_calibration.py` (it prints these lines): each detector on
+# Measured by `python -m experiments.detector_calibration` (it prints these lines): each detector on
 # the 768 renders of synthetic_faces/small (train 512 + test 256; 200 x 200 gray, yaw uniform in
 # +-90 degrees). A face counts as found when a detection's centre lies in its landmark box (the
 # best-scoring such detection is the face's); the map is the median over the found faces.
@@ -103,7 +103,7 @@ BOX_MAPS = {
 
 
 # Detections scoring below this are dropped (a false face is a guess). dlib: the astronaut's two
-# real faces above score 1.1, its mission patch 0.12 (benchmarks/detector_calibration.py). OpenCV's
+# real faces above score 1.1, its mission patch 0.12 (experiments/detector_calibration.py). OpenCV's
 # levelWeights were not measured against false detections: everything is kept.
 DEFAULT_MIN_SCORE = {'dlib': 0.5, 'opencv': float('-inf')}
 

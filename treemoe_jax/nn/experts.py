@@ -20,34 +20,18 @@ import jax.numpy as jnp
 Dtype = Any
 
 CONV_IMPLS = ('im2col', 'xla')
-# How a committee of expert CNNs is computed (the parameters are the same): 'vmap' is nn.vmap of
-# one expert, which XLA lowers to grouped convolutions; 'merged' is `merged_committee`; 'padded'
-# is 'merged' on each expert's widths zero-padded to multiples of 8 (`padded_channels`);
-# 'blockdiag' is `grouped_committee` with one group: every later layer one dense convolution over
-# all experts' channels with a block-diagonal kernel (E times those layers' FLOPs, in one wide
-# convolution for a GPU's matrix units instead of E narrow ones). 'auto' picks per backend what
-# was measured faster. CPU: 'merged' (benchmarks/cnn_lowering.py: 4.3x the forward, 1.2x the
-# gradient of 8 pose experts at batch 32). GPU: 'blockdiag' (one H100, full pose_tree_moe bf16
-# forward, benchmarks/gpu_benchmark.py: batch 1 at 2.35 ms against vmap's 2.50, batch 8 2131
-# against 1751 img/s, 32 6838 against 'padded' 3898 and 'merged' 2738, 1024 12070 against
-# 'merged' 5812; the bf16 training step at batch 256 3592 against 'merged' 1979 img/s).
-# Other backends: 'vmap' (not measured). A forward that is never differentiated (evaluation,
-# Aligner, export) may differ: on CPU 'padded' (full pose_tree_moe forward at batch 32, float32:
-# 1.15x 'merged'), whose gradient is slower (the training step at batch 8: 0.85x).
+# How a committee of expert CNNs is computed (the same parameters): 'vmap' (nn.vmap of one expert:
+# grouped convolutions), 'merged' (`merged_committee`), 'padded' ('merged' on widths padded to 8),
+# 'blockdiag' (`grouped_committee`, one group: block-diagonal dense convolutions, E times the FLOPs
+# for a GPU's matrix units). 'auto' picks the one measured faster per backend: docs/benchmarks.md
+# ("Where the CPU's time goes", "GPU (one H100)"); a never-differentiated forward may differ.
 CNN_LOWERINGS = ('auto', 'vmap', 'merged', 'blockdiag', 'padded')
 CNN_AUTO = {'cpu': 'merged', 'gpu': 'blockdiag'}
 CNN_AUTO_INFERENCE = {'cpu': 'padded'}  # over CNN_AUTO for a forward that is never differentiated
 PADDED_MULTIPLE = 8  # 'padded': each expert's hidden widths rounded up to this
-# How the merged committees ('merged', 'padded', 'blockdiag') compute their shared first layer:
-# 'conv' (XLA's convolution) or 'matmul' (`first_layer_matmul`). 'auto' is 'conv' on every
-# backend measured so far. CPU (benchmarks/cnn_lowering.py, 8 pose experts, 32 faces, float32):
-# 'matmul' ran the 'merged' committee's forward 1.10-1.13x faster in three runs but its gradient
-# 1.2x slower, and the full pose_tree_moe inference forward at batch 32 ('padded') 0.96x. One
-# H100, bf16, full pose_tree_moe forward at batch 1024 ('blockdiag'): 4,290 against 15,573 img/s.
-# Its matmul ran 4.3 ms for the 4 stages, against the convolution's 28.4, but XLA built the
-# windows in one concatenate fusion of 199 ms (docs/benchmarks.md, "A second, short lease").
-# 's2d' runs it as the stride-1 convolution of the space-to-depth input (`space_to_depth_conv`):
-# 4 input channels and a 3x3 kernel instead of 1 channel and 5x5; not measured on a GPU yet.
+# How the merged committees compute their shared first layer: 'conv' (XLA's convolution),
+# 'matmul' (`first_layer_matmul`) or 's2d' (`space_to_depth_conv`). 'auto' is 'conv' on every
+# backend measured so far (docs/benchmarks.md, "Where the CPU's time goes", "GPU (one H100)").
 FIRST_LAYERS = ('auto', 'conv', 'matmul', 's2d')
 FIRST_LAYER_AUTO: dict[str, str] = {}  # backend -> measured faster; absent: 'conv'
 
@@ -650,7 +634,7 @@ OUTPUT_INITS = ('lecun', 'zeros')
 # of one regressor, which XLA:CPU lowers to a copy of the whole [E, F, H] first-layer kernel into
 # [F, E*H] on every call before one GEMM; 'scan' runs the experts one after another on their own
 # kernel slices (`scanned`), reading each weight once. 'auto' picks per backend what was measured
-# faster: 'scan' on CPU (benchmarks/mlp_lowering.py), 'vmap' elsewhere (one H100, full
+# faster: 'scan' on CPU (experiments/mlp_lowering.py), 'vmap' elsewhere (one H100, full
 # pose_tree_moe bf16 forward with 'vmap' CNNs: batch 1 at 2.9 ms against 6.9 with 'scan'; with
 # 'merged' CNNs, batch 1024 at 5777 against 5646 img/s).
 MLP_LOWERINGS = ('auto', 'vmap', 'scan')

@@ -1,7 +1,8 @@
 """Progress of a training run: a log line per log step, TensorBoard events and metrics.jsonl.
 
 The writer (clu, which imports TensorFlow) is created when a run starts, so that importing the
-training machinery stays TF-free for benchmarks on accelerators.
+training machinery stays TF-free; where clu is not installed (a TF-free accelerator machine) the
+run logs and writes metrics.jsonl without TensorBoard events.
 """
 
 import json
@@ -25,9 +26,15 @@ class Progress:
   """A line per log step (step, loss, img/s, ETA) and the same figures as TensorBoard + JSON."""
 
   def __init__(self, workdir: pathlib.Path, total_steps: int, batch_size: int, first_step: int):
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top (imports TensorFlow)
     self.lead = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(str(workdir), just_logging=not self.lead)
+    try:
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top (imports TensorFlow)
+    except ImportError:
+      logging.warning('clu is not installed: no TensorBoard events, metrics.jsonl only '
+                      "(pip install 'treemoe-jax[train]')")
+      self.writer = None
+    else:
+      self.writer = metric_writers.create_default_writer(str(workdir), just_logging=not self.lead)
     self.jsonl = workdir / 'metrics.jsonl'
     self.total, self.batch = total_steps, batch_size
     self.last_step, self.last_time = first_step, time.perf_counter()
@@ -48,14 +55,16 @@ class Progress:
       logging.info('%s at step %d: %s', kind, step,
                    '  '.join(f'{k} {v:.4f}' for k, v in sorted(_scalars(metrics).items())))
     prefixed = {f'{kind}/{k}': v for k, v in (metrics | extra).items()}
-    self.writer.write_scalars(step, _scalars(prefixed))
+    if self.writer is not None:
+      self.writer.write_scalars(step, _scalars(prefixed))
     if self.lead:
       with self.jsonl.open('a') as f:
         f.write(json.dumps({'step': step, **_json_ready(prefixed)}) + '\n')
 
   def close(self):
-    self.writer.flush()
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.flush()
+      self.writer.close()
 
 
 def _last_stage(metrics: dict) -> int:

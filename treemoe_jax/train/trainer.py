@@ -1,9 +1,9 @@
 """Training (section 3.5): the state, one data-parallel step, and the loop that feeds it.
 
 `train_and_evaluate(config, workdir)` trains the head-pose estimator (`config.task == 'pose'`) or
-a cascade (`'alignment'`); what each computes is in `treemoe_jax.tasks`, the mesh and global
-batches in `treemoe_jax.parallel`, the workdir's record and resume rules in
-`treemoe_jax.workdirs`. The step is one `jax.jit` over the mesh: the batch sharded on 'data', the
+a cascade (`'alignment'`); what each computes is in `train.tasks`, the mesh and global batches in
+`treemoe_jax.parallel`, the workdir's record and resume rules in `train.record`, where batches
+come from in `train.data` (tf.data by default, or arrays in memory: any `Data`). The step is one `jax.jit` over the mesh: the batch sharded on 'data', the
 state replicated, XLA inserting the gradient all-reduce.
 
 The loop never waits on the host between log steps: the loss and the count of non-finite inputs
@@ -13,8 +13,8 @@ before it can save. Steps in between run under `jax.transfer_guard_device_to_hos
 Preemption (SIGTERM) saves the same step on every host: orbax's preemption sync point across
 hosts, a signal handler in a single process.
 
-The tf.data pipeline and the TensorBoard writer (both import TensorFlow) are imported where the
-loop needs them, so the step machinery also serves TF-free benchmarks on accelerators.
+The tf.data pipeline and the TensorBoard writer (both import TensorFlow) are imported only when a
+run uses them, so the same loop trains on TF-free accelerator machines (`data.ArrayData`).
 
 Axis legend: B global batch, P landmarks, K stages, L experts.
 """
@@ -38,6 +38,8 @@ import orbax.checkpoint as ocp
 from treemoe_jax import checkpointing
 from treemoe_jax.nn import models
 from treemoe_jax import parallel
+from treemoe_jax.train import data as data_lib
+from treemoe_jax.train import progress as progress_lib
 from treemoe_jax.train import tasks
 from treemoe_jax.runs import load_pose_estimator  # noqa: F401 (re-exported)
 from treemoe_jax.train import record as workdirs
@@ -139,6 +141,8 @@ def evaluate(task: tasks.Task, state: TrainState, batches: Iterator[dict], mesh
   for local in batches:
     out = step(variables, parallel.global_batch(local, task.batch_keys + ('mask',), mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  if totals is None:  # no evaluation faces (ArrayData without them)
+    return {}
   totals = jax.device_get(totals)
   bad = {k.removeprefix('nonfinite/') for k, v in totals.items()
          if k.startswith('nonfinite/') and v}
@@ -224,14 +228,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      f'{jax.device_count()} devices: each device needs the same number of rows')
 
 
-def _data(config, split: str) -> dict:
-  """Arguments shared by the train and eval pipelines of `config`."""
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
-  return dict(dataset=config.dataset, data_dir=config.data_dir or None, split=split,
-              process_index=jax.process_index(), process_count=jax.process_count(),
-              crop=pipeline.CropConfig(size=config.model.image_size, margin=config.crop_margin))
-
-
 def with_pose_heads_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with the pose heads its `pose_checkpoint` was trained with (recorded as such).
 
@@ -252,8 +248,14 @@ def with_pose_heads_of(config: ml_collections.ConfigDict) -> ml_collections.Conf
   return config
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       data: data_lib.Data | None = None,
+                       deadline: float | None = None) -> dict[str, float]:
   """Trains `config` into `workdir` (resuming from its newest checkpoint); returns the last eval.
+
+  `data`: where the batches come from (default `data_lib.TFDSData(config)`, tf.data over the
+  config's dataset; `data_lib.ArrayData` for faces in memory, without TensorFlow). `deadline`
+  (a `time.time()`): stop early at the first step past it, saved and evaluated like the last.
 
   A resumed run must keep what was trained (`workdirs.check_resume`; checked before anything is
   written). A pose-gated cascade with no `pose_checkpoint` first trains its pose estimator into
@@ -265,8 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   resuming = workdirs.check_resume(workdir, config)
   if jax.process_index() == 0:
     workdirs.record(workdir, config)  # the same fields, or ones that are safe to change
+  data = data_lib.TFDSData(config) if data is None else data
   if config.task == 'pose':
-    return _train(config, workdir, tasks.pose_task(config), resuming)
+    return _train(config, workdir, tasks.pose_task(config), resuming, data, deadline)
   overrides = None
   if models.stage_spec(config.model).gates_on_pose and models.gate_pose(config) == 'estimator':
     pose_dir = config.pose_checkpoint
@@ -277,34 +280,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         pose_config.task = 'pose'
         pose_config.num_train_steps = config.pose_train_steps
       logging.info('no pose_checkpoint configured: training the pose estimator into %s', pose_dir)
-      train_and_evaluate(pose_config, str(pose_dir))
+      train_and_evaluate(pose_config, str(pose_dir), data=data, deadline=deadline)
     pose = load_pose_estimator(pose_dir)
     overrides = {'params': {'pose_estimator': pose['params']},
                  'batch_stats': {'pose_estimator': pose['batch_stats']}}
-  return _train(config, workdir, tasks.alignment_task(config), resuming, overrides)
+  return _train(config, workdir, tasks.alignment_task(config), resuming, data, deadline,
+                overrides)
 
 
-def _mean_shape(config, workdir: pathlib.Path, resuming: bool) -> np.ndarray:
-  """s(0): the record of a resumed run, else learned from the train split and recorded."""
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
-  pipeline.get_builder(config.dataset, data_dir=config.data_dir or None,  # prepared once
-                       manual_dir=config.get('manual_dir') or None)
+def _mean_shape(data: data_lib.Data, workdir: pathlib.Path, resuming: bool) -> np.ndarray:
+  """s(0): the record of a resumed run, else learned from the training faces and recorded."""
   if resuming and (workdir / workdirs.MEAN_SHAPE_FILE).exists():
     return workdirs.load_mean_shape(workdir)
-  mean_shape = pipeline.mean_shape(config.dataset, data_dir=config.data_dir or None,
-                                   split=config.train_split,
-                                   crop=_data(config, config.train_split)['crop'])
+  mean_shape = np.asarray(data.mean_shape(), np.float32)
   if jax.process_index() == 0:
     np.save(workdir / workdirs.MEAN_SHAPE_FILE, mean_shape)
   return mean_shape
 
 
-def _train(config, workdir: pathlib.Path, task: tasks.Task, resuming: bool,
-           overrides: dict | None = None) -> dict:
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
-  from treemoe_jax.train import progress as progress_lib  # pylint: disable=g-import-not-at-top (TF)
+def _train(config, workdir: pathlib.Path, task: tasks.Task, resuming: bool, data: data_lib.Data,
+           deadline: float | None = None, overrides: dict | None = None) -> dict:
+  """The one training loop: dispatch steps, check health, log, save, evaluate, stop."""
   mesh = parallel.make_mesh()
-  mean_shape = _mean_shape(config, workdir, resuming)
+  mean_shape = _mean_shape(data, workdir, resuming)
   frozen = ('pose_estimator',) if task.name == 'alignment' and config.model.freeze_pose else ()
   tx = make_optimizer(config, frozen)
   state = create_train_state(task, tx, mesh, jax.random.key(config.seed), overrides)
@@ -312,24 +310,19 @@ def _train(config, workdir: pathlib.Path, task: tasks.Task, resuming: bool,
   restored = checkpointing.restore(mngr, checkpointing.abstract(state))
   start_step = 0
   if restored is not None:
-    state, data = restored
-    start_step = data['step']
+    state, position = restored
+    start_step = position['step']
     logging.info('resumed %s from step %d', task.name, start_step)
   if start_step >= config.num_train_steps:
     logging.info('%s already trained for %d steps', task.name, start_step)
 
   train_step = make_train_step(task, mesh, learning_rate_schedule(config))
-  batches = pipeline.train_dataset(
-      global_batch_size=config.batch_size, seed=config.seed, mean_shape=mean_shape,
-      start_step=start_step, augmentation=pipeline.AugmentConfig(**config.augment),
-      shuffle_buffer=config.shuffle_buffer,
-      **_data(config, config.train_split)).as_numpy_iterator()
+  batches = data.train_batches(mean_shape=mean_shape, start_step=start_step)
   progress = progress_lib.Progress(workdir, config.num_train_steps, config.batch_size,
                                    start_step)
 
   def eval_batches():
-    return pipeline.eval_dataset(global_batch_size=config.batch_size, mean_shape=mean_shape,
-                                 **_data(config, config.eval_split)).as_numpy_iterator()
+    return data.eval_batches(mean_shape=mean_shape)
 
   eval_metrics, pending, preempted = {}, [], False
   with Preemption(mngr) as preemption:
@@ -344,7 +337,7 @@ def _train(config, workdir: pathlib.Path, task: tasks.Task, resuming: bool,
         state, metrics = train_step(state, batch)
         pending.append((step, metrics))
         preempted = preemption.reached(step)
-      last = step == config.num_train_steps
+      last = step == config.num_train_steps or (deadline is not None and time.time() > deadline)
       log = step % config.log_every_steps == 0 or last
       save = step % config.checkpoint_every_steps == 0 or last or preempted
       evaluate_now = (step % config.eval_every_steps == 0 or last) and not preempted
@@ -365,6 +358,8 @@ def _train(config, workdir: pathlib.Path, task: tasks.Task, resuming: bool,
       if evaluate_now:
         eval_metrics = evaluate(task, state, eval_batches(), mesh)
         progress.log(step, eval_metrics, kind='eval')
+      if last:
+        break
   mngr.wait_until_finished()
   mngr.close()
   progress.close()
