@@ -25,7 +25,7 @@ from treemoe_jax.inference import forward as forward_lib
 from treemoe_jax.inference.forward import DEFAULT_BUCKETS  # noqa: F401 (re-exported)
 from treemoe_jax.nn import routing as routing_lib
 
-SHAPE_STEP = 64  # images are padded to multiples of this (true size passed): few compiled shapes
+SHAPE_STEP = 16  # images are padded to multiples of this (true size passed): few compiled shapes
 Box = Sequence[float]  # (x0, y0, x1, y1) image pixels
 # image [H, W, C] uint8, image_hw [2], boxes [N, 4] -> {landmarks, stage_landmarks, pose?}
 ImageForward = Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
