@@ -3,7 +3,7 @@
   python -m benchmarks.run_all [--only forward,plain_port,train,pose_train,render,pipeline,numerics]
   python -m benchmarks.gpu_benchmark     # the GPU check, run_all's JSON format
   python -m benchmarks.components        # each part of a full-size stage, timed alone
-  python -m benchmarks.cnn_lowering      # the expert CNN committee's lowerings
+  python -m benchmarks.representation_lowering      # the expert CNN committee's lowerings
   python -m benchmarks.xla_cpu_options   # XLA:CPU's library fusions per setting
   python -m benchmarks.step_profile      # a training step's time by model part (profiler trace)
   python -m benchmarks.routing           # dense / top-k / greedy routing: cost and NME

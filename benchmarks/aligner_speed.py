@@ -3,7 +3,7 @@ earlier path (TensorFlow's eager crop per face, then the jitted model), side by 
 
   python -m benchmarks.aligner_speed [--workdir DIR] [--photo 1600x1200] [--json out.json]
 
-Without --workdir, a pose_tree_moe:tiny run with freshly initialised parameters is written to a
+Without --workdir, a pose_tree_moe:cpu run with freshly initialised parameters is written to a
 temporary folder (speed does not depend on training). The earlier path is rebuilt here from its
 pieces (`input_pipeline.pipeline.crop_window` / `face_image` eagerly, `models.forward` jitted at
 one face, the landmarks mapped back), so its figure is measured on the same machine, in the same
@@ -28,9 +28,9 @@ from treemoe_jax.nn import models
 
 
 def initialised_workdir(directory: pathlib.Path) -> pathlib.Path:
-  """A workdir of configs/pose_tree_moe.py:tiny with initialised (untrained) parameters."""
+  """A workdir of configs/pose_tree_moe.py:cpu with initialised (untrained) parameters."""
   from configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config('pose_tree_moe', 'tiny')
+  config = default.get_config('pose_tree_moe', 'cpu')
   model = models.create(config)
   variables = models.init(model, jax.random.key(0))
   directory.mkdir(parents=True, exist_ok=True)

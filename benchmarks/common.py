@@ -89,18 +89,18 @@ def countable(config):
   """`config` with every committee lowered so that XLA's cost analysis sees all of its work.
 
   XLA counts a loop's body once, not once per trip, so a committee computed by `lax.scan` over
-  its experts (`mlp_lowering='scan'`) would report one expert's FLOPs. The model computed is the
+  its experts (`regression_lowering='scan'`) would report one expert's FLOPs. The model computed is the
   same; benchmarks time the real lowering and take the FLOPs from this one. The CNN committee's
   'blockdiag' and 'padded' lowerings multiply by zeros (off-diagonal blocks, padded channels):
   they are counted as 'merged', which computes the same function without them (useful work), and
-  the first layer as XLA's convolution (`cnn_first_layer='matmul'` adds the bias as a matmul row).
+  the first layer as XLA's convolution (`representation_first_layer='matmul'` adds the bias as a matmul row).
   """
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.model.mlp_lowering = 'vmap'
-    config.model.cnn_first_layer = 'conv'  # 'matmul' multiplies a column of ones too
-    if config.model.get('cnn_lowering') in ('blockdiag', 'padded'):
-      config.model.cnn_lowering = 'merged'
+    config.model.regression_lowering = 'vmap'
+    config.model.representation_first_layer = 'conv'  # 'matmul' multiplies a column of ones too
+    if config.model.get('representation_lowering') in ('blockdiag', 'padded'):
+      config.model.representation_lowering = 'merged'
   return config
 
 
@@ -214,12 +214,13 @@ def config_for(architecture: str, variant: str, dtype: str, lowering: str = 'aut
   """lowering: 'auto', 'CNN/MLP' committee lowerings (experts.CNN_LOWERINGS, MLP_LOWERINGS) or
   'CNN/MLP/FIRST' with the CNNs' first layer (experts.FIRST_LAYERS)."""
   cnn, mlp, first = split_lowering(lowering)
-  config = default.get_config(architecture, variant)
+  # The tables keep 0.1's 'tiny' label (their JSONs say it); the config is the 'cpu' variant.
+  config = default.get_config(architecture, default.DEPRECATED_VARIANTS.get(variant, variant))
   with config.unlocked():
     config.model.dtype = dtype
-    config.model.cnn_lowering = cnn
-    config.model.mlp_lowering = mlp
-    config.model.cnn_first_layer = first
+    config.model.representation_lowering = cnn
+    config.model.regression_lowering = mlp
+    config.model.representation_first_layer = first
   return config
 
 

@@ -97,7 +97,7 @@ def make_forward(model: models.FaceAligner):
       h_experts = grouped_cnns(stage['representation']['experts'], crops)
       rep_in = pose if spec.gates_on_pose else jnp.zeros((images.shape[0], 1))
       rep_w = gate_weights(spec.representation_gate, stage.get('representation_gate'), rep_in,
-                           spec.num_cnn_experts)
+                           spec.num_representation_experts)
       h = jnp.einsum('bef,be->bf', h_experts, rep_w)
       reg_w = gate_weights(spec.regression_gate, stage.get('regression_gate'), h,
                            spec.num_regression_experts)

@@ -49,13 +49,13 @@ class RegressionLayer(nn.Module):
   outputs: int = 136
   gate: str = 'tree'
   routing: routing_lib.Routing = routing_lib.DENSE
-  mlp_lowering: str = 'auto'  # the dense committee's (experts.MLP_LOWERINGS)
+  regression_lowering: str = 'auto'  # the dense committee's (experts.MLP_LOWERINGS)
   routed_lowering: str = 'auto'  # the routed committee's (experts.ROUTED_LOWERINGS)
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:  # [B, F] -> [B, O]
     committee = experts.ExpertMLPs(self.num_experts, self.hidden, self.outputs,
-                                   lowering=self.mlp_lowering,
+                                   lowering=self.regression_lowering,
                                    routed_lowering=self.routed_lowering, name='regression')
     depth = int(np.log2(self.num_experts))
     gate = gates.make_gate(self.gate, self.num_experts, depth, name='regression_gate')
@@ -95,7 +95,7 @@ def layer_speed(gemm: float, batches=(1, 32), features: int = 2040,
         gathered_seconds = common.time_call(lambda: gathered(variables, next(stream)),
                                             min_seconds)
       # Counted on the vmap lowering: XLA counts a scanned committee's loop body once.
-      counted = RegressionLayer(routing=routing_lib.parse(name), mlp_lowering='vmap',
+      counted = RegressionLayer(routing=routing_lib.parse(name), regression_lowering='vmap',
                                 routed_lowering='gather')
       flops = common.lowered_flops(jax.jit(counted.apply).lower(variables, h))
       lowering = ('dense' if name == 'dense' else experts.resolve_routed_lowering(

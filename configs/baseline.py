@@ -1,6 +1,6 @@
 """The baseline architecture (section 3.5).
 
-  python train.py --config configs/baseline.py:tiny --workdir /tmp/baseline_tiny   # CPU, minutes
+  python train.py --config configs/baseline.py:cpu --workdir /tmp/baseline_cpu   # CPU, minutes
   python train.py --config configs/baseline.py --workdir /tmp/baseline             # accelerators
 """
 

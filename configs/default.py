@@ -2,17 +2,19 @@
 
 Full size (section 3.5, ~18M parameters per cascade stage) is an accelerator job:
   python train.py --config configs/pose_tree_moe.py --workdir /tmp/ptm
-The `tiny` variant keeps the same code at small widths, few experts and two stages, so that it
-runs on a CPU in minutes:
-  python train.py --config configs/pose_tree_moe.py:tiny --workdir /tmp/ptm_tiny
+The `cpu` variant keeps the same code at small widths, few experts and two stages, so that it
+runs on a CPU in minutes (the README main job); `reproduction` is the CPU reproduction's size:
+  python train.py --config configs/pose_tree_moe.py:cpu --workdir /tmp/ptm_cpu
 """
+
+import warnings
 
 import ml_collections
 
 # Section 3.5 / SPEC's table: what each architecture is at full size. Gate kinds follow from
 # the name (treemoe_jax.nn.models.GATES); these are the sizes.
-_SINGLE_CNN = dict(cnn_features=(20, 40, 80, 160, 30), num_cnn_experts=1)
-_POSE_CNNS = dict(cnn_features=(7, 14, 28, 56, 30), num_cnn_experts=8, representation_gate_depth=3)
+_SINGLE_CNN = dict(representation_features=(20, 40, 80, 160, 30), num_representation_experts=1)
+_POSE_CNNS = dict(representation_features=(7, 14, 28, 56, 30), num_representation_experts=8, representation_gate_depth=3)
 _REGRESSORS = dict(num_regression_experts=64, regression_hidden=128, regression_gate_depth=6)
 PAPER_SIZES = {
     'baseline': dict(**_SINGLE_CNN, num_regression_experts=1, regression_hidden=8192),
@@ -25,20 +27,20 @@ PAPER_SIZES = {
 
 # The same code at CPU scale: 2 stages, 16x16 patches, 8 features per landmark, 4 pose experts,
 # 8 regressors of 128 hidden units (docs/learning.md).
-_TINY_CNN = dict(cnn_features=(8, 8, 16, 16, 8))
+_TINY_CNN = dict(representation_features=(8, 8, 16, 16, 8))
 TINY_SIZES = {
-    'baseline': dict(**_TINY_CNN, num_cnn_experts=1, num_regression_experts=1,
+    'baseline': dict(**_TINY_CNN, num_representation_experts=1, num_regression_experts=1,
                      regression_hidden=1024),
-    'pose': dict(**_TINY_CNN, num_cnn_experts=4, representation_gate_depth=2,
+    'pose': dict(**_TINY_CNN, num_representation_experts=4, representation_gate_depth=2,
                  num_regression_experts=8, regression_hidden=128, regression_gate_depth=3),
-    'single_cnn': dict(**_TINY_CNN, num_cnn_experts=1, num_regression_experts=8,
+    'single_cnn': dict(**_TINY_CNN, num_representation_experts=1, num_regression_experts=8,
                        regression_hidden=128, regression_gate_depth=3),
 }
 
 # The reproduction's CPU size (experiments/reproduce.py): every architecture at the same parameter
 # budget per stage, as section 3.5 insists (docs/reproduction.md).
-_SMALL_SINGLE_CNN = dict(cnn_features=(8, 8, 16, 16, 8), num_cnn_experts=1)
-_SMALL_POSE_CNNS = dict(cnn_features=(4, 4, 8, 8, 8), num_cnn_experts=4,
+_SMALL_SINGLE_CNN = dict(representation_features=(8, 8, 16, 16, 8), num_representation_experts=1)
+_SMALL_POSE_CNNS = dict(representation_features=(4, 4, 8, 8, 8), num_representation_experts=4,
                         representation_gate_depth=2)
 _SMALL_REGRESSORS = dict(num_regression_experts=8, regression_hidden=128, regression_gate_depth=3)
 SMALL_SIZES = {
@@ -47,7 +49,21 @@ SMALL_SIZES = {
     'single_cnn': dict(**_SMALL_SINGLE_CNN, **_SMALL_REGRESSORS),
 }
 
-VARIANTS = ('full', 'small', 'tiny')
+VARIANTS = ('full', 'reproduction', 'cpu')
+# Release 0.1's names, read for one more release with a warning: they collided with the
+# synthetic_faces dataset configs ('tiny' trained on synthetic_faces/small).
+DEPRECATED_VARIANTS = {'tiny': 'cpu', 'small': 'reproduction'}
+# Release 0.1's config field names, still settable (--config.model.cnn_features=...) as aliases
+# of the renamed fields (treemoe_jax.runs.RENAMED_FIELDS): setting either sets both.
+DEPRECATED_FIELDS = {
+    'cnn_features': 'representation_features',
+    'num_cnn_experts': 'num_representation_experts',
+    'cnn_kernel_sizes': 'representation_kernel_sizes',
+    'cnn_conv_impl': 'representation_conv_impl',
+    'cnn_lowering': 'representation_lowering',
+    'cnn_first_layer': 'representation_first_layer',
+    'mlp_lowering': 'regression_lowering',
+}
 
 
 def model_config(architecture: str) -> ml_collections.ConfigDict:
@@ -60,14 +76,14 @@ def model_config(architecture: str) -> ml_collections.ConfigDict:
       num_landmarks=68,
       patch_size=32,
       num_stages=4,
-      cnn_kernel_sizes=(5, 5, 3, 3, 1),
-      cnn_conv_impl='im2col',  # or 'xla' (nn.Conv): same parameters and outputs, other speed
+      representation_kernel_sizes=(5, 5, 3, 3, 1),
+      representation_conv_impl='im2col',  # or 'xla' (nn.Conv): same parameters and outputs, other speed
       # How the CNN committee is computed: 'auto' (per backend, measured), 'vmap' or 'merged'.
-      cnn_lowering='auto',
+      representation_lowering='auto',
       # Its first layer in the merged lowerings: 'auto' (per backend, measured), 'conv', 'matmul'.
-      cnn_first_layer='auto',
+      representation_first_layer='auto',
       # How the 64-regressor committee is computed: 'auto' (per backend, measured), 'vmap', 'scan'.
-      mlp_lowering='auto',
+      regression_lowering='auto',
       # 'bfloat16': the committees and the pose estimator compute in bf16; parameters, patch
       # coordinates, gates, displacements and the loss stay float32 (docs/benchmarks.md).
       dtype='float32',
@@ -135,7 +151,7 @@ def _training(config: ml_collections.ConfigDict) -> None:
   config.resnet50_weights = ''
 
 
-def _tiny(config: ml_collections.ConfigDict) -> None:
+def _cpu(config: ml_collections.ConfigDict) -> None:
   config.model.update(TINY_SIZES[_size_kind(config.model.architecture)])
   config.model.num_stages = 2
   config.model.patch_size = 16  # a quarter of the CNN work: the CPU main job's budget
@@ -143,8 +159,7 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
   config.pose.update(dict(stage_sizes=(1, 1, 1, 1), base_width=8, head_hidden=32))
   config.dataset = 'synthetic_faces/small'
   config.batch_size = 16
-  # 600 and 400 before docs/learning.md: the pose estimator was 22-28 deg off in yaw, the cascade
-  # far from converged; these still fit the README main job in about ten CPU minutes.
+  # Steps that fit the README main job in about ten CPU minutes (docs/learning.md).
   config.num_train_steps = 1500
   config.pose_train_steps = 1000
   config.log_every_steps = 50
@@ -152,22 +167,15 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
   config.checkpoint_every_steps = 250
 
 
-def _small(config: ml_collections.ConfigDict) -> None:
-  """tiny's patches and pose estimator; a third stage, equal budgets, more faces, longer."""
-  _tiny(config)
+def _reproduction(config: ml_collections.ConfigDict) -> None:
+  """cpu's patches and pose estimator; a third stage, equal budgets, more faces, longer
+  (docs/learning.md, docs/reproduction.md)."""
+  _cpu(config)
   config.model.update(SMALL_SIZES[_size_kind(config.model.architecture)])
-  # Two before, as tiny: a third stage took baseline's frontal NME from 1.42 to 1.06 %, past
-  # dlib's ERT (1.29), for 1.5x the parameters and ~1.3x the step time (docs/learning.md).
   config.model.num_stages = 3
   config.dataset = 'synthetic_faces/default'
-  # 3000 before: every architecture's curve was still falling, and 6000 moved them from behind
-  # dlib's ERT on every view to ahead on all but the frontal one (2 stages; docs/reproduction.md
-  # at commit 43899da).
   config.num_train_steps = 6000
-  # Section 3.5's constant 1e-3 before: a warm-up to twice the rate, then a cosine decay to 0,
-  # took baseline's NME on the wide test split from 3.30 to 2.89 % at the same 6000 steps
-  # (docs/learning.md: small_constant against small_cosine_2e-3).
-  config.learning_rate = 2e-3
+  config.learning_rate = 2e-3  # a warm-up to twice section 3.5's rate, then a cosine decay
   config.lr_schedule = 'cosine'
   config.warmup_steps = 300
   config.pose_train_steps = 3000
@@ -183,8 +191,12 @@ def _size_kind(architecture: str) -> str:
 
 def get_config(architecture: str = 'pose_tree_moe', variant: str | None = None
                ) -> ml_collections.ConfigDict:
-  """The experiment config of `architecture` at `variant` size ('full' or 'tiny')."""
+  """The experiment config of `architecture` at `variant` size ('full', 'reproduction' or 'cpu')."""
   variant = variant or 'full'
+  if variant in DEPRECATED_VARIANTS:
+    warnings.warn(f'size variant {variant!r} is now {DEPRECATED_VARIANTS[variant]!r}; the old '
+                  'name goes in the next release', DeprecationWarning, stacklevel=2)
+    variant = DEPRECATED_VARIANTS[variant]
   if variant not in VARIANTS:
     raise ValueError(f'unknown variant {variant!r}; valid: {", ".join(VARIANTS)}')
   config = ml_collections.ConfigDict()
@@ -194,9 +206,11 @@ def get_config(architecture: str = 'pose_tree_moe', variant: str | None = None
   config.model = model_config(architecture)
   config.pose = pose_config()
   _training(config)
-  if variant == 'tiny':
-    _tiny(config)
-  elif variant == 'small':
-    _small(config)
+  if variant == 'cpu':
+    _cpu(config)
+  elif variant == 'reproduction':
+    _reproduction(config)
+  for old, new in DEPRECATED_FIELDS.items():
+    config.model[old] = config.model.get_ref(new)
   config.lock()
   return config

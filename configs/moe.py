@@ -1,6 +1,6 @@
 """The moe architecture (section 3.5).
 
-  python train.py --config configs/moe.py:tiny --workdir /tmp/moe_tiny   # CPU, minutes
+  python train.py --config configs/moe.py:cpu --workdir /tmp/moe_cpu   # CPU, minutes
   python train.py --config configs/moe.py --workdir /tmp/moe             # accelerators
 """
 

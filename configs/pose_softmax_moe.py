@@ -1,6 +1,6 @@
 """The pose_softmax_moe architecture (section 3.5).
 
-  python train.py --config configs/pose_softmax_moe.py:tiny --workdir /tmp/pose_softmax_moe_tiny   # CPU, minutes
+  python train.py --config configs/pose_softmax_moe.py:cpu --workdir /tmp/pose_softmax_moe_cpu   # CPU, minutes
   python train.py --config configs/pose_softmax_moe.py --workdir /tmp/pose_softmax_moe             # accelerators
 """
 

@@ -1,6 +1,6 @@
 """The softmax_moe architecture (section 3.5).
 
-  python train.py --config configs/softmax_moe.py:tiny --workdir /tmp/softmax_moe_tiny   # CPU, minutes
+  python train.py --config configs/softmax_moe.py:cpu --workdir /tmp/softmax_moe_cpu   # CPU, minutes
   python train.py --config configs/softmax_moe.py --workdir /tmp/softmax_moe             # accelerators
 """
 

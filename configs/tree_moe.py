@@ -1,6 +1,6 @@
 """The tree_moe architecture (section 3.5).
 
-  python train.py --config configs/tree_moe.py:tiny --workdir /tmp/tree_moe_tiny   # CPU, minutes
+  python train.py --config configs/tree_moe.py:cpu --workdir /tmp/tree_moe_cpu   # CPU, minutes
   python train.py --config configs/tree_moe.py --workdir /tmp/tree_moe             # accelerators
 """
 

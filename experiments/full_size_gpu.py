@@ -95,7 +95,7 @@ def main() -> int:
   parser.add_argument('--pose_minutes', type=float, default=1.5)
   parser.add_argument('--minutes', type=float, default=3.0)
   parser.add_argument('--batch', type=int, default=64)
-  parser.add_argument('--variant', default='full', help="'tiny' for a CPU smoke test")
+  parser.add_argument('--variant', default='full', help="'cpu' for a CPU smoke test")
   parser.add_argument('--workdir', default=None, help='where the runs go (default: a new temp dir)')
   args = parser.parse_args()
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}, '

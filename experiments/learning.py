@@ -23,7 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOC = ROOT / 'docs' / 'learning.md'
 FIGURE = ROOT / 'docs' / 'learning_variants.png'
 
-# name -> (what it tests, overrides). Every variant trains tree_moe:tiny on
+# name -> (what it tests, overrides). Every variant trains tree_moe:cpu on
 # synthetic_faces/default (4000 wide-pose faces) for --steps at batch 16, from the config as the
 # hardening issue left it (_BEFORE pins those values, now no longer the defaults), plus its changes.
 _BEFORE = ['--config.dataset=synthetic_faces/default',
@@ -64,7 +64,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                   [*_SG, *_COARSE, *_JIT3, *_H128, *_DIST,
                                    '--config.dataset=synthetic_faces/large']),
 }
-VARIANTS = {name: ('configs/tree_moe.py:tiny', why, _BEFORE + overrides)
+VARIANTS = {name: ('configs/tree_moe.py:cpu', why, _BEFORE + overrides)
             for name, (why, overrides) in VARIANTS.items()}
 # The schedule at the reproduction's length: baseline:small (4000 faces) for --steps 6000, from
 # today's defaults with the schedule pinned, and the 2 stages `small` had when they were measured.
@@ -153,7 +153,7 @@ def report(results: dict) -> str:
   ax.set_yticks(range(len(names)), names, fontsize=8)
   ax.invert_yaxis()
   ax.set_xlabel('NME % (box) on the wide test split after the last step')
-  ax.set_title('variants (tree_moe:tiny from the hardening config; small_*: baseline:small)')
+  ax.set_title('variants (tree_moe:cpu from the hardening config; small_*: baseline:small)')
   ax.grid(alpha=0.3, axis='x')
   ax.legend(fontsize=8, loc='lower right')
   fig.tight_layout()

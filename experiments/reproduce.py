@@ -2,7 +2,7 @@
 head-pose estimator and the classic peer, trained on the same faces; writes docs/reproduction.md.
 
   pip install -e '.[peers]'          # dlib-bin, for the ERT peer
-  python experiments/reproduce.py --oracle             # CPU: the `small` sizes, about 2 h
+  python experiments/reproduce.py --gate_pose_truth    # CPU: the `reproduction` sizes, about 2 h
   python experiments/reproduce.py --seeds 0,1,2        # three seeds: mean and spread
   python experiments/reproduce.py --size full --out /tmp/repro_full   # the paper's sizes (GPU/TPU)
 
@@ -57,7 +57,7 @@ PAPER_TABLE3 = {'tree_moe': (2.84, 4.01, 4.93, 3.92), 'pose_tree_moe': (2.78, 3.
 PAPER_FIG6_SHARE = {'tree': 0.20, 'softmax': 0.40}
 
 SIZES = {  # --size -> (config variant, dataset, device note)
-    'small': ('small', 'synthetic_faces/default', 'CPU'),
+    'small': ('reproduction', 'synthetic_faces/default', 'CPU'),
     'full': (None, 'synthetic_faces/default', 'GPU/TPU'),
 }
 
@@ -577,8 +577,9 @@ def main() -> int:
   parser.add_argument('--steps', type=int, default=None, help='per architecture (default: the '
                       "config's num_train_steps)")
   parser.add_argument('--eval_every', type=int, default=1000, help='learning-curve points')
-  parser.add_argument('--oracle', action='store_true', help='also pose_tree_moe gated on the '
-                      'true head pose (first seed)')
+  parser.add_argument('--gate_pose_truth', '--oracle', dest='oracle', action='store_true',
+                      help="also pose_tree_moe with gate_pose='truth': gated on the true head "
+                      'pose (first seed; --oracle: its 0.1 name)')
   parser.add_argument('--pose_steps', type=int, default=12_000)
   parser.add_argument('--pose_check', type=int, default=1000, help='steps between its evals')
   parser.add_argument('--pose_tol', type=float, default=0.05, help='a last check better than '

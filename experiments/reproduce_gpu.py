@@ -1,7 +1,7 @@
 """The reproduction's comparison at the paper's sizes on one GPU, without TensorFlow.
 
   python experiments/reproduce_gpu.py --out /tmp/repro_gpu            # full size, one GPU
-  python experiments/reproduce_gpu.py --out /tmp/r --variant tiny --num_train 256 \
+  python experiments/reproduce_gpu.py --out /tmp/r --variant cpu --num_train 256 \
       --num_per_view 32 --pose_seconds 20 --budget_seconds 240          # a CPU smoke test
 
 `experiments/reproduce.py` trains through train.py and tf.data; machines lent without TensorFlow
@@ -276,7 +276,7 @@ def _spawn(architecture: str, args, out: pathlib.Path) -> subprocess.Popen:
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', default='/tmp/repro_gpu')
-  parser.add_argument('--variant', default='full', help="the configs' size; 'tiny' on a CPU")
+  parser.add_argument('--variant', default='full', help="the configs' size; 'cpu' on a CPU")
   parser.add_argument('--num_train', type=int, default=4000)
   parser.add_argument('--num_per_view', type=int, default=300)
   parser.add_argument('--batch', type=int, default=64)

@@ -73,7 +73,7 @@ def micro_runs(micro_data_dir, tmp_path_factory) -> dict[str, pathlib.Path]:
   tree = trained('tree_moe')
   # A one-block pose ResNet, pre-trained for 4 steps: Fig. 5 needs a pose, not a good one.
   pose = trained('pose_tree_moe', **{
-      'model.architecture': 'pose_tree_moe', 'model.num_cnn_experts': 4,
+      'model.architecture': 'pose_tree_moe', 'model.num_representation_experts': 4,
       'model.representation_gate_depth': 2, 'pose_train_steps': 4, 'pose.stage_sizes': (1,),
       'pose.base_width': 4, 'pose.head_hidden': 8})
   return {'tree_moe': tree, 'pose_tree_moe': pose}

@@ -17,7 +17,7 @@ STEPS = 8
 OVERRIDES = {
     'dataset': 'synthetic_faces/tiny', 'batch_size': 8, 'num_train_steps': STEPS,
     'log_every_steps': 2, 'checkpoint_every_steps': 2, 'eval_every_steps': STEPS,
-    'model.image_size': 64, 'model.patch_size': 16, 'model.cnn_features': (4, 4, 4, 4, 4),
+    'model.image_size': 64, 'model.patch_size': 16, 'model.representation_features': (4, 4, 4, 4, 4),
     'model.num_stages': 1,
     'model.num_regression_experts': 4, 'model.regression_gate_depth': 2,
     'model.regression_hidden': 8,
@@ -25,7 +25,7 @@ OVERRIDES = {
 
 
 def micro_config(data_dir: str, **changes):
-  config = default.get_config('tree_moe', 'tiny')
+  config = default.get_config('tree_moe', 'cpu')
   for key, value in (OVERRIDES | {'data_dir': data_dir} | changes).items():
     parent, _, leaf = key.rpartition('.')
     setattr(config[parent] if parent else config, leaf, value)
@@ -33,8 +33,8 @@ def micro_config(data_dir: str, **changes):
 
 
 def flags(data_dir: str, **changes) -> list[str]:
-  """The same micro config as command-line overrides of configs/tree_moe.py:tiny."""
-  out = ['--config', str(ROOT / 'configs/tree_moe.py:tiny')]
+  """The same micro config as command-line overrides of configs/tree_moe.py:cpu."""
+  out = ['--config', str(ROOT / 'configs/tree_moe.py:cpu')]
   for key, value in (OVERRIDES | {'data_dir': data_dir} | changes).items():
     out.append(f'--config.{key}={value}')
   return out

@@ -90,7 +90,7 @@ def test_a_first_layer_lowering_is_named_run_and_counted_as_the_convolution():
   with pytest.raises(ValueError, match='CNN/MLP/FIRST'):
     common.split_lowering('merged')
   assert common.config_for('pose_tree_moe', 'tiny', 'float32',
-                           'merged/vmap/matmul').model.cnn_first_layer == 'matmul'
+                           'merged/vmap/matmul').model.representation_first_layer == 'matmul'
   rows = [common.forward_row(common.forward_case('moe', 'tiny', 'float32', lowering),
                              2, min_seconds=0)
           for lowering in ('merged/vmap/matmul', 'merged/vmap/conv')]

@@ -11,7 +11,7 @@ from treemoe_jax.train import trainer as train
 
 
 def _config(**changes):
-  config = default.get_config('tree_moe', 'tiny')
+  config = default.get_config('tree_moe', 'cpu')
   with config.unlocked():
     for key, value in changes.items():
       target = config
@@ -62,7 +62,7 @@ def test_wsd_schedule_warms_up_holds_then_decays_linearly_to_zero():
 
 @pytest.mark.parametrize('architecture', ['baseline', 'tree_moe'])
 def test_zero_initialised_regressors_leave_every_stage_at_s0(architecture):
-  config = default.get_config(architecture, 'tiny')
+  config = default.get_config(architecture, 'cpu')
   with config.unlocked():
     config.model.regression_output_init = 'zeros'
   model = models.create(config)
@@ -115,7 +115,7 @@ def test_legacy_pose_heads_are_read_through_tanh(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   from treemoe_jax.nn import pose as pose_lib  # pylint: disable=g-import-not-at-top
   from treemoe_jax.train import record as workdirs  # pylint: disable=g-import-not-at-top
-  pose_config = default.get_config('pose_tree_moe', 'tiny')
+  pose_config = default.get_config('pose_tree_moe', 'cpu')
   record = json.loads(pose_config.to_json_best_effort())
   del record['pose']['head_output']
   (tmp_path / workdirs.CONFIG_FILE).write_text(json.dumps(record))
@@ -136,7 +136,7 @@ def test_legacy_pose_heads_are_read_through_tanh(tmp_path):
 
 
 def test_true_pose_gate_reads_the_given_pose_and_builds_no_estimator():
-  config = default.get_config('pose_tree_moe', 'tiny')
+  config = default.get_config('pose_tree_moe', 'cpu')
   config.model.gate_pose = 'truth'
   model = models.create(config)
   assert model.pose_estimator is None

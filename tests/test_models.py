@@ -67,13 +67,13 @@ def tiny_variables(architecture: str) -> dict:
   hash rounds in every initializer, about twice the tiny model's own init time); the tests of
   bitwise resume and device-count equality run on the default generator.
   """
-  model = models.create(default.get_config(architecture, 'tiny'))
+  model = models.create(default.get_config(architecture, 'cpu'))
   return jax.jit(lambda key: models.init(model, key))(jax.random.key(0, impl='rbg'))
 
 
 @pytest.mark.parametrize('architecture', ARCHITECTURES)
 def test_tiny_forward_shapes_and_gates(architecture):
-  config = default.get_config(architecture, 'tiny')
+  config = default.get_config(architecture, 'cpu')
   model = models.create(config)
   batch = 2
   images = jax.random.uniform(jax.random.key(0), (batch, 150, 150), minval=-1, maxval=1)
@@ -83,7 +83,7 @@ def test_tiny_forward_shapes_and_gates(architecture):
   assert out['shape'].shape == (batch, 68, 2)
   assert out['stage_shapes'].shape == (k, batch, 68, 2)
   np.testing.assert_array_equal(out['stage_shapes'][-1], out['shape'])
-  num_cnns, num_regressors = config.model.num_cnn_experts, config.model.num_regression_experts
+  num_cnns, num_regressors = config.model.num_representation_experts, config.model.num_regression_experts
   assert out['gates']['representation'].shape == (k, batch, num_cnns)
   assert out['gates']['regression'].shape == (k, batch, num_regressors)
   for weights in out['gates'].values():
@@ -115,7 +115,7 @@ def _loss_and_grads(config, batch=4):
 
 
 def test_gradients_reach_every_gate_node_and_every_expert():
-  config = default.get_config('pose_tree_moe', 'tiny')
+  config = default.get_config('pose_tree_moe', 'cpu')
   config.model.freeze_pose = False  # fine-tuned jointly: the pose heads learn from the landmarks
   config.model.stop_gradient_between_stages = False  # the last stage's loss reaches stage 0
   grads = _loss_and_grads(config)
@@ -133,7 +133,7 @@ def test_gradients_reach_every_gate_node_and_every_expert():
 
 
 def test_stop_gradient_between_stages():
-  config = default.get_config('tree_moe', 'tiny')
+  config = default.get_config('tree_moe', 'cpu')
   with config.unlocked():
     config.model.stop_gradient_between_stages = False
   joint = _loss_and_grads(config)['cascade']['stage0']
@@ -146,14 +146,14 @@ def test_stop_gradient_between_stages():
 
 
 def test_frozen_pose_gets_no_gradient():
-  config = default.get_config('pose_tree_moe', 'tiny')
+  config = default.get_config('pose_tree_moe', 'cpu')
   config.model.freeze_pose = True
   grads = _loss_and_grads(config)
   assert all(np.all(np.asarray(leaf) == 0) for leaf in jax.tree.leaves(grads['pose_estimator']))
 
 
 def test_bad_inputs_get_clear_errors():
-  config = default.get_config('tree_moe', 'tiny')
+  config = default.get_config('tree_moe', 'cpu')
   model = models.create(config)
   shape = jnp.zeros((2, 68, 2))
   with pytest.raises(ValueError, match=r'images must be \[B, 150, 150\]'):
@@ -167,16 +167,16 @@ def test_bad_inputs_get_clear_errors():
 
 
 def test_bad_configs_get_clear_errors():
-  config = default.get_config('pose_tree_moe', 'tiny')
+  config = default.get_config('pose_tree_moe', 'cpu')
   config.model.representation_gate_depth = 3  # 8 leaves for 4 expert CNNs
   with pytest.raises(ValueError, match='depth 3 has 8 leaves.*4 experts'):
     models.create(config)
-  config = default.get_config('tree_moe', 'tiny')
+  config = default.get_config('tree_moe', 'cpu')
   config.model.architecture = 'tree_mixture'
   with pytest.raises(ValueError, match='unknown architecture .*baseline, moe, softmax_moe'):
     models.create(config)
-  for field, name in [('mlp_lowering', 'regression committee'), ('cnn_lowering', 'CNN committee')]:
-    config = default.get_config('tree_moe', 'tiny')
+  for field, name in [('regression_lowering', 'regression committee'), ('representation_lowering', 'CNN committee')]:
+    config = default.get_config('tree_moe', 'cpu')
     config.model[field] = 'loop'  # refused when the model is built, before any init or apply
     with pytest.raises(ValueError, match=f"unknown {name} lowering 'loop'"):
       models.create(config)
@@ -194,7 +194,7 @@ def test_import_does_not_load_tensorflow():
 
 
 def test_top1_regression_uses_the_most_weighted_expert_alone():
-  config = default.get_config('tree_moe', 'tiny')
+  config = default.get_config('tree_moe', 'cpu')
   with config.unlocked():
     config.model.num_stages = 1
     config.model.patch_scales = ()  # the reference below crops at full resolution
@@ -208,7 +208,7 @@ def test_top1_regression_uses_the_most_weighted_expert_alone():
   # Reference: run the regression experts by hand and take the argmax expert's output.
   stage = variables['params']['cascade']['stage0']
   crops = patches.extract_patches(images, init_shape, 16)
-  h = experts.ExpertCNNs(1, config.model.cnn_features).apply(
+  h = experts.ExpertCNNs(1, config.model.representation_features).apply(
       {'params': stage['representation']}, crops)[:, 0]
   each = experts.ExpertMLPs(8, config.model.regression_hidden, 136).apply(
       {'params': stage['regression']}, h)  # [B, E, 2P]
@@ -218,7 +218,7 @@ def test_top1_regression_uses_the_most_weighted_expert_alone():
 
 
 def test_top1_under_a_uniform_gate_is_one_expert_not_the_ensemble():
-  config = default.get_config('moe', 'tiny')
+  config = default.get_config('moe', 'cpu')
   with config.unlocked():
     config.model.num_stages = 1
     config.model.patch_scales = ()  # the reference below crops at full resolution
@@ -237,7 +237,7 @@ def test_top1_under_a_uniform_gate_is_one_expert_not_the_ensemble():
     # Reference: expert 0 alone (every weight ties at 1/8; ties go to the lowest index), run as a
     # one-expert committee on its slice of the stacked parameters.
     crops = patches.extract_patches(images, init_shape, config.model.patch_size)
-    h = experts.ExpertCNNs(1, config.model.cnn_features).apply(
+    h = experts.ExpertCNNs(1, config.model.representation_features).apply(
         {'params': stage['representation']}, crops)[:, 0]
     expert0 = jax.tree.map(lambda leaf: leaf[:1], stage['regression'])
     alone = experts.ExpertMLPs(1, config.model.regression_hidden, 136).apply(
@@ -252,7 +252,7 @@ def test_top1_under_a_uniform_gate_is_one_expert_not_the_ensemble():
 
 def _traced_init(architecture, images, init_shape=jax.ShapeDtypeStruct((2, 68, 2), jnp.float32)):
   """Trace-time input checks: `init` under eval_shape raises before any computation."""
-  model = models.create(default.get_config(architecture, 'tiny'))
+  model = models.create(default.get_config(architecture, 'cpu'))
   return lambda: jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                                 images, init_shape)
 
@@ -281,7 +281,7 @@ def test_init_shape_of_the_wrong_kind_gets_a_clear_error(architecture):
 
 
 def test_float_images_of_any_precision_pass_the_checks():
-  model = models.create(default.get_config('tree_moe', 'tiny'))
+  model = models.create(default.get_config('tree_moe', 'cpu'))
   for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
     variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                                jax.ShapeDtypeStruct((2, 150, 150), dtype),
@@ -294,7 +294,7 @@ def test_bfloat16_model_keeps_float32_parameters_coordinates_and_loss():
   and the landmarks close to the float32 model's with the same parameters."""
   from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
   def one_stage(dtype):  # one stage holds every part the dtype policy touches; bf16 is slow here
-    config = default.get_config('pose_tree_moe', 'tiny')
+    config = default.get_config('pose_tree_moe', 'cpu')
     with config.unlocked():
       config.model.update(dtype=dtype, num_stages=1)
       config.pose.update(stage_sizes=(1,), base_width=4, head_hidden=8)  # a one-block ResNet
@@ -322,7 +322,7 @@ def test_bfloat16_model_keeps_float32_parameters_coordinates_and_loss():
 def test_an_inference_model_computes_what_the_trained_one_does():
   """models.create(..., inference=True) may lower its committees differently (the CPU: 'padded'
   expert CNNs), never what they compute: the same variables give the same shapes and gates."""
-  config = default.get_config('pose_tree_moe', 'tiny')
+  config = default.get_config('pose_tree_moe', 'cpu')
   trained, inference = models.create(config), models.create(config, inference=True)
   assert inference.stage.inference and not trained.stage.inference
   images = jax.random.uniform(jax.random.key(0), (2, 150, 150), minval=-1, maxval=1)

@@ -21,7 +21,7 @@ from treemoe_jax.nn import models
     ('baseline', 16), ('softmax_moe', 16), ('pose_tree_moe', 16),
     ('pose_tree_moe', 32)])  # the paper's 32 px: the package's CNNs crop to what they read
 def test_plain_port_equals_package_forward(architecture, patch_size):
-  config = default.get_config(architecture, 'tiny')
+  config = default.get_config(architecture, 'cpu')
   with config.unlocked():
     config.model.patch_scales = ()  # the paper's patches: what the port covers
     config.model.patch_size = patch_size

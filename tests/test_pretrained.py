@@ -386,7 +386,7 @@ def test_training_config_initialises_the_trunk_from_the_file(tiny_file):
   """`config.resnet50_weights` reaches the pose task's init: the trunk is the converted file's."""
   from configs import default  # pylint: disable=g-import-not-at-top
   from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
-  config = default.get_config('pose_tree_moe', 'tiny')
+  config = default.get_config('pose_tree_moe', 'cpu')
   config.pose.stage_sizes, config.pose.base_width = TINY['stage_sizes'], TINY['base_width']
   config.resnet50_weights = str(tiny_file)
   variables = tasks.pose_task(config).init(jax.random.key(0))

@@ -143,7 +143,7 @@ def test_unknown_routed_lowering_of_cnns_is_refused():
 @functools.lru_cache(maxsize=None)
 def _model_and_inputs(module, batch=8, seed=0, num_stages=1):
   """A tiny model of `module`'s architecture (one init per test session: init compiles slowly)."""
-  config = module.get_config('tiny')
+  config = module.get_config('cpu')
   config.model.num_stages = num_stages  # one stage is the unit routing acts on; compiles fast
   config.model.patch_scales = ()
   config.model.gate_pose = 'truth'  # the pose gate reads a given pose: no ResNet to compile
@@ -165,7 +165,7 @@ def test_topk_of_every_expert_equals_dense(module):
   config, model, variables, images, init_shape, pose = _model_and_inputs(module)
   run = jax.jit(lambda r: model.apply(variables, images, init_shape, pose=pose, routing=r)['shape'],
                 static_argnums=0)
-  k = max(config.model.num_regression_experts, config.model.num_cnn_experts)
+  k = max(config.model.num_regression_experts, config.model.num_representation_experts)
   np.testing.assert_allclose(np.asarray(run(f'topk:{k}')), np.asarray(run('dense')),
                              rtol=1e-6, atol=1e-4)
 

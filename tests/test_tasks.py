@@ -42,7 +42,7 @@ def test_alignment_eval_sums_ignore_padding_rows(jit, monkeypatch):
   # A padding row's normaliser is 0, so its NME is inf or NaN; inf * 0 is NaN (IEEE), so a
   # masked sum must select, not multiply. Unjitted, every op runs alone: no fusion hides it.
   monkeypatch.setattr(tasks.models, 'create', lambda config, inference=False: _FixedShifts())
-  task = tasks.alignment_task(default.get_config('tree_moe', 'tiny'))
+  task = tasks.alignment_task(default.get_config('tree_moe', 'cpu'))
   batch = _padded_batch(np.random.default_rng(0), real=3, padding=2)
   fn = jax.jit(task.eval_sums) if jit else task.eval_sums
   with jax.disable_jit(not jit):

@@ -156,7 +156,7 @@ def test_divergence_stops_before_saving(data_dir, tmp_path):
 def test_config_errors(data_dir, tmp_path, monkeypatch):
   result = subprocess.run(
       [sys.executable, str(ROOT / 'train.py'), '--workdir', str(tmp_path),
-       '--config', str(ROOT / 'configs/tree_moe.py:tiny'), '--config.num_train_stepz=3'],
+       '--config', str(ROOT / 'configs/tree_moe.py:cpu'), '--config.num_train_stepz=3'],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0 and 'num_train_stepz' in result.stderr
   monkeypatch.setattr(jax, 'device_count', lambda: 8)

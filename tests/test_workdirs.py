@@ -10,7 +10,7 @@ from treemoe_jax.train import record as workdirs
 
 
 def _config(**changes) -> ml_collections.ConfigDict:
-  config = default.get_config('tree_moe', 'tiny')
+  config = default.get_config('tree_moe', 'cpu')
   with config.unlocked():
     for key, value in changes.items():
       parent, _, leaf = key.rpartition('.')
@@ -89,15 +89,15 @@ def test_checkpoints_without_a_record_are_refused(tmp_path):
 
 def test_the_committee_lowering_may_change_on_resume(tmp_path):
   # How a committee is computed, not what: a run may resume on another backend.
-  _trained_workdir(tmp_path, _config(**{'model.cnn_lowering': 'merged',
-                                        'model.cnn_conv_impl': 'im2col'}))
-  assert workdirs.check_resume(tmp_path, _config(**{'model.cnn_lowering': 'vmap',
-                                                    'model.cnn_conv_impl': 'xla'}))
+  _trained_workdir(tmp_path, _config(**{'model.representation_lowering': 'merged',
+                                        'model.representation_conv_impl': 'im2col'}))
+  assert workdirs.check_resume(tmp_path, _config(**{'model.representation_lowering': 'vmap',
+                                                    'model.representation_conv_impl': 'xla'}))
 
 
 def test_a_run_stored_before_a_key_existed_resumes_at_that_keys_old_behaviour(tmp_path):
   stored = json.loads(_config().to_json())
-  del stored['model']['dtype'], stored['model']['cnn_lowering']  # as a run of an older version
+  del stored['model']['dtype'], stored['model']['representation_lowering']  # as a run of an older version
   workdirs.record(tmp_path, ml_collections.ConfigDict(stored))
   (tmp_path / 'checkpoints' / '100').mkdir(parents=True)
   assert workdirs.check_resume(tmp_path, _config())  # float32, as those runs computed

@@ -55,7 +55,7 @@ def test_xla_applies_the_options():
 @cpu_only
 @pytest.mark.parametrize('architecture', ['tree_moe', 'pose_tree_moe'])
 def test_forward_equals_xla_defaults(architecture):
-  config = default.get_config(architecture, 'tiny')
+  config = default.get_config(architecture, 'cpu')
   model = models.create(config)
   variables = models.init(model, jax.random.key(0))
   size = config.model.image_size
@@ -81,11 +81,11 @@ def test_training_evaluation_compiles_with_the_options_and_matches_defaults(monk
   from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
   from treemoe_jax.train import tasks  # pylint: disable=g-import-not-at-top
   from treemoe_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
-  config = default.get_config('pose_tree_moe', 'tiny')
+  config = default.get_config('pose_tree_moe', 'cpu')
   with config.unlocked():  # a one-block pose ResNet: the options, not its size, are under test
     config.pose.update(stage_sizes=(1,), base_width=4, head_hidden=8)
   assert tasks.pose_task(config).runs_pose_estimator
-  assert not tasks.alignment_task(default.get_config('tree_moe', 'tiny')).runs_pose_estimator
+  assert not tasks.alignment_task(default.get_config('tree_moe', 'cpu')).runs_pose_estimator
   task = tasks.alignment_task(config)
   assert task.runs_pose_estimator
   mesh = parallel.make_mesh()

@@ -16,9 +16,12 @@ import importlib.util
 import os
 import re
 import sys
+import warnings
 
 from absl import app
 import ml_collections
+
+from treemoe_jax.runs import RENAMED_FIELDS
 
 Config = ml_collections.ConfigDict
 
@@ -91,7 +94,8 @@ def missing_field(config: Config, path: str, name: str = 'config') -> str | None
       return (f'unknown config field --{name}.{path}: {where} is {holder!r}, not a group of '
               f'fields, so it has no {key!r}')
     if key not in holder:
-      keys = sorted(holder.keys())
+      keys = sorted(k for k in holder.keys() if f'{where.partition(".")[2]}.{k}'.lstrip('.')
+                    not in RENAMED_FIELDS)  # 0.1's names: aliases, not advertised
       close = difflib.get_close_matches(key, keys, n=1)
       hint = f' (did you mean {close[0]!r}?)' if close else ''
       return (f'unknown config field --{name}.{path}: {where} has no {key!r}{hint}; '
@@ -120,6 +124,9 @@ def command_line_error(argv: Sequence[str], name: str = 'config') -> str | None:
     sentence = missing_field(config, path, name)
     if sentence:
       return sentence
+    if path in RENAMED_FIELDS:
+      warnings.warn(f'--{name}.{path} is now --{name}.{RENAMED_FIELDS[path]}; the old name goes '
+                    'in the next release', DeprecationWarning, stacklevel=2)
   return None
 
 

@@ -18,16 +18,45 @@ from treemoe_jax import checkpointing
 from treemoe_jax.nn import models
 
 CONFIG_FILE = 'config.json'
+# Config names of release 0.1 -> 0.2's (one word per committee: 'representation' for the expert
+# CNNs, 'regression' for the expert regressors; size variants that no dataset config shares).
+# A config.json written before reads under the new names; configs keep the old ones as aliases.
+RENAMED_FIELDS = {
+    'model.cnn_features': 'model.representation_features',
+    'model.num_cnn_experts': 'model.num_representation_experts',
+    'model.cnn_kernel_sizes': 'model.representation_kernel_sizes',
+    'model.cnn_conv_impl': 'model.representation_conv_impl',
+    'model.cnn_lowering': 'model.representation_lowering',
+    'model.cnn_first_layer': 'model.representation_first_layer',
+    'model.mlp_lowering': 'model.regression_lowering',
+}
+RENAMED_VARIANTS = {'tiny': 'cpu', 'small': 'reproduction'}
 MEAN_SHAPE_FILE = 'mean_shape.npy'
 CHECKPOINTS = 'checkpoints'
 
 
+def canonical(config: dict) -> dict:
+  """A config as JSON-ready nested dicts, under 0.2's names: renamed fields moved to their new
+  keys (an alias beside its field dropped), an old size variant's name replaced."""
+  config = json.loads(json.dumps(config))
+  for old, new in RENAMED_FIELDS.items():
+    group, old_key = old.split('.')
+    fields = config.get(group)
+    if isinstance(fields, dict) and old_key in fields:
+      value = fields.pop(old_key)
+      fields.setdefault(new.split('.')[1], value)
+  if config.get('variant') in RENAMED_VARIANTS:
+    config['variant'] = RENAMED_VARIANTS[config['variant']]
+  return config
+
+
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """The workdir's config.json (JSON turned tuples into lists; consumers convert where needed)."""
+  """The workdir's config.json, under 0.2's names (JSON turned tuples into lists; consumers
+  convert where needed)."""
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(canonical(json.loads(path.read_text())))
 
 
 def load_mean_shape(workdir: str | pathlib.Path) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Trains a face aligner or head-pose estimator (`treemoe_jax.train.train_and_evaluate`).
 
-  python train.py --config configs/pose_tree_moe.py:tiny --workdir /tmp/ptm [--config.x=y ...]
+  python train.py --config configs/pose_tree_moe.py:cpu --workdir /tmp/ptm [--config.x=y ...]
 
 Multi-host: pass --coordinator_address/--num_processes/--process_id, or --distributed to let
 jax.distributed.initialize() read them from the cluster's environment (TPU pods, SLURM).

@@ -28,13 +28,13 @@ class StageSpec:
   """Everything that sizes one cascade stage (the rows of SPEC's architecture table)."""
   num_landmarks: int = 68
   patch_size: int = 32
-  cnn_features: tuple[int, ...] = (20, 40, 80, 160, 30)
-  cnn_kernel_sizes: tuple[int, ...] = (5, 5, 3, 3, 1)
-  num_cnn_experts: int = 1
-  cnn_conv_impl: str = 'im2col'  # how the expert convolutions are computed (experts.CONV_IMPLS)
-  cnn_lowering: str = 'auto'  # how the CNN committee is computed (experts.CNN_LOWERINGS)
-  cnn_first_layer: str = 'auto'  # how its merged first layer is (experts.FIRST_LAYERS)
-  mlp_lowering: str = 'auto'  # how the regression committee is computed (experts.MLP_LOWERINGS)
+  representation_features: tuple[int, ...] = (20, 40, 80, 160, 30)
+  representation_kernel_sizes: tuple[int, ...] = (5, 5, 3, 3, 1)
+  num_representation_experts: int = 1
+  representation_conv_impl: str = 'im2col'  # how the expert convolutions are computed (experts.CONV_IMPLS)
+  representation_lowering: str = 'auto'  # how the CNN committee is computed (experts.CNN_LOWERINGS)
+  representation_first_layer: str = 'auto'  # how its merged first layer is (experts.FIRST_LAYERS)
+  regression_lowering: str = 'auto'  # how the regression committee is computed (experts.MLP_LOWERINGS)
   # A forward that is never differentiated (evaluation, Aligner, export): 'auto' lowerings may
   # then pick one with a slower gradient (experts.CNN_AUTO_INFERENCE). Not a model property.
   inference: bool = False
@@ -57,20 +57,20 @@ class StageSpec:
   def validate(self) -> None:
     """Fail at build time with a sentence, not later with a broadcasting error."""
     for what, n in [('num_landmarks', self.num_landmarks), ('patch_size', self.patch_size),
-                    ('num_cnn_experts', self.num_cnn_experts),
+                    ('num_representation_experts', self.num_representation_experts),
                     ('num_regression_experts', self.num_regression_experts),
                     ('regression_hidden', self.regression_hidden)]:
       if n < 1:
         raise ValueError(f'{what} must be positive, got {n}')
     # make_gate checks that a tree has one leaf per expert.
-    gates.make_gate(self.representation_gate, self.num_cnn_experts, self.representation_gate_depth)
+    gates.make_gate(self.representation_gate, self.num_representation_experts, self.representation_gate_depth)
     gates.make_gate(self.regression_gate, self.num_regression_experts, self.regression_gate_depth)
     if self.dtype not in DTYPES:
       raise ValueError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
     # Resolved for any backend: a misspelt lowering fails here, not at the first apply.
-    experts.resolve_cnn_lowering(self.cnn_lowering, 'cpu')
-    experts.resolve_first_layer(self.cnn_first_layer, 'cpu')
-    experts.resolve_mlp_lowering(self.mlp_lowering, 'cpu')
+    experts.resolve_cnn_lowering(self.representation_lowering, 'cpu')
+    experts.resolve_first_layer(self.representation_first_layer, 'cpu')
+    experts.resolve_mlp_lowering(self.regression_lowering, 'cpu')
 
 
 def top_k(weights: jax.Array, k: int) -> jax.Array:
@@ -109,23 +109,23 @@ class CascadeStage(nn.Module):
     """
     spec = self.spec
     crops = patches.scaled_patches(images, shape, spec.patch_size, self.patch_scale)  # [B,P,S,S]
-    rep_gate = gates.make_gate(spec.representation_gate, spec.num_cnn_experts,
+    rep_gate = gates.make_gate(spec.representation_gate, spec.num_representation_experts,
                                spec.representation_gate_depth, name='representation_gate')
     if spec.gates_on_pose and pose is None:
       raise ValueError(f'a {spec.representation_gate} representation gate reads the head pose, '
                        'but no pose was given')
     # A uniform gate reads nothing but the batch size.
     gate_input = pose if spec.gates_on_pose else jnp.zeros((images.shape[0], 1), images.dtype)
-    representation = experts.ExpertCNNs(spec.num_cnn_experts, spec.cnn_features,
-                                        spec.cnn_kernel_sizes, spec.cnn_conv_impl,
-                                        spec.cnn_lowering, jnp.dtype(spec.dtype),
+    representation = experts.ExpertCNNs(spec.num_representation_experts, spec.representation_features,
+                                        spec.representation_kernel_sizes, spec.representation_conv_impl,
+                                        spec.representation_lowering, jnp.dtype(spec.dtype),
                                         inference=spec.inference,
-                                        first_layer=spec.cnn_first_layer, name='representation')
+                                        first_layer=spec.representation_first_layer, name='representation')
     h, rep_weights = gated_committee(representation, rep_gate, gate_input, crops, routing)
     num_outputs = 2 * spec.num_landmarks
     regression = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,
                                     num_outputs, spec.regression_output_init,
-                                    dtype=jnp.dtype(spec.dtype), lowering=spec.mlp_lowering,
+                                    dtype=jnp.dtype(spec.dtype), lowering=spec.regression_lowering,
                                     name='regression')
     reg_gate = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
                                spec.regression_gate_depth, name='regression_gate')

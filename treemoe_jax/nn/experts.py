@@ -301,7 +301,7 @@ KERNEL_GRADS = ('xla', 'im2col')
 # merged_committee's kernel_grad: these, or 'none' (XLA's own gradient of its strided convolution,
 # no custom VJP) or 'auto': `kernel_grad_for` per layer on CPU, where it was measured; 'xla'
 # elsewhere (the space-to-depth input gradient; one H100, 8 pose experts on 1024 faces in bf16,
-# benchmarks/cnn_lowering.py --set gpu: the committee gradient in 96 ms against 'none' 119).
+# benchmarks/representation_lowering.py --set gpu: the committee gradient in 96 ms against 'none' 119).
 MERGED_KERNEL_GRADS = KERNEL_GRADS + ('none', 'auto')
 
 
@@ -322,7 +322,7 @@ def im2col_kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def stride2_conv(x: jax.Array, kernel: jax.Array, kernel_grad: str = 'xla',
                  padding: Padding = None) -> jax.Array:
-  """XLA's 'SAME' stride-2 convolution with faster gradients on XLA:CPU (benchmarks/cnn_lowering.py
+  """XLA's 'SAME' stride-2 convolution with faster gradients on XLA:CPU (benchmarks/representation_lowering.py
   --layers).
 
   The input gradient goes through the space-to-depth form: XLA:CPU computes a strided
@@ -362,7 +362,7 @@ stride2_conv.defvjp(_stride2_forward, _stride2_backward)
 
 def kernel_grad_for(kernel_size: int, channels: int) -> str:
   """The kernel gradient measured faster on XLA:CPU for a committee layer of this shape
-  (benchmarks/cnn_lowering.py --layers): im2col for 1 input channel or a 3x3 kernel or less."""
+  (benchmarks/representation_lowering.py --layers): im2col for 1 input channel or a 3x3 kernel or less."""
   return 'im2col' if channels == 1 or kernel_size <= 3 else 'xla'
 
 
@@ -481,7 +481,7 @@ def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
   Every expert's first convolution reads the same patch, so the E of them are one dense
   convolution with E x F0 outputs; each expert's later layers are plain convolutions on its own
   channels. On XLA:CPU this avoids the grouped convolutions nn.vmap lowers to (2-3% of the GEMM
-  rate; benchmarks/cnn_lowering.py). `params` is the committee's {'conv{i}': {'kernel' [E, k, k,
+  rate; benchmarks/representation_lowering.py). `params` is the committee's {'conv{i}': {'kernel' [E, k, k,
   C, F], 'bias' [E, F]}}; patches [B, P, S, S]. `kernel_grad` (MERGED_KERNEL_GRADS): how the
   stride-2 layers take their gradients.
   """
@@ -634,7 +634,7 @@ OUTPUT_INITS = ('lecun', 'zeros')
 # of one regressor, which XLA:CPU lowers to a copy of the whole [E, F, H] first-layer kernel into
 # [F, E*H] on every call before one GEMM; 'scan' runs the experts one after another on their own
 # kernel slices (`scanned`), reading each weight once. 'auto' picks per backend what was measured
-# faster: 'scan' on CPU (experiments/mlp_lowering.py), 'vmap' elsewhere (one H100, full
+# faster: 'scan' on CPU (experiments/regression_lowering.py), 'vmap' elsewhere (one H100, full
 # pose_tree_moe bf16 forward with 'vmap' CNNs: batch 1 at 2.9 ms against 6.9 with 'scan'; with
 # 'merged' CNNs, batch 1024 at 5777 against 5646 img/s).
 MLP_LOWERINGS = ('auto', 'vmap', 'scan')

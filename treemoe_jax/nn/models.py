@@ -157,13 +157,13 @@ def stage_spec(model_config: ml_collections.ConfigDict,
   spec = cascade.StageSpec(
       num_landmarks=model_config.num_landmarks,
       patch_size=model_config.patch_size,
-      cnn_features=tuple(model_config.cnn_features),
-      cnn_kernel_sizes=tuple(model_config.cnn_kernel_sizes),
-      num_cnn_experts=model_config.num_cnn_experts,
-      cnn_conv_impl=model_config.cnn_conv_impl,
-      cnn_lowering=model_config.get('cnn_lowering', 'auto'),
-      cnn_first_layer=model_config.get('cnn_first_layer', 'auto'),
-      mlp_lowering=model_config.get('mlp_lowering', 'auto'),
+      representation_features=tuple(model_config.representation_features),
+      representation_kernel_sizes=tuple(model_config.representation_kernel_sizes),
+      num_representation_experts=model_config.num_representation_experts,
+      representation_conv_impl=model_config.representation_conv_impl,
+      representation_lowering=model_config.get('representation_lowering', 'auto'),
+      representation_first_layer=model_config.get('representation_first_layer', 'auto'),
+      regression_lowering=model_config.get('regression_lowering', 'auto'),
       inference=inference,
       dtype=model_config.get('dtype', 'float32'),
       representation_gate=representation_gate,
@@ -174,10 +174,10 @@ def stage_spec(model_config: ml_collections.ConfigDict,
       regression_gate=regression_gate,
       regression_gate_depth=model_config.get('regression_gate_depth'),
   )
-  experts = (spec.num_cnn_experts, spec.num_regression_experts)
+  experts = (spec.num_representation_experts, spec.num_regression_experts)
   if architecture == Architecture.BASELINE and experts != (1, 1):
     raise ValueError('the baseline has one CNN and one regressor, got '
-                     f'{spec.num_cnn_experts} and {spec.num_regression_experts}')
+                     f'{spec.num_representation_experts} and {spec.num_regression_experts}')
   spec.validate()
   return spec
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from treemoe_jax.runs import CONFIG_FILE, MEAN_SHAPE_FILE  # noqa: F401 (the record's files)
 from treemoe_jax.runs import has_checkpoint, latest_checkpoint_step, load_config  # noqa: F401
-from treemoe_jax.runs import load_mean_shape  # noqa: F401
+from treemoe_jax.runs import canonical, load_mean_shape  # noqa: F401
 
 # Fields a resumed run may change: when to stop, how often to log, evaluate and save, where the
 # (same) data lives, what is evaluated. Everything else decides what the run trains.
@@ -26,12 +26,12 @@ SAFE_TO_CHANGE = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'eval_split', 'eval_protocol')
 # How a committee is computed, not what it computes: each lowering is tested equal to the plain
 # one, so a run may resume on another backend with the lowering that suits it.
-SAFE_TO_CHANGE += ('model.cnn_lowering', 'model.cnn_conv_impl', 'model.mlp_lowering',
-                   'model.cnn_first_layer')
+SAFE_TO_CHANGE += ('model.representation_lowering', 'model.representation_conv_impl', 'model.regression_lowering',
+                   'model.representation_first_layer')
 # Keys added after runs were stored, with the value that reproduces what those runs did: a stored
 # config without the key compares as this value, so adding a key does not orphan old workdirs.
 # ('pose.head_output' absent: the pi*tanh heads those estimators learned, as models.head_output.)
-# (model.cnn_lowering, model.mlp_lowering and model.cnn_first_layer, added later too, need no
+# (model.representation_lowering, model.regression_lowering and model.representation_first_layer, added later too, need no
 # entry: safe to change.)
 ADDED_LATER = {'model.dtype': 'float32', 'pose.head_output': 'tanh', 'decay_steps': 0}
 # The learning-rate schedule may change on resume only where the steps already trained keep their
@@ -66,10 +66,11 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
 
 
 def _as_json(config: ml_collections.ConfigDict | dict) -> dict:
-  """The JSON form, so that a tuple and the list it was stored as compare equal."""
+  """The JSON form under 0.2's names, so that a tuple and the list it was stored as compare
+  equal, and an aliased or renamed field once."""
   if isinstance(config, ml_collections.ConfigDict):
-    return json.loads(config.to_json_best_effort())
-  return json.loads(json.dumps(config))
+    return canonical(json.loads(config.to_json_best_effort()))
+  return canonical(config)
 
 
 def config_differences(stored: ml_collections.ConfigDict | dict,

@@ -371,7 +371,7 @@ def _train(config, workdir: pathlib.Path, task: tasks.Task, resuming: bool, data
 def _compile(step_fn, state, batch, name: str):
   """Compiles the step up front, logging the compile time and XLA's FLOP count.
 
-  XLA counts a loop's body once: a committee scanned over its experts (`mlp_lowering='scan'`,
+  XLA counts a loop's body once: a committee scanned over its experts (`regression_lowering='scan'`,
   the CPU default) adds one expert's FLOPs to the count. benchmarks/ counts the full model.
   """
   start = time.perf_counter()

@@ -1,13 +1,13 @@
 """How to compute a committee of expert CNNs: nn.vmap's grouped convolutions against alternatives.
 
-  python -m benchmarks.cnn_lowering [--faces 32]
+  python -m benchmarks.representation_lowering [--faces 32]
 
 The 8 pose experts of the paper (7-14-28-56-30, kernels 5-5-3-3-1) on the 68 patches of `--faces`
 faces, from the same `[E, ...]` parameters, each lowering jitted alone:
   vmap        nn.vmap of one expert (XLA: grouped convolutions), the reference;
   unrolled    one plain convolution chain per expert;
   merged      the first convolution once with E x F0 outputs (all experts read the same patch),
-              then per expert (experts.merged_committee, what `cnn_lowering='auto'` picks on CPU;
+              then per expert (experts.merged_committee, what `representation_lowering='auto'` picks on CPU;
               kernel gradients per layer as `experts.kernel_grad_for` picks);
   merged_xla_kernel_grads   merged, every kernel gradient XLA's (before im2col kernel gradients);
   merged_em   merged, with the first layer's output made expert-major before the experts slice it;
@@ -20,7 +20,7 @@ faces, from the same `[E, ...]` parameters, each lowering jitted alone:
 Forward and gradient (w.r.t. the parameters) times, and each lowering's largest difference from
 the reference. Read the ratios within one run.
 
-  python -m benchmarks.cnn_lowering --set gpu --faces 1024 --dtype bfloat16   # a GPU's candidates
+  python -m benchmarks.representation_lowering --set gpu --faces 1024 --dtype bfloat16   # a GPU's candidates
 
 times, beside vmap and merged, what suits a GPU's matrix units (experts.grouped_committee):
   merged_cpu_grads merged with the CPU's custom VJP (space-to-depth input gradients);
@@ -29,24 +29,24 @@ times, beside vmap and merged, what suits a GPU's matrix units (experts.grouped_
   grouped1_pad8    every later layer one grouped convolution, a group per expert, padded;
   grouped2_pad8, grouped4_pad8   groups of 2 / 4 experts with block-diagonal kernels, padded;
   blockdiag        one group: every later layer one dense convolution, block-diagonal kernel
-                   (8x those layers' FLOPs; `cnn_lowering='blockdiag'`);
+                   (8x those layers' FLOPs; `representation_lowering='blockdiag'`);
   blockdiag_matmul1  blockdiag with its first layer as experts.first_layer_matmul;
   blockdiag_s2d1     blockdiag with its first layer as the space-to-depth convolution.
 The FLOP rate is the reference's count (the useful work) over each lowering's time;
 `--lowerings blockdiag,grouped2_pad8` times only those (the reference is always computed).
 
-  python -m benchmarks.cnn_lowering --layers --faces 16
+  python -m benchmarks.representation_lowering --layers --faces 16
 
 times each layer of one expert alone: forward, kernel gradient and input gradient, as XLA's
 strided convolution and as a stride-1 convolution of the space-to-depth input, and the kernel
 gradient as one matmul of the windows (experts.im2col_kernel_grad).
 
-  python -m benchmarks.cnn_lowering --rules [--repeats 2]
+  python -m benchmarks.representation_lowering --rules [--repeats 2]
 
 times the committee gradient with im2col kernel gradients for no layer, the first only, the
 layers `experts.kernel_grad_for` picks ('auto') and every layer.
 
-  python -m benchmarks.cnn_lowering --train_step [--repeats 2]
+  python -m benchmarks.representation_lowering --train_step [--repeats 2]
 
 times run_all's training-step rows (pose_tree_moe full at batch 8, tiny at batch 16) with every
 kernel gradient XLA's (before) and with `experts.kernel_grad_for`'s choice (after), alternating.

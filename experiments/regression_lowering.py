@@ -1,21 +1,21 @@
 """How to compute the committee of 64 expert regressors: nn.vmap against a scan over experts.
 
-Finished study, moved from benchmarks/ (issue 33): 'scan' is what `mlp_lowering='auto'` picks on
+Finished study, moved from benchmarks/ (issue 33): 'scan' is what `regression_lowering='auto'` picks on
 CPU; the figures are in docs/benchmarks.md. Rerun to check the choice on new hardware.
 
-  python -m experiments.mlp_lowering [--batches 1,8,32,256]
+  python -m experiments.regression_lowering [--batches 1,8,32,256]
 
 The paper's regression committee (64 experts 2040-128-136, one cascade stage) on `--batches`
 rows of features, from the same `[E, ...]` parameters, each lowering jitted alone:
   vmap   nn.vmap of one regressor, the reference: XLA:CPU copies the [E, F, H] first-layer
          kernel into [F, E*H] on every call, then runs one GEMM;
   scan   experts.scanned: the experts one after another on their own kernel slices
-         (what `mlp_lowering='auto'` picks on CPU).
+         (what `regression_lowering='auto'` picks on CPU).
 Forward and gradient (w.r.t. the parameters and the features, as training takes it) times, each
 lowering's largest difference from the reference, and the first-layer kernel copies XLA left in
 the compiled forward. Read the ratios within one run.
 
-  python -m experiments.mlp_lowering --whole_model [--repeats 2]
+  python -m experiments.regression_lowering --whole_model [--repeats 2]
 
 times the whole model before ('merged/vmap') and after ('merged/scan'), alternating, with
 run_all's forward and training-step rows: pose_tree_moe and tree_moe full size (forward batch 1
@@ -49,7 +49,7 @@ def whole_model(repeats: int) -> None:
   options = argparse.Namespace(min_seconds=2.0, plain_batches=[])
   for architecture, size, batches, train_batch in (('pose_tree_moe', 'full', [1, 32], 8),
                                                    ('tree_moe', 'full', [1, 32], 8),
-                                                   ('pose_tree_moe', 'tiny', [16], 16)):
+                                                   ('pose_tree_moe', 'cpu', [16], 16)):
     for lowering in ('merged/vmap', 'merged/scan') * repeats:
       rows = common.forward_rows(architecture, size, 'float32', batches, options, lowering)
       train = common.train_row(architecture, size, 'float32', train_batch, lowering)
