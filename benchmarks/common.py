@@ -107,7 +107,7 @@ def countable(config):
 # --- Which CPU a run was on (Linux's /proc/cpuinfo and /sys cache files). ---
 #
 # Why: the same code's "% of the jit GEMM" moved from 60.6% to 36.6-38.8% between two of this
-# project's 2-core machines (docs/benchmarks.md, "A second CPU"): an AVX-512 core doubles the GEMM
+# project's 2-core machines (docs/benchmarks.md, "CPU B"): an AVX-512 core doubles the GEMM
 # rate but not the narrow convolutions' or the memory's. `platform.processor()` says only
 # "x86_64", so a figure without this cannot be compared with another. Elsewhere than Linux the
 # description is empty, never guessed.

@@ -1,6 +1,6 @@
 """The README's photographs: align.py on the two real photos available offline, as a montage.
 
-  python experiments/align_photos.py --workdir WORKDIR [--out docs/align_photos.png]
+  python experiments/align_photos.py --workdir WORKDIR [--out docs/figures/align_photos.png]
 
 Writes scikit-image's `astronaut` and matplotlib's `grace_hopper` to a temporary folder, runs
 `align.py` on them (the face detector, then the model), and puts each annotated PNG side by side,
@@ -44,7 +44,7 @@ def face_view(annotated: pathlib.Path, record: dict, height: int = 420) -> Image
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True, help='a trained (pose-gated) alignment workdir')
-  parser.add_argument('--out', default=str(ROOT / 'docs/align_photos.png'))
+  parser.add_argument('--out', default=str(ROOT / 'docs/figures/align_photos.png'))
   parser.add_argument('--routing', default='dense')
   args = parser.parse_args()
   with tempfile.TemporaryDirectory() as tmp:

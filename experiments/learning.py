@@ -21,7 +21,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOC = ROOT / 'docs' / 'learning.md'
-FIGURE = ROOT / 'docs' / 'learning_variants.png'
+FIGURE = ROOT / 'docs' / 'figures' / 'learning_variants.png'
 
 # name -> (what it tests, overrides). Every variant trains tree_moe:cpu on
 # synthetic_faces/default (4000 wide-pose faces) for --steps at batch 16, from the config as the

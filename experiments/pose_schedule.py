@@ -5,7 +5,7 @@
 
 Each NAME=WORKDIR is a `configs/pose_resnet50.py:small` run (see docs/learning.md, "The pose
 estimator", for the train.py commands). Reads their metrics.jsonl and config.json; writes the
-curves to docs/data/pose_schedule.json and docs/pose_schedule.png, and prints the Markdown table
+curves to docs/data/pose_schedule.json and docs/figures/pose_schedule.png, and prints the Markdown table
 that docs/learning.md shows. Nothing is typed by hand.
 """
 
@@ -85,7 +85,7 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('runs', nargs='+', help='NAME=WORKDIR')
   parser.add_argument('--data', default=str(ROOT / 'docs' / 'data' / 'pose_schedule.json'))
-  parser.add_argument('--figure', default=str(ROOT / 'docs' / 'pose_schedule.png'))
+  parser.add_argument('--figure', default=str(ROOT / 'docs' / 'figures' / 'pose_schedule.png'))
   args = parser.parse_args()
   runs = {}
   for item in args.runs:

@@ -1,7 +1,7 @@
 """The expert CNNs with and without their receptive-field crops, alternated in one process.
 
-Finished study, moved from benchmarks/ (issue 33): the crops are on; the figures are in
-docs/benchmarks.md ("Receptive crops"). Rerun to check the change on new hardware.
+Finished study, moved from benchmarks/ (issue 33): the crops are on (docs/speed.md says what
+they are). Rerun to check the change on new hardware.
 
   python -m experiments.receptive_crops [--architecture pose_tree_moe] [--dtype bfloat16]
       [--batches 1,256,1024] [--train_batch 256] [--rounds 2] [--json OUT.json]

@@ -493,7 +493,7 @@ def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, 
             *([notes.read_text().strip(), ''] if notes.exists() else []),
             '## Learning curves', '',
             'NME of the last stage on the wide test split (1000 faces) during training, first '
-            'seed.', '', '![learning curves](reproduction_curves.png)', '',
+            'seed.', '', '![learning curves](figures/reproduction_curves.png)', '',
             '## Per-stage NME (large pose view, first seed)', '',
             '| method | ' + ' | '.join(f'stage {k + 1}' for k in range(
                 len(next(iter(table.values()))['stages']))) + ' |',
@@ -509,11 +509,11 @@ def write_report(path: pathlib.Path, args, table: dict, peer: dict, pose: dict, 
     lines.append(f'| {arch} | ' + ' | '.join(
         f'{100 * share[k]:.0f}%' if k in share else '-' for k in ('regression', 'representation'))
         + ' |')
-  lines += ['', '![Fig. 6 analogue](reproduction_fig6_gate_mass.png)', '',
+  lines += ['', '![Fig. 6 analogue](figures/reproduction_fig6_gate_mass.png)', '',
             '## Fig. 5 analogue', '',
             'Test faces placed by their estimated head pose, coloured by the first-stage '
             'representation expert with the largest gate weight (pose_tree_moe, first seed).', '',
-            '![Fig. 5 analogue](reproduction_fig5_pose_space.png)', '']
+            '![Fig. 5 analogue](figures/reproduction_fig5_pose_space.png)', '']
   if pose['curve']:
     lines += ['## The shared head-pose estimator', '',
               f'Trained for {pose["steps"]} steps with {_pose_schedule(args)} '
@@ -625,13 +625,14 @@ def main() -> int:
   names = args.architectures + [n for n in ORACLES if (n, args.seeds[0]) in results]
   table = summarise(results, names, args.seeds)
   doc = pathlib.Path(args.doc)
-  doc.parent.mkdir(parents=True, exist_ok=True)
-  gate_figure(results, args.architectures, args.seeds[0], doc.parent /
+  figures = doc.parent / 'figures'
+  figures.mkdir(parents=True, exist_ok=True)
+  gate_figure(results, args.architectures, args.seeds[0], figures /
               'reproduction_fig6_gate_mass.png')
-  curves_figure(runs, args.seeds[0], doc.parent / 'reproduction_curves.png')
+  curves_figure(runs, args.seeds[0], figures / 'reproduction_curves.png')
   fig5 = runs.get(('pose_tree_moe', args.seeds[0]), None)
   if fig5 is not None and (fig5 / 'fig5_pose_space.png').exists():
-    shutil.copy(fig5 / 'fig5_pose_space.png', doc.parent / 'reproduction_fig5_pose_space.png')
+    shutil.copy(fig5 / 'fig5_pose_space.png', figures / 'reproduction_fig5_pose_space.png')
   write_report(doc, args, table, peer, pose, timings, out, results)
   log(f'wrote {doc}')
   print(doc.read_text())

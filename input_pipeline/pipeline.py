@@ -79,7 +79,7 @@ def run_ops_on_one_thread() -> bool:
   tf.data's parallel map already works on as many images at once as there are cores. Splitting
   each image's small ops (decode, the crop's gathers) across TensorFlow's intra-op pool as well
   costs more in hand-offs than it saves: on 2 cores the training pipeline ran 1.4x faster on one
-  thread per op (docs/benchmarks.md, "The input pipeline"). tf.data's own option
+  thread per op (docs/benchmarks.md, "Data (CPU)"). tf.data's own option
   (threading.max_intra_op_parallelism = 1) did not give that. JAX's threads are its own, so the
   model is untouched. Returns False, changing nothing, when TensorFlow has already started.
   """

@@ -1,6 +1,6 @@
 """Figures of the synthetic face set: a montage with landmarks and the pose distributions.
 
-  python -m input_pipeline.synthetic_plots --out docs/
+  python -m input_pipeline.synthetic_plots --out docs/figures/
 
 writes synthetic_montage.png (64 faces, visible landmarks green, occluded red, yaw in the corner)
 and synthetic_pose_distribution.png (yaw, pitch, roll histograms of both pose distributions).
@@ -60,7 +60,7 @@ def pose_distribution(path: pathlib.Path, num: int = 20000, seed: int = 0) -> No
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--out', type=pathlib.Path, default=pathlib.Path('docs'))
+  parser.add_argument('--out', type=pathlib.Path, default=pathlib.Path('docs/figures'))
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
   args.out.mkdir(parents=True, exist_ok=True)

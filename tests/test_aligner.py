@@ -159,6 +159,7 @@ def test_workdir_aligner_matches_the_evaluation_crop(workdir, data_dir):
 
 def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, data_dir,
                                                                         tmp_path):
+  before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*'))
   out = tmp_path / 'export'  # through the command line users run
   export.main(['--workdir', str(workdir), '--out', str(out), '--routings', 'dense,greedy',
                '--buckets', '8'])
@@ -194,6 +195,8 @@ def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, 
     assert result.returncode == 0, result.stderr[-2000:]
     np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), dense,
                                atol=1e-3)
+  # Restoring, exporting and aligning read the workdir only: nothing created or removed in it.
+  assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*')) == before
 
 
 def test_align_py_end_to_end_on_a_trained_workdir(workdir, data_dir, tmp_path):

@@ -10,6 +10,14 @@ Layout (imports flow upwards only; `tests/test_import_graph.py` checks it):
   evaluate/   protocols, the evaluation of a workdir, reports and figures
   inference/  the Aligner, export, detectors, photo files and drawing (no TensorFlow)
 
+Axis letters, the same in every module: B batch rows, N faces of a whole set, P landmarks (68),
+Q landmarks of another markup (29 for COFW), K cascade stages, L experts of a committee (the
+paper's L for the representation layer, L' for the regression layer), A experts a routing runs,
+D tree depth, I internal tree nodes (2**D - 1), F features a gate or regressor reads, n features
+per landmark, O regression outputs (2P), S face-crop side (150), Z patch side, H, W, C image
+height, width, channels, T thresholds of a CED curve. (The renderer, input_pipeline/synthetic.py,
+keeps letters of its own for its mesh.)
+
 Submodules load on first use, so `treemoe_jax.geometry` (numpy only) stays light for the
 renderer's worker processes, and nothing here imports TensorFlow. The flat module names of
 release 0.1 (`treemoe_jax.gates`, `treemoe_jax.aligner`, ...) still import, as aliases of their

@@ -1,5 +1,5 @@
-"""XLA compiler options for the inference forward, per backend (docs/benchmarks.md, "XLA:CPU's
-library fusions").
+"""XLA compiler options for the inference forward, per backend (docs/benchmarks.md, "Where the
+CPU's time goes").
 
 Why: jax 0.10.2's XLA:CPU hands its convolutions (all but tiny ones) to the YNNPACK library by
 default, one call per convolution. On this project's convolutions that is slower than XLA's own

@@ -4,7 +4,7 @@ A stage crops patches at the current shape, runs the representation committee (g
 head pose or not), then the regression committee gated on its own input h, and adds the
 displacement. The cascade runs K such stages, each with its own parameters, from s(0).
 
-Axis legend: B batch, H = W image size, P landmarks, S patch size, K stages,
+Axis legend: B batch, H = W image size, P landmarks, Z patch size, K stages,
 L representation experts, L' regression experts, F = P * n features.
 """
 
@@ -108,7 +108,7 @@ class CascadeStage(nn.Module):
     returned gate weights are the gates' own.
     """
     spec = self.spec
-    crops = patches.scaled_patches(images, shape, spec.patch_size, self.patch_scale)  # [B,P,S,S]
+    crops = patches.scaled_patches(images, shape, spec.patch_size, self.patch_scale)  # [B,P,Z,Z]
     rep_gate = gates.make_gate(spec.representation_gate, spec.num_representation_experts,
                                spec.representation_gate_depth, name='representation_gate')
     if spec.gates_on_pose and pose is None:

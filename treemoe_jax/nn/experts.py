@@ -1,12 +1,12 @@
 """Expert committees: L expert networks evaluated as one vectorised axis (sections 3.2-3.3).
 
 Each committee is `nn.vmap` of a single expert with `variable_axes={'params': 0}`, so the expert
-axis E leads every parameter (it can be sharded on an 'expert' mesh axis later) and no Python
+axis L leads every parameter (it can be sharded on an 'expert' mesh axis later) and no Python
 loop runs over experts. A committee returns every expert's output; `combine` weights them with a
 gate (eq. 4 and 7).
 
-Axis legend: B batch, P landmarks, S patch size, C channels, n features per landmark,
-E experts, F = P * n representation features, O regression outputs (2P).
+Axis legend: B batch, P landmarks, Z patch size, C channels, n features per landmark,
+L experts, F = P * n representation features, O regression outputs (2P).
 """
 
 import functools
@@ -22,7 +22,7 @@ Dtype = Any
 CONV_IMPLS = ('im2col', 'xla')
 # How a committee of expert CNNs is computed (the same parameters): 'vmap' (nn.vmap of one expert:
 # grouped convolutions), 'merged' (`merged_committee`), 'padded' ('merged' on widths padded to 8),
-# 'blockdiag' (`grouped_committee`, one group: block-diagonal dense convolutions, E times the FLOPs
+# 'blockdiag' (`grouped_committee`, one group: block-diagonal dense convolutions, L times the FLOPs
 # for a GPU's matrix units). 'auto' picks the one measured faster per backend: docs/benchmarks.md
 # ("Where the CPU's time goes", "GPU (one H100)"); a never-differentiated forward may differ.
 CNN_LOWERINGS = ('auto', 'vmap', 'merged', 'blockdiag', 'padded')
@@ -233,13 +233,13 @@ class PatchCNN(nn.Module):
   dtype: Dtype = jnp.float32  # computation; parameters and the returned features are float32
 
   @nn.compact
-  def __call__(self, patches: jax.Array) -> jax.Array:  # [B, P, S, S] -> [B, P*n]
+  def __call__(self, patches: jax.Array) -> jax.Array:  # [B, P, Z, Z] -> [B, P*n]
     if len(self.features) != len(self.kernel_sizes):
       raise ValueError(f'{len(self.features)} conv widths but {len(self.kernel_sizes)} kernels')
     if self.conv_impl not in CONV_IMPLS:
       raise ValueError(f'unknown conv_impl {self.conv_impl!r}; valid: {", ".join(CONV_IMPLS)}')
     batch, num_patches, size, _ = patches.shape
-    x = patches.reshape(batch * num_patches, size, size, 1).astype(self.dtype)  # [B*P, S, S, 1]
+    x = patches.reshape(batch * num_patches, size, size, 1).astype(self.dtype)  # [B*P, Z, Z, 1]
     last = len(self.features) - 1
     crops = receptive_crops(size, self.kernel_sizes, self.stride)
     for i, (width, kernel, crop) in enumerate(zip(self.features, self.kernel_sizes, crops)):
@@ -384,11 +384,11 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int,
 def _merged_first_layer(layers: list[dict], patches: jax.Array, stride: int, dtype: Dtype,
                         kernel_grad: str, crop: Crop | None, first_layer: str = 'conv'
                         ) -> jax.Array:
-  """Every expert's first convolution as one, E x F0 outputs, expert-major: [B*P, H, W, E*F0]
+  """Every expert's first convolution as one, L x F0 outputs, expert-major: [B*P, H, W, L*F0]
   (all experts read the same patch). `first_layer`: 'conv' (`_conv`), 'matmul'
   (`first_layer_matmul`) or 's2d' (`space_to_depth_conv`: 4 input channels, not 1)."""
   batch, num_patches, size, _ = patches.shape
-  kernel0 = layers[0]['kernel'].astype(dtype)  # [E, k, k, C, F0]
+  kernel0 = layers[0]['kernel'].astype(dtype)  # [L, k, k, C, F0]
   num_experts, k, _, channels, width = kernel0.shape
   merged = jnp.moveaxis(kernel0, 0, -2).reshape(k, k, channels, num_experts * width)  # e-major
   bias = layers[0]['bias'].astype(dtype).reshape(-1)
@@ -410,7 +410,7 @@ def padded_channels(params: dict, multiple: int) -> dict:
 
   The same function: a padded channel's kernel and bias are 0, so it is relu(0) = 0, and the next
   layer's kernel rows that read it are 0. Why: a GPU's matrix units take channels in multiples of
-  8 (the pose experts' are 7-14-28-56). Leaves `[E, k, k, C, F]` / `[E, F]`; the last layer's
+  8 (the pose experts' are 7-14-28-56). Leaves `[L, k, k, C, F]` / `[L, F]`; the last layer's
   outputs (the features) keep their width. Differentiable: the gradient of a pad is a slice.
   """
   padded, extra_in = {}, 0
@@ -425,11 +425,11 @@ def padded_channels(params: dict, multiple: int) -> dict:
 
 
 def group_block_diagonal(kernel: jax.Array, experts_per_group: int) -> jax.Array:
-  """Expert kernels [E, k, k, C, F] -> one grouped-convolution kernel [k, k, G*C, E*F].
+  """Expert kernels [L, k, k, C, F] -> one grouped-convolution kernel [k, k, G*C, L*F].
 
-  E / G groups of G experts; within a group the kernel is block-diagonal (expert a's outputs read
+  L / G groups of G experts; within a group the kernel is block-diagonal (expert a's outputs read
   only expert a's inputs). Input and output channels are expert-major, as in `merged_committee`;
-  used with feature_group_count = E / G.
+  used with feature_group_count = L / G.
   """
   num_experts, k, _, channels, features = kernel.shape
   g = experts_per_group
@@ -443,10 +443,10 @@ def group_block_diagonal(kernel: jax.Array, experts_per_group: int) -> jax.Array
 def grouped_committee(params: dict, patches: jax.Array, experts_per_group: int | None = None,
                       channel_multiple: int = 1, stride: int = 2,
                       dtype: Dtype = jnp.float32, first_layer: str = 'conv') -> jax.Array:
-  """What nn.vmap(PatchCNN) computes, `[B, E, P*n]`, with every layer one convolution.
+  """What nn.vmap(PatchCNN) computes, `[B, L, P*n]`, with every layer one convolution.
 
   The first layer as in `merged_committee`; every later layer one convolution over all experts'
-  channels, grouped by `experts_per_group` G (None: all E in one group, the block-diagonal
+  channels, grouped by `experts_per_group` G (None: all L in one group, the block-diagonal
   lowering; 1: a grouped convolution, one group per expert, as nn.vmap lowers to) with each group's
   kernel block-diagonal (`group_block_diagonal`). G trades FLOPs (G times those layers') for wider
   convolutions; `channel_multiple` pads each expert's widths (`padded_channels`). The later
@@ -461,28 +461,28 @@ def grouped_committee(params: dict, patches: jax.Array, experts_per_group: int |
   crops = receptive_crops(patches.shape[-1], [layer['kernel'].shape[1] for layer in layers],
                           stride)
   x = _merged_first_layer(layers, patches, stride, dtype, 'auto', crops[0],
-                          first_layer)  # [B*P, H, W, E*F0]
+                          first_layer)  # [B*P, H, W, L*F0]
   for i, layer in enumerate(layers[1:], start=1):
     kernel = group_block_diagonal(layer['kernel'].astype(dtype), g)
     x = cropped_conv(x, kernel, stride, crops[i], feature_group_count=num_experts // g)
     x = x + layer['bias'].astype(dtype).reshape(-1)
     if i < len(layers) - 1:
       x = nn.relu(x)
-  features = x.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, E*n]
-  features = features.reshape(batch, num_patches, num_experts, -1)  # [B, P, E, n]
-  return jnp.swapaxes(features, 1, 2).reshape(batch, num_experts, -1)  # [B, E, P*n]
+  features = x.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, L*n]
+  features = features.reshape(batch, num_patches, num_experts, -1)  # [B, P, L, n]
+  return jnp.swapaxes(features, 1, 2).reshape(batch, num_experts, -1)  # [B, L, P*n]
 
 
 def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
                      dtype: Dtype = jnp.float32, kernel_grad: str = 'auto',
                      first_layer: str = 'conv') -> jax.Array:
-  """The committee nn.vmap(PatchCNN) computes, from its parameters `[E, ...]`: `[B, E, P*n]`.
+  """The committee nn.vmap(PatchCNN) computes, from its parameters `[L, ...]`: `[B, L, P*n]`.
 
-  Every expert's first convolution reads the same patch, so the E of them are one dense
-  convolution with E x F0 outputs; each expert's later layers are plain convolutions on its own
+  Every expert's first convolution reads the same patch, so the L of them are one dense
+  convolution with L x F0 outputs; each expert's later layers are plain convolutions on its own
   channels. On XLA:CPU this avoids the grouped convolutions nn.vmap lowers to (2-3% of the GEMM
-  rate; benchmarks/representation_lowering.py). `params` is the committee's {'conv{i}': {'kernel' [E, k, k,
-  C, F], 'bias' [E, F]}}; patches [B, P, S, S]. `kernel_grad` (MERGED_KERNEL_GRADS): how the
+  rate; benchmarks/representation_lowering.py). `params` is the committee's {'conv{i}': {'kernel' [L, k, k,
+  C, F], 'bias' [L, F]}}; patches [B, P, Z, Z]. `kernel_grad` (MERGED_KERNEL_GRADS): how the
   stride-2 layers take their gradients.
   """
   batch, num_patches = patches.shape[:2]
@@ -492,8 +492,8 @@ def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
   crops = receptive_crops(patches.shape[-1], [layer['kernel'].shape[1] for layer in layers],
                           stride)
   x = _merged_first_layer(layers, patches, stride, dtype, kernel_grad, crops[0],
-                          first_layer)  # [B*P, H, W, E*F0]
-  x = x.reshape(x.shape[:3] + (num_experts, width))  # [B*P, H, W, E, F0]
+                          first_layer)  # [B*P, H, W, L*F0]
+  x = x.reshape(x.shape[:3] + (num_experts, width))  # [B*P, H, W, L, F0]
   outputs = []
   for e in range(num_experts):
     y = x[..., e, :]
@@ -504,18 +504,18 @@ def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
         y = nn.relu(y)
     features = y.astype(jnp.float32).mean(axis=(1, 2))  # [B*P, n]
     outputs.append(features.reshape(batch, num_patches * features.shape[-1]))
-  return jnp.stack(outputs, axis=1)  # [B, E, P*n]
+  return jnp.stack(outputs, axis=1)  # [B, L, P*n]
 
 
 def gathered(apply_one, committee_params, chosen: jax.Array, x: jax.Array) -> jax.Array:
-  """Only the chosen experts: `apply_one(params, x_b)` for each row b and its K experts.
+  """Only the chosen experts: `apply_one(params, x_b)` for each row b and its A experts.
 
-  committee_params: leaves `[E, ...]` (the committee's leading expert axis); chosen int `[B, K]`;
-  x `[B, ...]` -> `[B, K, ...]`. The K experts' parameters are gathered per example, so the work
-  is B * K expert evaluations, not B * E (routing.py).
+  committee_params: leaves `[L, ...]` (the committee's leading expert axis); chosen int `[B, A]`;
+  x `[B, ...]` -> `[B, A, ...]`. The A experts' parameters are gathered per example, so the work
+  is B * A expert evaluations, not B * L (routing.py).
   """
-  picked = jax.tree.map(lambda p: p[chosen], committee_params)  # leaves [B, K, ...]
-  per_row = jax.vmap(apply_one, in_axes=(0, None))  # over K
+  picked = jax.tree.map(lambda p: p[chosen], committee_params)  # leaves [B, A, ...]
+  per_row = jax.vmap(apply_one, in_axes=(0, None))  # over A
   return jax.vmap(per_row)(picked, x)  # over B
 
 
@@ -527,18 +527,18 @@ ROW_UNROLL = 8
 
 def rowwise(apply_one, committee_params, chosen: jax.Array, x: jax.Array,
             unroll: int = ROW_UNROLL) -> jax.Array:
-  """What `gathered` computes, one (row, expert) pair after another: `[B, K, ...]`.
+  """What `gathered` computes, one (row, expert) pair after another: `[B, A, ...]`.
 
-  A `lax.scan` over the B x K pairs slices each pair's expert parameters where they lie. Why: on
-  XLA:CPU, `gathered` first copies B x K experts' parameters into a fresh buffer (33 MB for 32
+  A `lax.scan` over the B x A pairs slices each pair's expert parameters where they lie. Why: on
+  XLA:CPU, `gathered` first copies B x A experts' parameters into a fresh buffer (33 MB for 32
   of the 64 full-size regressors), which costs as much as running all 64 experts; pair by pair the
   copy is one expert's, in a buffer the loop reuses (benchmarks/routing.py).
   """
   batch, k = chosen.shape
   if k == 1:  # the loop reads x's rows in order
     inputs, row_input = x, lambda x_i: x_i
-  else:  # each pair indexes its row: x repeated K times was a copy (36 MB of patches at top-4)
-    inputs = jnp.arange(batch * k) // k  # [B*K]: each pair's row of x
+  else:  # each pair indexes its row: x repeated A times was a copy (36 MB of patches at top-4)
+    inputs = jnp.arange(batch * k) // k  # [B*A]: each pair's row of x
     row_input = lambda row: jax.lax.dynamic_index_in_dim(x, row, keepdims=False)
 
   def pair(carry, expert_and_input):
@@ -547,7 +547,7 @@ def rowwise(apply_one, committee_params, chosen: jax.Array, x: jax.Array,
     return carry, apply_one(params, row_input(x_or_row))
   _, out = jax.lax.scan(pair, None, (chosen.reshape(-1), inputs),
                         unroll=max(1, min(unroll, batch * k)))
-  return out.reshape((batch, k) + out.shape[1:])  # [B, K, ...]
+  return out.reshape((batch, k) + out.shape[1:])  # [B, A, ...]
 
 
 ROUTED_LOWERINGS = ('auto', 'gather', 'rows', 'dense')
@@ -555,14 +555,14 @@ ROUTED_LOWERINGS = ('auto', 'gather', 'rows', 'dense')
 
 def resolve_routed_lowering(lowering: str, batch: int, k: int, num_experts: int,
                             backend: str | None = None, dense: bool = True) -> str:
-  """How B rows with K chosen experts each of E are computed: `lowering`, or for 'auto' what was
+  """How B rows with A chosen experts each of L are computed: `lowering`, or for 'auto' what was
   measured faster (benchmarks/routing.py, the full-size regression layer). `dense=False` for a
   committee that offers no 'dense' (the CNNs: 'auto' is then 'rows' on CPU, 'gather' elsewhere).
 
-  On CPU 'rows' (`rowwise`, about 50 µs a pair there) while B x K < 2E or K <= E / 16, else
+  On CPU 'rows' (`rowwise`, about 50 µs a pair there) while B x A < 2E or A <= L / 16, else
   'dense': at batch 32 with top-1 of 64, 1.5-1.9 ms against 12.4-13.7 dense and 12.6-16.6
   gathered; with 8 of 64, 12.4 ms pair by pair against 12.1 dense. Elsewhere (not measured
-  with 'rows'): 'gather' while B x K < E, else 'dense', as the regressors are memory-bound there.
+  with 'rows'): 'gather' while B x A < L, else 'dense', as the regressors are memory-bound there.
   """
   valid = ROUTED_LOWERINGS if dense else tuple(v for v in ROUTED_LOWERINGS if v != 'dense')
   if lowering not in valid:
@@ -577,9 +577,9 @@ def resolve_routed_lowering(lowering: str, batch: int, k: int, num_experts: int,
 
 
 class ExpertCNNs(nn.Module):
-  """The representation committee: L expert CNNs -> H `[B, E, P*n]` (eq. 3).
+  """The representation committee: L expert CNNs -> H `[B, L, P*n]` (eq. 3).
 
-  With `chosen` int `[B, K]`, only those experts run: `[B, K, P*n]` (routing.py).
+  With `chosen` int `[B, A]`, only those experts run: `[B, A, P*n]` (routing.py).
   """
   num_experts: int
   features: Sequence[int] = (20, 40, 80, 160, 30)
@@ -600,7 +600,7 @@ class ExpertCNNs(nn.Module):
 
   @nn.compact
   def __call__(self, patches: jax.Array, chosen: jax.Array | None = None
-               ) -> jax.Array:  # [B, P, S, S] -> [B, E or K, P*n]
+               ) -> jax.Array:  # [B, P, Z, Z] -> [B, L or A, P*n]
     expert = functools.partial(PatchCNN, tuple(self.features), tuple(self.kernel_sizes),
                                conv_impl=self.conv_impl, dtype=self.dtype)
     committee = nn.vmap(
@@ -631,8 +631,8 @@ class ExpertCNNs(nn.Module):
 
 OUTPUT_INITS = ('lecun', 'zeros')
 # How the dense regression committee is computed (the parameters are the same): 'vmap' is nn.vmap
-# of one regressor, which XLA:CPU lowers to a copy of the whole [E, F, H] first-layer kernel into
-# [F, E*H] on every call before one GEMM; 'scan' runs the experts one after another on their own
+# of one regressor, which XLA:CPU lowers to a copy of the whole [L, F, H] first-layer kernel into
+# [F, L*H] on every call before one GEMM; 'scan' runs the experts one after another on their own
 # kernel slices (`scanned`), reading each weight once. 'auto' picks per backend what was measured
 # faster: 'scan' on CPU (experiments/regression_lowering.py), 'vmap' elsewhere (one H100, full
 # pose_tree_moe bf16 forward with 'vmap' CNNs: batch 1 at 2.9 ms against 6.9 with 'scan'; with
@@ -647,13 +647,13 @@ def resolve_mlp_lowering(lowering: str, backend: str | None = None) -> str:
 
 
 def scanned(apply_one, committee_params, x: jax.Array) -> jax.Array:
-  """Every expert on the same input, one after another: `apply_one(params_e, x)` -> `[B, E, ...]`.
+  """Every expert on the same input, one after another: `apply_one(params_e, x)` -> `[B, L, ...]`.
 
-  committee_params: leaves `[E, ...]`. A `lax.scan` over the expert axis slices each expert's
+  committee_params: leaves `[L, ...]`. A `lax.scan` over the expert axis slices each expert's
   parameters where they lie, so a memory-bound committee reads its weights once.
   """
   _, out = jax.lax.scan(lambda carry, params: (carry, apply_one(params, x)), None,
-                        committee_params)  # [E, B, ...]
+                        committee_params)  # [L, B, ...]
   return jnp.swapaxes(out, 0, 1)
 
 
@@ -680,11 +680,11 @@ class RegressorMLP(nn.Module):
 
 
 class ExpertMLPs(nn.Module):
-  """The regression committee: L' expert regressors -> dS `[B, E, O]` (eq. 5).
+  """The regression committee: L' expert regressors -> dS `[B, L, O]` (eq. 5).
 
-  With `chosen` int `[B, K]`, only those experts run: `[B, K, O]` (routing.py). How, is
-  `routed_lowering`: 'gather' their parameters per example (B * K expert evaluations), 'rows'
-  (the same B * K, pair by pair: `rowwise`), 'dense' (run all E, keep K: the same result), or
+  With `chosen` int `[B, A]`, only those experts run: `[B, A, O]` (routing.py). How, is
+  `routed_lowering`: 'gather' their parameters per example (B * A expert evaluations), 'rows'
+  (the same B * A, pair by pair: `rowwise`), 'dense' (run all L, keep A: the same result), or
   'auto' (`resolve_routed_lowering`: measured per backend).
   """
   num_experts: int
@@ -698,7 +698,7 @@ class ExpertMLPs(nn.Module):
 
   @nn.compact
   def __call__(self, h: jax.Array, chosen: jax.Array | None = None
-               ) -> jax.Array:  # [B, F] -> [B, E or K, O]
+               ) -> jax.Array:  # [B, F] -> [B, L or A, O]
     committee = nn.vmap(
         RegressorMLP, variable_axes={'params': 0}, split_rngs={'params': True},
         in_axes=None, out_axes=1, axis_size=self.num_experts)
@@ -709,9 +709,9 @@ class ExpertMLPs(nn.Module):
       return self._dense(committee, h)
     lowering = resolve_routed_lowering(self.routed_lowering, *chosen.shape, self.num_experts)
     if lowering == 'dense':
-      # Many pairs: each pair reads its expert's weights again, so running all E once and
-      # keeping K is faster (docs/alignment.md).
-      return jnp.take_along_axis(self._dense(committee, h), chosen[..., None], axis=1)  # [B,K,O]
+      # Many pairs: each pair reads its expert's weights again, so running all L once and
+      # keeping A is faster (docs/align.md).
+      return jnp.take_along_axis(self._dense(committee, h), chosen[..., None], axis=1)  # [B,A,O]
     if lowering == 'rows':
       # One row as a batch of 1: XLA:CPU's [1, F] x [F, H] product beat its [F] x [F, H] one.
       return rowwise(lambda p, h_i: self._apply_one(p, h_i[None])[0],
@@ -723,15 +723,15 @@ class ExpertMLPs(nn.Module):
     expert = RegressorMLP(self.hidden, self.outputs, self.output_init, self.dtype)
     return expert.apply({'params': params}, h)
 
-  def _dense(self, committee: nn.Module, h: jax.Array) -> jax.Array:  # [B, F] -> [B, E, O]
+  def _dense(self, committee: nn.Module, h: jax.Array) -> jax.Array:  # [B, F] -> [B, L, O]
     if resolve_mlp_lowering(self.lowering) == 'scan':
       return scanned(self._apply_one, self.variables['params']['experts'], h)
     return committee(h)
 
 
 def combine(expert_outputs: jax.Array, weights: jax.Array) -> jax.Array:
-  """Gate-weighted sum over experts (eq. 4, 7): `[B, E, F]`, `[B, E]` -> `[B, F]`."""
+  """Gate-weighted sum over experts (eq. 4, 7): `[B, L, F]`, `[B, L]` -> `[B, F]`."""
   if expert_outputs.shape[:2] != weights.shape:
     raise ValueError(f'expert outputs {expert_outputs.shape} do not match gate weights '
-                     f'{weights.shape}: expected [B, E, F] and [B, E]')
+                     f'{weights.shape}: expected [B, L, F] and [B, L]')
   return jnp.einsum('bef,be->bf', expert_outputs, weights)

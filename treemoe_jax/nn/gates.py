@@ -3,7 +3,7 @@
 Every gate maps features `[..., F]` to expert weights `[..., L]` that are non-negative and sum
 to 1 over the L experts.
 
-Axis legend: F gate input features, L experts (leaves), N = 2**D - 1 internal tree nodes,
+Axis legend: F gate input features, L experts (leaves), I = 2**D - 1 internal tree nodes,
 D tree depth.
 
 Tree layout (SPEC): internal nodes in heap (breadth-first) order, node n has children 2n+1
@@ -36,7 +36,7 @@ def tree_depth(num_nodes: int) -> int:
 
 @jax.jit
 def tree_leaf_log_probs(logits: jax.Array) -> jax.Array:
-  """log mu_l (eq. 10) for node logits `[..., N]` -> `[..., 2**D]`.
+  """log mu_l (eq. 10) for node logits `[..., I]` -> `[..., 2**D]`.
 
   Computed in log space (log d = log_sigmoid(z), log(1-d) = log_sigmoid(-z)) so that saturated
   nodes (|z| ~ 1e4) give exact zeros, never 0 * inf. Vectorised over the leaves: one step per
@@ -72,7 +72,7 @@ class TreeGate(nn.Module):
     self.nodes = nn.Dense(2**self.depth - 1)  # params under 'nodes', as before
 
   def node_logits(self, x: jax.Array) -> jax.Array:
-    """`[..., F]` -> z `[..., N]` in heap order."""
+    """`[..., F]` -> z `[..., I]` in heap order."""
     return self.nodes(x)
 
   def __call__(self, x: jax.Array) -> jax.Array:

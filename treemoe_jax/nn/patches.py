@@ -1,15 +1,15 @@
 """Shape-indexed patches: a square crop centred on every current landmark (section 3.2).
 
-Axis legend: B images, H/W image height/width, P landmarks, S patch size.
+Axis legend: B images, H/W image height/width, P landmarks, Z patch size.
 
 Patch pixel (i, j) of landmark (x_p, y_p) samples the image bilinearly at
-x = x_p - S/2 + 0.5 + j, y = y_p - S/2 + 0.5 + i (SPEC); each of the four bilinear neighbours
+x = x_p - Z/2 + 0.5 + j, y = y_p - Z/2 + 0.5 + i (SPEC); each of the four bilinear neighbours
 outside the image counts as 0. Because every pixel of one patch shares the same sub-pixel
 offset, a patch is four shifted integer windows of the image blended with four scalar weights:
-one `dynamic_slice` per patch instead of S*S*4 scattered gathers.
+one `dynamic_slice` per patch instead of Z*Z*4 scattered gathers.
 
-`scaled_patches` crops the same S x S grid from an antialiased, `scale` times smaller copy of the
-image: a patch then spans S * scale image pixels, so an early cascade stage, whose landmarks may
+`scaled_patches` crops the same Z x Z grid from an antialiased, `scale` times smaller copy of the
+image: a patch then spans Z * scale image pixels, so an early cascade stage, whose landmarks may
 be 20 px off, still sees the feature it must move to (coarse to fine).
 """
 
@@ -32,7 +32,7 @@ def _check_inputs(images: jax.Array, landmarks: jax.Array, size: int) -> None:
 
 @functools.partial(jax.jit, static_argnames='size')
 def extract_patches(images: jax.Array, landmarks: jax.Array, size: int = 32) -> jax.Array:
-  """Bilinear `size` x `size` crops `[B, P, S, S]` of `images` `[B, H, W]` at `landmarks` `[B, P, 2]`.
+  """Bilinear `size` x `size` crops `[B, P, Z, Z]` of `images` `[B, H, W]` at `landmarks` `[B, P, 2]`.
 
   Jit-able, batched and differentiable w.r.t. both the image and the landmarks. Windows far
   outside the image are all zeros (they land entirely in the zero padding).
@@ -45,10 +45,10 @@ def extract_patches(images: jax.Array, landmarks: jax.Array, size: int = 32) -> 
   frac = origin - corner  # [B, P, 2] the bilinear weights' sub-pixel offset
   start = corner.astype(jnp.int32) + pad  # [B, P, 2] (x, y) in the padded image
 
-  def window(image, xy):  # [H+2p, W+2p], [2] -> [S+1, S+1]
+  def window(image, xy):  # [H+2p, W+2p], [2] -> [Z+1, Z+1]
     return jax.lax.dynamic_slice(image, (xy[1], xy[0]), (size + 1, size + 1))
 
-  windows = jax.vmap(jax.vmap(window, in_axes=(None, 0)))(padded, start)  # [B, P, S+1, S+1]
+  windows = jax.vmap(jax.vmap(window, in_axes=(None, 0)))(padded, start)  # [B, P, Z+1, Z+1]
   fx = frac[..., 0, None, None]
   fy = frac[..., 1, None, None]
   top = (1 - fx) * windows[..., :-1, :-1] + fx * windows[..., :-1, 1:]
@@ -72,7 +72,7 @@ def downscale(images: jax.Array, landmarks: jax.Array, scale: float
 
 def scaled_patches(images: jax.Array, landmarks: jax.Array, size: int = 32,
                    scale: float = 1.0) -> jax.Array:
-  """`extract_patches` on the image shrunk by `scale` (>= 1): `[B, P, S, S]` spanning S*scale px."""
+  """`extract_patches` on the image shrunk by `scale` (>= 1): `[B, P, Z, Z]` spanning Z*scale px."""
   if scale < 1:
     raise ValueError(f'patch scale must be >= 1 (1 = full resolution), got {scale}')
   if scale == 1:

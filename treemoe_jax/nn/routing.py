@@ -9,7 +9,8 @@ prefer no expert, so they always run dense.
 Only the selected experts are computed: `experts.ExpertCNNs` / `ExpertMLPs` gather the chosen
 experts' parameters per example and evaluate K experts, not L.
 
-Axis legend: B batch, L experts, K selected experts, N internal tree nodes.
+Axis legend: B batch, L experts, A experts a routing runs (the K of `topk:K`), I internal tree
+nodes.
 """
 
 import dataclasses
@@ -51,9 +52,9 @@ def parse(routing: 'str | Routing') -> Routing:
 
 def select(weights: jax.Array, routing: Routing, node_logits: jax.Array | None = None
            ) -> tuple[jax.Array, jax.Array] | None:
-  """The experts to run: (indices int32 `[B, K]`, weights `[B, K]` summing to 1), or None = all.
+  """The experts to run: (indices int32 `[B, A]`, weights `[B, A]` summing to 1), or None = all.
 
-  `weights` `[B, L]` are the gate's; `node_logits` `[B, N]` a tree gate's node logits (greedy).
+  `weights` `[B, L]` are the gate's; `node_logits` `[B, I]` a tree gate's node logits (greedy).
   K >= L selects every expert, which is dense (None). Ties go to the lowest index (lax.top_k).
   """
   num_experts = weights.shape[-1]
@@ -66,5 +67,5 @@ def select(weights: jax.Array, routing: Routing, node_logits: jax.Array | None =
   k = 1 if routing.kind == 'greedy' else routing.k
   if k >= num_experts:
     return None
-  kept, chosen = jax.lax.top_k(weights, k)  # [B, K], largest first
+  kept, chosen = jax.lax.top_k(weights, k)  # [B, A], largest first
   return chosen, kept / kept.sum(-1, keepdims=True)
