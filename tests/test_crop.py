@@ -6,6 +6,7 @@ that shrink and enlarge, aspect ratios, boxes reaching past the image, grey and 
 images with their true size passed along; and the GPU scripts' batch crop on rendered faces.
 """
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -33,6 +34,18 @@ CASES = [  # (image height, width, channels, box centre as image fraction, box w
 ]
 
 
+# Every image is also cropped from a zero-padded canvas of one shape, its true size passed: the
+# Aligner's path (shape buckets), and one compiled crop per channel count for all the cases.
+CANVAS = (1216, 1616)
+_padded_crop = jax.jit(lambda canvas, window, hw: crop.face_image(canvas, window, SIZE, hw))
+
+
+def padded_crop(image: np.ndarray, window) -> np.ndarray:
+  canvas = np.zeros(CANVAS + image.shape[2:], image.dtype)
+  canvas[:image.shape[0], :image.shape[1]] = image
+  return np.asarray(_padded_crop(canvas, window, np.array(image.shape[:2], np.int32)))
+
+
 @pytest.mark.parametrize('height, width, channels, centre, box_w, box_h', CASES)
 def test_jax_crop_equals_the_pipeline_crop(height, width, channels, centre, box_w, box_h):
   rng = np.random.default_rng(height * width + channels)
@@ -42,14 +55,17 @@ def test_jax_crop_equals_the_pipeline_crop(height, width, channels, centre, box_
   reference, window = tf_crop(image, box)
   jax_window = np.asarray(crop.crop_window(box, MARGIN))
   np.testing.assert_allclose(jax_window, window, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(crop.face_image(image, jax_window, SIZE)), reference,
-                             atol=1e-3)
-  # Zero-padded past its true size (a shape bucket): the same crop.
-  padded = np.zeros((height + 50, width + 77, channels), np.uint8)
-  padded[:height, :width] = image
-  np.testing.assert_allclose(
-      np.asarray(crop.face_image(padded, jax_window, SIZE, np.array([height, width]))),
-      reference, atol=1e-3)
+  np.testing.assert_allclose(padded_crop(image, jax_window), reference, atol=1e-3)
+
+
+def test_the_unpadded_crop_equals_the_padded_one():
+  image = np.random.default_rng(5).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+  for box in ([50, 60, 250, 280], [-30, 200, 80, 320], [150, 100, 190, 150]):  # shrink, edge, grow
+    window = crop.crop_window(np.array(box, np.float32), MARGIN)
+    reference, _ = tf_crop(image, np.array(box, np.float32))
+    direct = np.asarray(crop.face_image(image, window, SIZE))
+    np.testing.assert_allclose(direct, reference, atol=1e-3)
+    np.testing.assert_allclose(direct, padded_crop(image, window), atol=1e-4)  # sum order
 
 
 def test_many_random_boxes_equal_the_pipeline_crop():
@@ -61,8 +77,8 @@ def test_many_random_boxes_equal_the_pipeline_crop():
     half = rng.uniform(2, 1.2 * max(height, width), 2) / 2
     box = np.concatenate([centre - half, centre + half]).astype(np.float32)
     reference, window = tf_crop(image, box)
-    np.testing.assert_allclose(np.asarray(crop.face_image(image, window, SIZE)), reference,
-                               atol=1e-3, err_msg=f'trial {trial}: box {box}, image {image.shape}')
+    np.testing.assert_allclose(padded_crop(image, window), reference, atol=1e-3,
+                               err_msg=f'trial {trial}: box {box}, image {image.shape}')
 
 
 def test_an_rgb_image_is_its_grey_conversion():
