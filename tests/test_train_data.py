@@ -123,3 +123,18 @@ print('RESULT', result['num_examples'], result['nme/stage0'])
   logged = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in logged if 'train/loss' in r] == [2, 4]
   assert np.load(tmp_path / 'mean_shape.npy').shape == (68, 2)
+
+
+def test_array_data_places_s0_as_the_tf_pipeline_does():
+  # The same translation and scale through both: ArrayData's numpy placement and the pipeline's
+  # tf one (`pipeline.place_shape`) give the same s(0).
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  mean = rng.uniform(20, 130, (68, 2)).astype(np.float32)
+  shift = rng.normal(0, 3, (5, 2)).astype(np.float32)
+  scale = (1 + rng.normal(0, 0.1, 5)).astype(np.float32)
+  ours = data_lib.place_shapes(mean, shift, scale)
+  for i in range(5):
+    theirs = pipeline.place_shape(tf.constant(mean), tf.constant(shift[i]), tf.constant(scale[i]))
+    np.testing.assert_allclose(ours[i], theirs.numpy(), atol=1e-4)
