@@ -155,7 +155,7 @@ class Aligner:
   def align_batch(self, images: Sequence, boxes: Sequence[Sequence[Box] | None] | None = None,
                   *, return_stages: bool = False) -> list[list[Face]]:
     """Per image, its faces. `boxes[i]` None (or `boxes` None): found by the detector; an
-    empty list: no face. Every face of every image goes through the same bucketed calls."""
+    empty list: no face. Each image's faces go through bucket-sized calls of one forward."""
     images = [check_image(image, f'image {i}') for i, image in enumerate(images)]
     if boxes is None:
       boxes = [None] * len(images)
