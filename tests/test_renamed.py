@@ -77,3 +77,31 @@ def test_canonical_keeps_the_new_field_when_both_are_present():
   stored = {'model': {'cnn_features': [1], 'representation_features': [2]}, 'variant': 'full'}
   assert runs.canonical(stored) == {'model': {'representation_features': [2]}, 'variant': 'full'}
   assert ml_collections.ConfigDict(runs.canonical(stored)).model.representation_features == [2]
+
+
+def test_the_old_train_and_evaluate_modules_still_answer_with_a_warning():
+  code = '''
+import warnings
+warnings.simplefilter('error', DeprecationWarning)
+from treemoe_jax import evaluate, runs, train
+from treemoe_jax.evaluate import evaluator
+from treemoe_jax.train import trainer
+assert evaluate.evaluate_workdir is evaluator.evaluate_workdir  # today's names: no warning
+assert train.train_and_evaluate is trainer.train_and_evaluate
+for package, module, name in ((evaluate, evaluator, 'make_predict'), (train, trainer,
+                                                                        'make_train_step')):
+  try:
+    getattr(package, name)
+    raise SystemExit(name + ' did not warn')
+  except DeprecationWarning:
+    pass
+warnings.simplefilter('ignore', DeprecationWarning)
+assert evaluate.make_predict is evaluator.make_predict and evaluate.load_run is runs.load_run
+assert train.make_train_step is trainer.make_train_step
+try:
+  train.no_such_name
+  raise SystemExit('no AttributeError')
+except AttributeError:
+  pass
+'''
+  subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)

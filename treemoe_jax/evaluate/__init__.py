@@ -6,9 +6,22 @@
   plots      CED curves and the figures of section 4.4
 """
 
+import importlib
+import importlib.util
+import warnings
+
+_PUBLIC = ('evaluate_workdir', 'compare')
+
 
 def __getattr__(name: str):
-  if name in ('evaluate_workdir', 'compare'):  # lazily: protocols and plots stay light
-    from treemoe_jax.evaluate import evaluator  # pylint: disable=g-import-not-at-top
+  # Lazily, so that `from treemoe_jax.evaluate import <submodule>` stays light.
+  if name.startswith('__') or importlib.util.find_spec(f'{__name__}.{name}') is not None:
+    raise AttributeError(f'module {__name__} has no attribute {name!r}')
+  evaluator = importlib.import_module(f'{__name__}.evaluator')
+  if name in _PUBLIC:
     return getattr(evaluator, name)
-  raise AttributeError(f'module treemoe_jax.evaluate has no attribute {name!r}')
+  if hasattr(evaluator, name):  # 0.1's treemoe_jax.evaluate was the module now at .evaluator
+    warnings.warn(f'treemoe_jax.evaluate.{name} is now treemoe_jax.evaluate.evaluator.{name}; '
+                  'the old path goes in the next release', DeprecationWarning, stacklevel=2)
+    return getattr(evaluator, name)
+  raise AttributeError(f'module {__name__} has no attribute {name!r}')
