@@ -14,7 +14,8 @@ import ml_collections
 # Section 3.5 / SPEC's table: what each architecture is at full size. Gate kinds follow from
 # the name (treemoe_jax.nn.models.GATES); these are the sizes.
 _SINGLE_CNN = dict(representation_features=(20, 40, 80, 160, 30), num_representation_experts=1)
-_POSE_CNNS = dict(representation_features=(7, 14, 28, 56, 30), num_representation_experts=8, representation_gate_depth=3)
+_POSE_CNNS = dict(representation_features=(7, 14, 28, 56, 30), num_representation_experts=8,
+                  representation_gate_depth=3)
 _REGRESSORS = dict(num_regression_experts=64, regression_hidden=128, regression_gate_depth=6)
 PAPER_SIZES = {
     'baseline': dict(**_SINGLE_CNN, num_regression_experts=1, regression_hidden=8192),
@@ -77,7 +78,7 @@ def model_config(architecture: str) -> ml_collections.ConfigDict:
       patch_size=32,
       num_stages=4,
       representation_kernel_sizes=(5, 5, 3, 3, 1),
-      representation_conv_impl='im2col',  # or 'xla' (nn.Conv): same parameters and outputs, other speed
+      representation_conv_impl='im2col',  # or 'xla' (nn.Conv): the same outputs, another speed
       # How the CNN committee is computed: 'auto' (per backend, measured), 'vmap' or 'merged'.
       representation_lowering='auto',
       # Its first layer in the merged lowerings: 'auto' (per backend, measured), 'conv', 'matmul'.
@@ -127,7 +128,8 @@ def _training(config: ml_collections.ConfigDict) -> None:
   config.warmup_steps = 0
   config.decay_steps = 0  # 'wsd' only: the last steps, where the rate falls linearly to 0
   config.loss_stages = 'all'  # 'all': every stage's shape regressed to the truth; 'last'
-  # 'distance': each landmark's Euclidean error; 'l2': section 3.5's squared error (docs/learning.md).
+  # 'distance': each landmark's Euclidean error; 'l2': section 3.5's squared error
+  # (docs/learning.md).
   config.loss_type = 'distance'
 
   config.nme_normalizer = 'box'  # for the logged NME: 'box' suits every pose; 'inter_pupil'

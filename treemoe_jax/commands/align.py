@@ -1,4 +1,4 @@
-"""Aligns the faces in people's image files with a trained model (`treemoe_jax.inference.align_files`).
+"""Aligns the faces in people's image files with a trained model (`inference.align_files`).
 
   python align.py --workdir /tmp/ptm photos/ me.jpg --out /tmp/aligned
   python align.py --exported /tmp/ptm_export photos/ --out /tmp/aligned --boxes boxes.json

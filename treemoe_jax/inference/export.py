@@ -130,7 +130,8 @@ def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """treemoe-export (python -m treemoe_jax.inference.export) --workdir DIR --out EXPORT [--routings dense,greedy] ..."""
+  """treemoe-export --workdir DIR --out EXPORT [--routings dense,greedy] ... (or python -m
+  treemoe_jax.inference.export)."""
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description='Serialise a trained aligner with jax.export.')
   parser.add_argument('--workdir', required=True, help='a trained alignment workdir')

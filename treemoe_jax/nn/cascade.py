@@ -31,10 +31,12 @@ class StageSpec:
   representation_features: tuple[int, ...] = (20, 40, 80, 160, 30)
   representation_kernel_sizes: tuple[int, ...] = (5, 5, 3, 3, 1)
   num_representation_experts: int = 1
-  representation_conv_impl: str = 'im2col'  # how the expert convolutions are computed (experts.CONV_IMPLS)
-  representation_lowering: str = 'auto'  # how the CNN committee is computed (experts.CNN_LOWERINGS)
-  representation_first_layer: str = 'auto'  # how its merged first layer is (experts.FIRST_LAYERS)
-  regression_lowering: str = 'auto'  # how the regression committee is computed (experts.MLP_LOWERINGS)
+  # How each committee is computed (experts.CONV_IMPLS, CNN_LOWERINGS, FIRST_LAYERS,
+  # MLP_LOWERINGS): the same parameters and outputs either way.
+  representation_conv_impl: str = 'im2col'
+  representation_lowering: str = 'auto'
+  representation_first_layer: str = 'auto'
+  regression_lowering: str = 'auto'
   # A forward that is never differentiated (evaluation, Aligner, export): 'auto' lowerings may
   # then pick one with a slower gradient (experts.CNN_AUTO_INFERENCE). Not a model property.
   inference: bool = False
@@ -63,7 +65,8 @@ class StageSpec:
       if n < 1:
         raise ValueError(f'{what} must be positive, got {n}')
     # make_gate checks that a tree has one leaf per expert.
-    gates.make_gate(self.representation_gate, self.num_representation_experts, self.representation_gate_depth)
+    gates.make_gate(self.representation_gate, self.num_representation_experts,
+                    self.representation_gate_depth)
     gates.make_gate(self.regression_gate, self.num_regression_experts, self.regression_gate_depth)
     if self.dtype not in DTYPES:
       raise ValueError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
@@ -116,11 +119,11 @@ class CascadeStage(nn.Module):
                        'but no pose was given')
     # A uniform gate reads nothing but the batch size.
     gate_input = pose if spec.gates_on_pose else jnp.zeros((images.shape[0], 1), images.dtype)
-    representation = experts.ExpertCNNs(spec.num_representation_experts, spec.representation_features,
-                                        spec.representation_kernel_sizes, spec.representation_conv_impl,
-                                        spec.representation_lowering, jnp.dtype(spec.dtype),
-                                        inference=spec.inference,
-                                        first_layer=spec.representation_first_layer, name='representation')
+    representation = experts.ExpertCNNs(
+        spec.num_representation_experts, spec.representation_features,
+        spec.representation_kernel_sizes, spec.representation_conv_impl,
+        spec.representation_lowering, jnp.dtype(spec.dtype), inference=spec.inference,
+        first_layer=spec.representation_first_layer, name='representation')
     h, rep_weights = gated_committee(representation, rep_gate, gate_input, crops, routing)
     num_outputs = 2 * spec.num_landmarks
     regression = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,

@@ -300,8 +300,7 @@ def space_to_depth_conv(x: jax.Array, kernel: jax.Array, padding: Padding = None
 KERNEL_GRADS = ('xla', 'im2col')
 # merged_committee's kernel_grad: these, or 'none' (XLA's own gradient of its strided convolution,
 # no custom VJP) or 'auto': `kernel_grad_for` per layer on CPU, where it was measured; 'xla'
-# elsewhere (the space-to-depth input gradient; one H100, 8 pose experts on 1024 faces in bf16,
-# benchmarks/representation_lowering.py --set gpu: the committee gradient in 96 ms against 'none' 119).
+# elsewhere (the space-to-depth input gradient; docs/benchmarks.md, "GPU (one H100)").
 MERGED_KERNEL_GRADS = KERNEL_GRADS + ('none', 'auto')
 
 
@@ -322,8 +321,8 @@ def im2col_kernel_grad(x: jax.Array, g: jax.Array, k: int, stride: int,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def stride2_conv(x: jax.Array, kernel: jax.Array, kernel_grad: str = 'xla',
                  padding: Padding = None) -> jax.Array:
-  """XLA's 'SAME' stride-2 convolution with faster gradients on XLA:CPU (benchmarks/representation_lowering.py
-  --layers).
+  """XLA's 'SAME' stride-2 convolution with faster gradients on XLA:CPU
+  (`python -m benchmarks.representation_lowering --layers`).
 
   The input gradient goes through the space-to-depth form: XLA:CPU computes a strided
   convolution's input gradient (a convolution of a dilated input) 5x slower than that of the
@@ -362,7 +361,7 @@ stride2_conv.defvjp(_stride2_forward, _stride2_backward)
 
 def kernel_grad_for(kernel_size: int, channels: int) -> str:
   """The kernel gradient measured faster on XLA:CPU for a committee layer of this shape
-  (benchmarks/representation_lowering.py --layers): im2col for 1 input channel or a 3x3 kernel or less."""
+  (benchmarks.representation_lowering --layers): im2col for 1 input channel or a kernel <= 3x3."""
   return 'im2col' if channels == 1 or kernel_size <= 3 else 'xla'
 
 
@@ -481,9 +480,9 @@ def merged_committee(params: dict, patches: jax.Array, stride: int = 2,
   Every expert's first convolution reads the same patch, so the L of them are one dense
   convolution with L x F0 outputs; each expert's later layers are plain convolutions on its own
   channels. On XLA:CPU this avoids the grouped convolutions nn.vmap lowers to (2-3% of the GEMM
-  rate; benchmarks/representation_lowering.py). `params` is the committee's {'conv{i}': {'kernel' [L, k, k,
-  C, F], 'bias' [L, F]}}; patches [B, P, Z, Z]. `kernel_grad` (MERGED_KERNEL_GRADS): how the
-  stride-2 layers take their gradients.
+  rate; benchmarks/representation_lowering.py). `params` is the committee's {'conv{i}':
+  {'kernel' [L, k, k, C, F], 'bias' [L, F]}}; patches [B, P, Z, Z]. `kernel_grad`
+  (MERGED_KERNEL_GRADS): how the stride-2 layers take their gradients.
   """
   batch, num_patches = patches.shape[:2]
   layers = [params[f'conv{i}'] for i in range(len(params))]

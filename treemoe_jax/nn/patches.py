@@ -32,7 +32,8 @@ def _check_inputs(images: jax.Array, landmarks: jax.Array, size: int) -> None:
 
 @functools.partial(jax.jit, static_argnames='size')
 def extract_patches(images: jax.Array, landmarks: jax.Array, size: int = 32) -> jax.Array:
-  """Bilinear `size` x `size` crops `[B, P, Z, Z]` of `images` `[B, H, W]` at `landmarks` `[B, P, 2]`.
+  """Bilinear `size` x `size` crops `[B, P, Z, Z]` of `images` `[B, H, W]` at `landmarks`
+  `[B, P, 2]`.
 
   Jit-able, batched and differentiable w.r.t. both the image and the landmarks. Windows far
   outside the image are all zeros (they land entirely in the zero padding).

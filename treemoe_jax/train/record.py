@@ -26,13 +26,12 @@ SAFE_TO_CHANGE = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                   'eval_split', 'eval_protocol')
 # How a committee is computed, not what it computes: each lowering is tested equal to the plain
 # one, so a run may resume on another backend with the lowering that suits it.
-SAFE_TO_CHANGE += ('model.representation_lowering', 'model.representation_conv_impl', 'model.regression_lowering',
-                   'model.representation_first_layer')
+SAFE_TO_CHANGE += ('model.representation_lowering', 'model.representation_conv_impl',
+                   'model.regression_lowering', 'model.representation_first_layer')
 # Keys added after runs were stored, with the value that reproduces what those runs did: a stored
 # config without the key compares as this value, so adding a key does not orphan old workdirs.
 # ('pose.head_output' absent: the pi*tanh heads those estimators learned, as models.head_output.)
-# (model.representation_lowering, model.regression_lowering and model.representation_first_layer, added later too, need no
-# entry: safe to change.)
+# (The committees' lowerings, added later too, need no entry: safe to change.)
 ADDED_LATER = {'model.dtype': 'float32', 'pose.head_output': 'tanh', 'decay_steps': 0}
 # The learning-rate schedule may change on resume only where the steps already trained keep their
 # rates (`schedule_keeps_the_past`): e.g. a constant run resumed as 'wsd', which adds the decay.
@@ -78,10 +77,10 @@ def config_differences(stored: ml_collections.ConfigDict | dict,
   """[(dotted key, stored value, current value)] for every field that differs, sorted by key."""
   old, new = _flatten(_as_json(stored)), _flatten(_as_json(current))
   old = {**{k: v for k, v in ADDED_LATER.items() if k in new}, **old}
-  for key, canonical in _CANONICAL.items():
+  for key, spelled in _CANONICAL.items():
     for flat in (old, new):
       if isinstance(flat.get(key), list):
-        flat[key] = canonical(flat[key])
+        flat[key] = spelled(flat[key])
   return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(old.keys() | new.keys())
           if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
 

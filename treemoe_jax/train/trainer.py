@@ -3,8 +3,9 @@
 `train_and_evaluate(config, workdir)` trains the head-pose estimator (`config.task == 'pose'`) or
 a cascade (`'alignment'`); what each computes is in `train.tasks`, the mesh and global batches in
 `treemoe_jax.parallel`, the workdir's record and resume rules in `train.record`, where batches
-come from in `train.data` (tf.data by default, or arrays in memory: any `Data`). The step is one `jax.jit` over the mesh: the batch sharded on 'data', the
-state replicated, XLA inserting the gradient all-reduce.
+come from in `train.data` (tf.data by default, or arrays in memory: any `Data`). The step is
+one `jax.jit` over the mesh: the batch sharded on 'data', the state replicated, XLA inserting
+the gradient all-reduce.
 
 The loop never waits on the host between log steps: the loss and the count of non-finite inputs
 (global reductions inside the step, so every host reads the same) travel in the step's metrics
