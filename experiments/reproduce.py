@@ -563,6 +563,8 @@ def gate_figure(results: dict, architectures, seed: int, path: pathlib.Path) -> 
     subset = results[(arch, seed)]['protocols']['synthetic_table1']['subsets']['large_pose']
     if arch != 'moe':  # the uniform gate is the dashed line
       curves[arch] = {layer: g['cumulative_mass_stage0'] for layer, g in subset['gates'].items()}
+  if not any(len(c) > 1 for layers in curves.values() for c in layers.values()):
+    return  # only single-expert layers ran (e.g. --architectures baseline): nothing to rank
   plots.gate_mass(path, curves, title='Fig. 6 analogue: top experts\' share of the gate, stage 1, '
                                       'large-pose view')
 
