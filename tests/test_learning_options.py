@@ -100,9 +100,9 @@ def _stage_params(architecture: str, variant: str) -> dict[str, int]:
           for part in ('representation', 'regression')}
 
 
-def test_small_variant_gives_every_architecture_the_same_budget_per_stage():
+def test_reproduction_variant_gives_every_architecture_the_same_budget_per_stage():
   """Section 3.5: the comparison is fair only at equal parameter budgets (within 10%)."""
-  counts = {a: _stage_params(a, 'small') for a in
+  counts = {a: _stage_params(a, 'reproduction') for a in
             ('baseline', 'moe', 'softmax_moe', 'tree_moe', 'pose_softmax_moe', 'pose_tree_moe')}
   for part in ('representation', 'regression'):
     values = [c[part] for c in counts.values()]
