@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     crop_times += timed(lambda: jax.block_until_ready(crop_only(photo, window)), 1)
   old_ms, new_ms = 1e3 * statistics.median(old_times), 1e3 * statistics.median(new_times)
   result = {'photo': args.photo, 'face_px': args.face, 'workdir': str(workdir),
+            'max_landmark_difference_px': float(np.abs(old_points - new_points).max()),
             'architecture': run.config.model.architecture, 'repeats': args.repeats,
             'earlier_ms': old_ms, 'now_ms': new_ms, 'speedup': old_ms / new_ms,
             'jax_crop_ms': 1e3 * statistics.median(crop_times),

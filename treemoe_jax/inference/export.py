@@ -119,11 +119,14 @@ def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
       (directory / artifact_name(routing, b)).read_bytes())).call, compiler_options=options)
               for b in meta['buckets']}
 
+  weights = {c: crop.channel_weights(c) for c in (1, 3)}  # made once, not per call
+
   def forward(image: np.ndarray, image_hw: np.ndarray, boxes: np.ndarray) -> dict:
     if boxes.shape[0] not in exported:
       raise ValueError(f'{boxes.shape[0]} faces: the export holds buckets {meta["buckets"]}')
-    weights = crop.channel_weights(image.shape[-1])
-    return exported[boxes.shape[0]](params, image, weights, image_hw, boxes)
+    if image.shape[-1] not in weights:
+      raise ValueError(f'images must have 1 or 3 channels, got shape {image.shape}')
+    return exported[boxes.shape[0]](params, image, weights[image.shape[-1]], image_hw, boxes)
 
   return Loaded(forward, np.load(directory / 'mean_shape.npy'), int(meta['image_size']),
                 float(meta['margin']), tuple(meta['buckets']))
