@@ -132,6 +132,12 @@ def _training(config: ml_collections.ConfigDict) -> None:
   # (docs/learning.md).
   config.loss_type = 'distance'
 
+  # Mixture-of-experts objectives beside the mixture's loss (treemoe_jax/train/expert_losses.py,
+  # docs/learning.md): expert_loss 'none' (the paper), 'weighted' or 'competitive'.
+  config.moe = ml_collections.ConfigDict(dict(
+      expert_loss='none', expert_loss_weight=0.0, mixture_loss_weight=1.0,
+      competition_scale=1.0, balance_weight=0.0, entropy_weight=0.0))
+
   config.nme_normalizer = 'box'  # for the logged NME: 'box' suits every pose; 'inter_pupil'
   # s(0) moved by N(0, translate_std) px and scaled by N(1, scale_std) (section 3.5; 3 px, not the
   # paper's 10: docs/learning.md); beyond the paper, the face box jittered like a detector's

@@ -102,13 +102,19 @@ class CascadeStage(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, shape: jax.Array, pose: jax.Array | None,
-               regression_top_k: int = 0, routing: routing_lib.Routing = routing_lib.DENSE):
+               regression_top_k: int = 0, routing: routing_lib.Routing = routing_lib.DENSE,
+               paths: bool = False):
     """images [B, H, W], shape [B, P, 2], pose [B, 3] or None -> (shape [B, P, 2], gate weights).
 
     `regression_top_k` > 0 keeps exactly the k regressors the gate weighs most (renormalised;
     ties to the lowest index, see `top_k`), as in Fig. 7's top-1 predictions, computing all of
     them. `routing` (routing.py) instead runs only the selected experts of both committees. The
     returned gate weights are the gates' own.
+
+    `paths` (dense only): also return every expert path's own prediction, for the mixture-of-
+    experts objectives (train/moe_losses.py): path (l, m) is CNN expert l's features alone, read
+    by regressor m, gated by g_l(pose) g'_m(H_l) (a hierarchical mixture, Jordan & Jacobs 1994).
+    What greedy routing runs is one such path, so training them makes greedy a trained model.
     """
     spec = self.spec
     crops = patches.scaled_patches(images, shape, spec.patch_size, self.patch_scale)  # [B,P,Z,Z]
@@ -124,7 +130,6 @@ class CascadeStage(nn.Module):
         spec.representation_kernel_sizes, spec.representation_conv_impl,
         spec.representation_lowering, jnp.dtype(spec.dtype), inference=spec.inference,
         first_layer=spec.representation_first_layer, name='representation')
-    h, rep_weights = gated_committee(representation, rep_gate, gate_input, crops, routing)
     num_outputs = 2 * spec.num_landmarks
     regression = experts.ExpertMLPs(spec.num_regression_experts, spec.regression_hidden,
                                     num_outputs, spec.regression_output_init,
@@ -132,12 +137,48 @@ class CascadeStage(nn.Module):
                                     name='regression')
     reg_gate = gates.make_gate(spec.regression_gate, spec.num_regression_experts,
                                spec.regression_gate_depth, name='regression_gate')
-    delta, reg_weights = gated_committee(regression, reg_gate, h, h, routing,
-                                         regression_top_k)  # [B, 2P], [B, L']
     # The regressors speak in half-image units (normalised coordinates in [-1, 1]): a unit-scale
     # output is a displacement across half the face crop, so Adam at 1e-3 moves them usefully.
-    new_shape = shape + delta.reshape(shape.shape) * (images.shape[-1] / 2)
+    to_pixels = images.shape[-1] / 2
+    if paths:
+      if routing.kind != 'dense' or regression_top_k:
+        raise ValueError('expert paths are computed densely: routing and top-k are for inference')
+      return expert_paths(representation, rep_gate, gate_input, crops, regression, reg_gate,
+                          shape, to_pixels)
+    h, rep_weights = gated_committee(representation, rep_gate, gate_input, crops, routing)
+    delta, reg_weights = gated_committee(regression, reg_gate, h, h, routing,
+                                         regression_top_k)  # [B, 2P], [B, L']
+    new_shape = shape + delta.reshape(shape.shape) * to_pixels
     return new_shape, {'representation': rep_weights, 'regression': reg_weights}
+
+
+def expert_paths(representation: nn.Module, rep_gate: nn.Module, gate_input: jax.Array,
+                 crops: jax.Array, regression: nn.Module, reg_gate: nn.Module, shape: jax.Array,
+                 to_pixels: float) -> tuple[jax.Array, dict]:
+  """The dense stage and every expert path's own shape, in one pass of each committee.
+
+  The regression committee reads the mixture's features h and each CNN expert's H_l stacked
+  along the batch (one CNN expert: its H_1 is h, read once). Returns (the mixture's shape
+  [B, P, 2], gate weights as the stage returns them plus 'paths': {'representation' [B, L],
+  'regression' [B, L, L'] (g' on H_l), 'shapes' [B, L, L', P, 2]}).
+  """
+  per_expert = representation(crops)  # [B, L, F]
+  rep_weights = rep_gate(gate_input)  # [B, L]
+  h = experts.combine(per_expert, rep_weights)  # [B, F]
+  batch, num_experts, features = per_expert.shape
+  inputs = h[:, None] if num_experts == 1 else jnp.concatenate([h[:, None], per_expert], 1)
+  stacked = inputs.reshape(-1, features)  # [B * (1 or 1 + L), F]
+  outputs = regression(stacked).reshape(batch, inputs.shape[1], -1, 2 * shape.shape[1])
+  reg_weights = reg_gate(stacked).reshape(batch, inputs.shape[1], -1)  # [B, 1 (+L), L']
+  delta = jnp.einsum('bmo,bm->bo', outputs[:, 0], reg_weights[:, 0])  # the mixture's [B, 2P]
+  path_outputs, path_reg = (outputs, reg_weights) if num_experts == 1 else (
+      outputs[:, 1:], reg_weights[:, 1:])  # [B, L, L', 2P], [B, L, L']
+  path_shapes = shape[:, None, None] + path_outputs.reshape(
+      path_outputs.shape[:3] + shape.shape[1:]) * to_pixels  # [B, L, L', P, 2]
+  new_shape = shape + delta.reshape(shape.shape) * to_pixels
+  return new_shape, {'representation': rep_weights, 'regression': reg_weights[:, 0],
+                     'paths': {'representation': rep_weights, 'regression': path_reg,
+                               'shapes': path_shapes}}
 
 
 def gated_committee(committee: nn.Module, gate: nn.Module, gate_input: jax.Array,
@@ -173,23 +214,28 @@ class Cascade(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, init_shape: jax.Array, pose: jax.Array | None,
                regression_top_k: int = 0,
-               routing: routing_lib.Routing = routing_lib.DENSE) -> dict:
+               routing: routing_lib.Routing = routing_lib.DENSE, paths: bool = False) -> dict:
+    """`paths`: also return 'paths', each stage's expert paths stacked on K (`expert_paths`)."""
     scales = self.patch_scales or (1.0,) * self.num_stages
     if len(scales) != self.num_stages:
       raise ValueError(f'{len(scales)} patch scales for {self.num_stages} stages')
     shape = init_shape
-    stage_shapes, rep_weights, reg_weights = [], [], []
+    stage_shapes, rep_weights, reg_weights, stage_paths = [], [], [], []
     for k in range(self.num_stages):
       if self.stop_gradient_between_stages:
         shape = jax.lax.stop_gradient(shape)  # stage-wise training: stage k sees s(k) as data
       shape, weights = CascadeStage(self.spec, float(scales[k]), name=f'stage{k}')(
-          images, shape, pose, regression_top_k, routing)
+          images, shape, pose, regression_top_k, routing, paths)
       stage_shapes.append(shape)
       rep_weights.append(weights['representation'])
       reg_weights.append(weights['regression'])
-    return {
+      stage_paths.append(weights.get('paths'))
+    outputs = {
         'shape': shape,  # [B, P, 2]
         'stage_shapes': jnp.stack(stage_shapes),  # [K, B, P, 2]
         'gates': {'representation': jnp.stack(rep_weights),  # [K, B, L]
                   'regression': jnp.stack(reg_weights)},  # [K, B, L']
     }
+    if paths:  # {'representation' [K, B, L], 'regression' [K, B, L, L'], 'shapes' [K, B, L, L', P, 2]}
+      outputs['paths'] = jax.tree.map(lambda *x: jnp.stack(x), *stage_paths)
+    return outputs

@@ -89,8 +89,11 @@ class FaceAligner(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, init_shape: jax.Array, train: bool = False,
                regression_top_k: int = 0, pose: jax.Array | None = None,
-               routing: 'str | routing_lib.Routing' = 'dense') -> dict:
+               routing: 'str | routing_lib.Routing' = 'dense', paths: bool = False) -> dict:
     """`regression_top_k` > 0: each stage adds only its k most-weighted regressors (Fig. 7).
+
+    `paths`: also return every expert path's own prediction per stage (cascade.expert_paths),
+    for the mixture-of-experts objectives in training.
 
     `routing` ('dense', 'topk:K', 'greedy'; routing.py): which experts of each learned gate run
     at inference; only those are computed.
@@ -116,7 +119,7 @@ class FaceAligner(nn.Module):
     outputs = cascade.Cascade(self.stage, self.num_stages, self.stop_gradient_between_stages,
                               self.patch_scales,
                               name='cascade')(images, init_shape, pose, regression_top_k,
-                                              routing_lib.parse(routing))
+                                              routing_lib.parse(routing), paths)
     if pose is not None:
       outputs['pose'] = pose
     return outputs

@@ -21,6 +21,7 @@ import ml_collections
 
 from treemoe_jax.nn import gates
 from treemoe_jax import metrics as metrics_lib
+from treemoe_jax.train import expert_losses
 from treemoe_jax.nn import models
 from treemoe_jax.nn import pose as pose_lib
 
@@ -125,18 +126,47 @@ def alignment_task(config: ml_collections.ConfigDict) -> Task:
   truth_pose = models.gate_pose(config) == 'truth'
   pose_of = lambda batch: {'pose': batch['pose']} if truth_pose else {}
 
+  moe = expert_losses.settings(config)
+  want_paths = moe['expert_loss'] != 'none'
+  # The gates that learn (a uniform gate has no parameters: its balance and entropy are fixed).
+  learned = [layer for layer, kind in (('representation', model.stage.representation_gate),
+                                       ('regression', model.stage.regression_gate))
+             if gates.GateKind(kind) != gates.GateKind.UNIFORM]
+  stage_mean = (lambda per_stage: per_stage.mean()) if config.loss_stages == 'all' else (
+      lambda per_stage: per_stage[-1])
+
   def loss(params, batch_stats, batch):
     out, updates = apply(model, params, batch_stats, batch['image'], batch['init_shape'],
-                         train=True, **pose_of(batch))
-    squared = jnp.sum((out['stage_shapes'] - batch['landmarks'])**2, -1)  # [K, B, P]
-    if loss_type == 'distance':  # px; the epsilon keeps the gradient finite at a perfect point
-      per_point = jnp.sqrt(squared + 1e-6)
-    else:
-      per_point = squared
-    per_stage = per_point.mean((1, 2))  # [K]
-    loss = per_stage.mean() if config.loss_stages == 'all' else per_stage[-1]
+                         train=True, paths=want_paths, **pose_of(batch))
+    per_point = expert_losses.point_errors(out['stage_shapes'], batch['landmarks'],
+                                           loss_type)  # [K, B, P]
+    mixture = stage_mean(per_point.mean((1, 2)))
+    metrics = {'loss/mixture': mixture}
+    loss = moe['mixture_loss_weight'] * mixture
+    if want_paths:
+      errors = expert_losses.path_errors(out['paths'], batch['landmarks'], loss_type)
+      weights = expert_losses.path_weights(out['paths'])  # [K, B, L, M]
+      if moe['expert_loss'] == 'weighted':
+        per_stage = expert_losses.weighted_expert_loss(errors, weights)
+      else:
+        per_stage = expert_losses.competitive_expert_loss(errors, weights,
+                                                          moe['competition_scale'])
+      metrics['loss/experts'] = stage_mean(per_stage)
+      loss += moe['expert_loss_weight'] * metrics['loss/experts']
+      # What greedy routing would make of each face: the path of the largest weight per stage.
+      best = weights.reshape(weights.shape[:2] + (-1,)).argmax(-1)  # [K, B]
+      top_error = jnp.take_along_axis(errors.reshape(best.shape + (-1,)), best[..., None], -1)
+      metrics['loss/top_path'] = stage_mean(top_error[..., 0].mean(-1))
+    if learned and moe['balance_weight']:
+      metrics['loss/balance'] = sum(stage_mean(expert_losses.balance_loss(out['gates'][layer]))
+                                    for layer in learned)
+      loss += moe['balance_weight'] * metrics['loss/balance']
+    if learned and moe['entropy_weight']:
+      metrics['loss/entropy'] = sum(stage_mean(expert_losses.mean_entropy(out['gates'][layer]))
+                                    for layer in learned)
+      loss += moe['entropy_weight'] * metrics['loss/entropy']
     nme = stage_nme(out, batch).mean(1)  # [K]
-    metrics = {f'nme/stage{k}': nme[k] for k in range(nme.shape[0])}
+    metrics |= {f'nme/stage{k}': nme[k] for k in range(nme.shape[0])}
     metrics['nme/init'] = metrics_lib.nme_jax(batch['init_shape'], batch['landmarks'],
                                               normalizer).mean()
     for layer, weights in out['gates'].items():  # [K, B, L]
