@@ -55,7 +55,7 @@ def _occluded(f: Faces) -> np.ndarray:
   return f['occluded'].sum(axis=1) >= OCCLUDED_MIN_POINTS
 
 
-VIEWS: dict[str, View] = {
+TEST_VIEWS: dict[str, View] = {
     'test_yaw_0_30': _yaw_bucket(0, 30),
     'test_yaw_30_60': _yaw_bucket(30, 60),
     'test_yaw_60_90': _yaw_bucket(60, np.inf),  # |yaw| of exactly 90 deg belongs here.
@@ -63,9 +63,27 @@ VIEWS: dict[str, View] = {
     'test_large_pose': View(_large_pose),
     'test_occluded': View(_occluded, {'pose_distribution': 'frontal', 'occlusion_fraction': 1.0}),
 }
+# The same views rendered from their own seeds: where every choice (step counts, losses, gates,
+# a peer's options) is made, so that the test views are read only for the final tables.
+VALIDATION_VIEWS: dict[str, View] = {
+    'validation' + name.removeprefix('test'): view for name, view in TEST_VIEWS.items()}
+VIEWS = TEST_VIEWS | VALIDATION_VIEWS
+EVAL_SPLITS = ('test', 'validation')
 
-# Seed streams: distinct per split so that no two splits share faces.
-SPLIT_IDS = {name: i for i, name in enumerate(['train', 'test', *VIEWS])}
+# Seed streams: distinct per split so that no two splits share faces. Appended, never reordered:
+# the train and test faces of release 1.1.0 are the same faces.
+SPLIT_IDS = {name: i for i, name in enumerate(
+    ['train', 'test', *TEST_VIEWS, 'validation', *VALIDATION_VIEWS])}
+
+
+def view_split(view: str, split: str) -> str:
+  """'test_frontal' (or 'test') on the `split` side: 'validation_frontal' for 'validation'."""
+  if split not in EVAL_SPLITS:
+    raise ValueError(f'unknown evaluation split {split!r}; valid: {", ".join(EVAL_SPLITS)}')
+  for prefix in EVAL_SPLITS:
+    if view == prefix or view.startswith(prefix + '_'):
+      return split + view.removeprefix(prefix)
+  raise ValueError(f'{view!r} is not a synthetic_faces evaluation split')
 
 
 class Settings(Protocol):
@@ -99,8 +117,8 @@ DEFAULT = SplitSettings()
 
 
 def num_examples(settings: Settings, split: str) -> int:
-  return {'train': settings.num_train, 'test': settings.num_test}.get(split,
-                                                                       settings.num_per_view)
+  return {'train': settings.num_train, 'test': settings.num_test,
+          'validation': settings.num_test}.get(split, settings.num_per_view)
 
 
 def render_config(settings: Settings, split: str) -> synthetic.RenderConfig:

@@ -48,6 +48,7 @@ class FakeFace:
 class FakeAligner:
   def __init__(self):
     self.calls = []  # Per call: the number of images and their boxes.
+    self.routing_warning = None  # what Aligner says of a routing eval.py found collapsed
 
   def align_batch(self, images, boxes=None):
     assert boxes is not None and len(boxes) == len(images)  # align.py always gives the boxes.
@@ -259,3 +260,15 @@ def test_a_missing_detector_is_a_bad_argument_naming_the_pip_command(inputs, mon
     align.main([str(root), '--workdir', str(workdir), '--out', str(out)])
   assert stopped.value.code == 2
   assert "pip install 'treemoe-jax[detect]'" in capsys.readouterr().err
+
+
+def test_a_collapsed_routing_is_said_before_and_after_the_run(inputs, fakes, capsys):
+  root, _, workdir, out = inputs
+  aligner, _, _ = fakes
+  aligner.routing_warning = 'greedy routing measured at 9.0x the dense NME: use dense'
+  assert align.main([str(root / 'a.jpg'), '--workdir', str(workdir), '--out', str(out),
+                     '--routing', 'greedy', '--no_progress']) == 0
+  captured = capsys.readouterr()
+  assert 'WARNING: greedy routing measured at 9.0x' in captured.err
+  assert captured.out.rstrip().endswith('WARNING: greedy routing measured at 9.0x the dense '
+                                        'NME: use dense')

@@ -7,6 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import input_pipeline.datasets  # Registers the builders.
+from input_pipeline import synthetic_splits
 from input_pipeline.datasets import synthetic_faces
 
 SIZE = 200
@@ -43,7 +44,10 @@ def test_prepares_small_dataset_in_seconds(prepared):
   builder, seconds = prepared
   assert seconds < 60  # Loose: a shared 2-core machine; typically a few seconds.
   sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
-  assert sizes == {'train': 16, 'test': 8, **{view: 6 for view in synthetic_faces.VIEWS}}
+  assert sizes == {'train': 16, 'test': 8, 'validation': 8,
+                   **{view: 6 for view in synthetic_faces.VIEWS}}
+  assert {f'validation{v.removeprefix("test")}' for v in synthetic_splits.TEST_VIEWS} == set(
+      synthetic_splits.VALIDATION_VIEWS)
 
 
 def test_features(prepared):
@@ -60,16 +64,34 @@ def test_features(prepared):
 def test_views_hold_what_their_names_say(prepared):
   deg = lambda v: np.abs(np.rad2deg(v['pose']))  # [N, 3] |yaw|, |pitch|, |roll|
   views = {name: _split(prepared[0], name) for name in synthetic_faces.VIEWS}
-  buckets = {'test_yaw_0_30': (0, 30), 'test_yaw_30_60': (30, 60), 'test_yaw_60_90': (60, 90.001)}
-  for name, (lo, hi) in buckets.items():
-    yaw = deg(views[name])[:, 0]
-    assert np.all((yaw >= lo) & (yaw < hi)), (name, yaw)
-  frontal = views['test_frontal']
-  assert np.all(deg(frontal) < [30, 20, 20]) and not frontal['occluded'].any()
-  assert np.all(np.any(deg(views['test_large_pose']) >= [45, 30, 30], axis=1))
-  occluded = views['test_occluded']
-  assert np.all(occluded['occluded'].sum(1) >= synthetic_faces.OCCLUDED_MIN_POINTS)
-  assert not np.any(occluded['visibility'] & occluded['occluded'])  # Hidden points are not visible.
+  buckets = {'yaw_0_30': (0, 30), 'yaw_30_60': (30, 60), 'yaw_60_90': (60, 90.001)}
+  for side in ('test', 'validation'):  # the validation views hold the same kinds of face
+    for name, (lo, hi) in buckets.items():
+      yaw = deg(views[f'{side}_{name}'])[:, 0]
+      assert np.all((yaw >= lo) & (yaw < hi)), (side, name, yaw)
+    frontal = views[f'{side}_frontal']
+    assert np.all(deg(frontal) < [30, 20, 20]) and not frontal['occluded'].any()
+    assert np.all(np.any(deg(views[f'{side}_large_pose']) >= [45, 30, 30], axis=1))
+    occluded = views[f'{side}_occluded']
+    assert np.all(occluded['occluded'].sum(1) >= synthetic_faces.OCCLUDED_MIN_POINTS)
+    assert not np.any(occluded['visibility'] & occluded['occluded'])  # Hidden: not visible.
+
+
+def test_release_1_1_splits_keep_their_seed_streams():
+  """The validation splits were appended: train, test and the test views of release 1.1.0
+  draw from the same seed streams, so they are the same faces."""
+  old = ['train', 'test', 'test_yaw_0_30', 'test_yaw_30_60', 'test_yaw_60_90', 'test_frontal',
+         'test_large_pose', 'test_occluded']
+  assert [synthetic_splits.SPLIT_IDS[s] for s in old] == list(range(8))
+
+
+def test_view_split_maps_test_views_to_validation():
+  assert synthetic_splits.view_split('test_frontal', 'validation') == 'validation_frontal'
+  assert synthetic_splits.view_split('test', 'validation') == 'validation'
+  assert synthetic_splits.view_split('validation_yaw_0_30', 'test') == 'test_yaw_0_30'
+  for bad_view, bad_split in [('train', 'test'), ('testing', 'test'), ('test', 'train')]:
+    with pytest.raises(ValueError):
+      synthetic_splits.view_split(bad_view, bad_split)
 
 
 def test_splits_do_not_share_faces(prepared):

@@ -17,6 +17,9 @@ Splits:
       test_large_pose: |yaw| >= 45 or |pitch| >= 30 or |roll| >= 30 deg (IBUG);
       test_occluded: frontal-distribution faces, each with an occluder hiding at least
         `OCCLUDED_MIN_POINTS` landmarks (COFW).
+  validation, validation_*: the test split and views again, rendered from seeds of their own:
+    where choices are made (config.eval_split, experiments), so that the test faces are read
+    only for the final tables.
 All splits render at most `chunk_size` faces at a time, so memory stays bounded by one chunk.
 
 Features: image uint8 [S, S, 1] (S = image_size > 150), landmarks float32 [68, 2] (x, y) 0-based
@@ -75,9 +78,10 @@ class SyntheticFacesConfig(tfds.core.BuilderConfig):
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
   """Rendered faces with exact landmarks, visibility, occlusion and head pose."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.',
-                   '1.1.0': 'Fixed-size chunks rendered in parallel; faster renderer.'}
+                   '1.1.0': 'Fixed-size chunks rendered in parallel; faster renderer.',
+                   '1.2.0': 'validation split and views (train and test faces unchanged).'}
   BUILDER_CONFIGS = [
       SyntheticFacesConfig(
           name='default',

@@ -78,11 +78,15 @@ def main(argv=None) -> int:
                                        routing=args.routing)
   except (FileNotFoundError, ValueError) as e:
     p.error(f'{model}: {e}')
+  if aligner.routing_warning:  # on stderr now, and again under the summary: never silent
+    print(f'WARNING: {aligner.routing_warning}', file=sys.stderr)
   results = align_files.run(aligner, paths, args.out, boxes=boxes, detector=detector,
                             detector_name=detector.name if detector else '',
                             batch_size=args.batch, max_pixels=args.max_pixels,
                             progress=not args.no_progress)
   print(align_files.summary(results, args.out))
+  if aligner.routing_warning:
+    print(f'WARNING: {aligner.routing_warning}')
   return 0
 
 

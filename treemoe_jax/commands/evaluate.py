@@ -2,6 +2,7 @@
 
   python eval.py --workdir /tmp/ptm                                # results.json/.md + figures
   python eval.py --workdir /tmp/ptm --protocol synthetic_table2    # another table
+  python eval.py --workdir /tmp/ptm --split validation             # where choices are made
   python eval.py --workdir /tmp/ptm --workdir /tmp/psm --out /tmp/cmp   # runs side by side
 
 The workdir's config.json is the truth about the model; `--config` only supplies
@@ -36,6 +37,15 @@ _FIGURES = flags.DEFINE_bool('figures', True, 'Draw the CED curves and Fig. 5-7.
 _ROUTING = flags.DEFINE_string(
     'routing', 'dense', "Which experts run: 'dense' (the paper), 'topk:K' or 'greedy' "
     '(only those are computed; treemoe_jax/routing.py).')
+_COMPARE_ROUTINGS = flags.DEFINE_string(
+    'compare_routings', 'auto',
+    "Routings run beside dense on every view, with the gates' concentration and Fig. 7 per "
+    "stage: 'auto' (top-2 and greedy where the model has learned gates), a list such as "
+    "'greedy,topk:4', or '' for none. A routing over 1.25x dense's NME is flagged.")
+_SPLIT = flags.DEFINE_enum(
+    'split', 'test', ['test', 'validation'],
+    "Which faces: 'test' (the final tables) or 'validation' (the synthetic protocols' validation "
+    'views: where choices are made, docs/learning.md).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'jax.distributed.initialize() from env.')
 flags.mark_flags_as_required(['workdir'])
 
@@ -48,7 +58,8 @@ def main(argv):
   pipeline.run_ops_on_one_thread()  # before TensorFlow starts: tf.data's map is the parallelism
   protocol = _PROTOCOL.value or (_CONFIG.value.get('eval_protocol') if _CONFIG.value else None)
   common = dict(data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
-                batch_size=_BATCH_SIZE.value, figures=_FIGURES.value, routing=_ROUTING.value)
+                batch_size=_BATCH_SIZE.value, figures=_FIGURES.value, routing=_ROUTING.value,
+                split=_SPLIT.value, compare_routings=_COMPARE_ROUTINGS.value)
   if len(_WORKDIR.value) == 1:
     results = evaluate.evaluate_workdir(_WORKDIR.value[0], protocol, out=_OUT.value, **common)
     text = reports.markdown(results)

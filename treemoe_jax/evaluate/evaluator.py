@@ -39,6 +39,8 @@ from treemoe_jax.nn import models
 from treemoe_jax import parallel
 from treemoe_jax.evaluate import protocols as protocols_lib
 from treemoe_jax.evaluate import reports
+from treemoe_jax.evaluate import routing_report
+from treemoe_jax.evaluate.routing_report import cumulative_gate_mass  # noqa: F401 (re-exported)
 from treemoe_jax.nn import routing as routing_lib
 from treemoe_jax import runs
 from treemoe_jax.runs import Run, load_run  # noqa: F401 (evaluation's run, re-exported)
@@ -60,13 +62,15 @@ CED_JSON_THRESHOLDS = metrics.CED_THRESHOLDS[::10]  # 0 to 0.10 in steps of 0.00
 
 
 def make_predict(model: models.FaceAligner, mesh, regression_top_k: int = 0,
-                 routing: str = 'dense'):
+                 routing: str = 'dense', stage_top1: bool = False):
   """predict(variables, batch) -> per-face outputs, batch-leading, sharded like the batch.
 
-  `routing` (routing.py): which experts run; `regression_top_k` masks after running them all.
+  `routing` (routing.py): which experts run; `regression_top_k` masks after running them all;
+  `stage_top1`: each stage's top-1 expert path from the dense shape too (models.forward).
   """
 
-  apply = models.forward(model, routing=routing, regression_top_k=regression_top_k)
+  apply = models.forward(model, routing=routing, regression_top_k=regression_top_k,
+                         stage_top1=stage_top1)
 
   def predict(variables, batch):
     rows = apply(variables, batch['image'], batch['init_shape'], batch['pose'])
@@ -185,15 +189,6 @@ def subset_errors(pred: np.ndarray, gt: np.ndarray, subset: protocols_lib.Subset
   if np.any(norm <= 0) or not np.all(np.isfinite(norm)):
     raise ValueError(f'subset {subset.name!r}: a zero or non-finite normaliser')
   return np.linalg.norm(pred_q - gt_q, axis=-1).mean(-1) / norm
-
-
-def cumulative_gate_mass(weights: np.ndarray) -> np.ndarray:
-  """Fig. 6's curve [L]: mean over faces of the cumulative sum of gate weights [N, L], sorted down.
-
-  Entry k-1 is the share of the prediction that the k most-weighted experts carry: 1/L, 2/L, ...
-  for a uniform gate, all ones for a gate that always picks one expert.
-  """
-  return np.cumsum(-np.sort(-np.asarray(weights, np.float64), axis=-1), axis=-1).mean(0)
 
 
 def _wrap_deg(radians: np.ndarray) -> np.ndarray:
@@ -363,17 +358,23 @@ def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | Non
                      data_dir: str | None = None, manual_dir: str | None = None,
                      batch_size: int | None = None,
                      out: str | pathlib.Path | None = None, figures: bool = True,
-                     routing: str = 'dense') -> dict:
+                     routing: str = 'dense', split: str = 'test',
+                     compare_routings: str | Sequence[str] | None = None) -> dict:
   """Evaluates the newest checkpoint of `workdir` on `protocols`; writes and returns the results.
 
   `routing`: 'dense' (the paper), 'topk:K' or 'greedy': only those experts run (routing.py).
+  `split`: 'test' (the final tables) or 'validation' (the synthetic protocols' validation views,
+  where choices are made: protocols.on_split).
+  `compare_routings`: 'auto' (dense, top-2 and greedy where the model has learned gates), or
+  routings to run beside dense on every subset (results['routing_report'], routing_report.py).
 
   `protocols`: names ('synthetic_table1,synthetic_table3'), Protocol objects, or None for the
   run's `config.eval_protocol` (else `protocols.DEFAULT`). Files go to `out` (default: the
   workdir) from process 0; every process must call this.
   """
   start = time.perf_counter()
-  chosen = _protocols_of(runs.load_config(workdir), protocols)
+  chosen = tuple(protocols_lib.on_split(p, split)
+                 for p in _protocols_of(runs.load_config(workdir), protocols))
   check_builders(chosen)  # before restoring anything
   run = load_run(workdir)
   data_dir = data_dir or run.config.get('data_dir') or None
@@ -381,7 +382,10 @@ def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | Non
   batch_size = eval_batch_size(batch_size or run.config.batch_size)
   mesh = parallel.make_mesh()
   variables = jax.device_put(run.variables, parallel.replicated(mesh))
-  predict = make_predict(run.model, mesh, routing=routing)
+  routings = _routings_to_compare(run.model, compare_routings)
+  dense_main = routing_lib.parse(routing).kind == 'dense'
+  predict = make_predict(run.model, mesh, routing=routing,
+                         stage_top1=bool(routings) and dense_main)
 
   splits, sizes = {}, {}  # (dataset, split) -> arrays; 'dataset:split' -> sizes
   by_protocol = {}
@@ -402,8 +406,15 @@ def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | Non
             for name, (protocol, arrays, datasets) in by_protocol.items()}
   results = {'provenance': provenance(run, sizes=sizes, batch_size=batch_size,
                                       seconds=time.perf_counter() - start)  # the tables' time
-             | {'routing': str(routing_lib.parse(routing))},
+             | {'routing': str(routing_lib.parse(routing)), 'split': split},
              'protocols': tables}
+  if routings:
+    results['routing_report'] = routing_pass(
+        run, variables=variables, mesh=mesh, by_protocol=by_protocol, splits=splits,
+        main_routing=str(routing_lib.parse(routing)), routings=routings, batch_size=batch_size,
+        data_dir=data_dir)
+    for line in routing_report.warning(results['routing_report']):
+      logging.warning('%s: %s', run.workdir, line)
   out = pathlib.Path(out) if out else run.workdir
   figure_faces = None
   if figures:  # every process takes part: the faces are read and predicted on all devices
@@ -413,6 +424,69 @@ def evaluate_workdir(workdir: str | pathlib.Path, protocols: ProtocolsLike | Non
   if jax.process_index() == 0:
     reports.write_outputs(out, results, by_protocol, figure_faces, run)
   return results
+
+
+def _learned_experts(model: models.FaceAligner) -> list[int]:
+  """The expert counts of the model's learned (non-uniform) gates."""
+  spec = model.stage
+  return [n for kind, n in ((spec.representation_gate, spec.num_representation_experts),
+                            (spec.regression_gate, spec.num_regression_experts))
+          if kind != 'uniform']
+
+
+def _routings_to_compare(model: models.FaceAligner,
+                         routings: str | Sequence[str] | None) -> list[str]:
+  """[] (no comparison), or dense first and the others ('auto': routing_report.routings_for)."""
+  if not routings:
+    return []
+  if routings == 'auto':
+    chosen = routing_report.routings_for(_learned_experts(model))
+  else:
+    chosen = routing_report.parse_routings(
+        routings if isinstance(routings, str) else ','.join(routings))
+  return chosen if len(chosen) > 1 else []
+
+
+def routing_pass(run: Run, *, variables, mesh, by_protocol, splits, main_routing: str,
+                 routings: Sequence[str], batch_size: int, data_dir) -> dict:
+  """Every subset's NME under each routing (the main pass's reused), the dense gates'
+  concentration per stage, and Fig. 7 per stage: each stage's top-1 path from the dense shape."""
+  subsets = {}  # name -> (subset, split key): the first protocol naming it wins
+  for protocol, _, datasets in by_protocol.values():
+    for subset in protocol.subsets:
+      subsets.setdefault(subset.name, (subset, (datasets[subset.name], subset.split)))
+  nme, dense_arrays = {}, {}
+  for routing in routings:
+    if routing == main_routing:
+      by_split = {key: splits[key] for _, key in subsets.values()}
+    else:
+      predict = make_predict(run.model, mesh, routing=routing, stage_top1=routing == 'dense')
+      by_split = {key: predict_split(run, predict, variables, mesh, *key, batch_size=batch_size,
+                                     data_dir=data_dir)
+                  for key in dict.fromkeys(key for _, key in subsets.values())}
+    nme[routing] = {}
+    for name, (subset, key) in subsets.items():
+      arrays = select(by_split[key], subset)
+      nme[routing][name] = float(subset_errors(arrays['shape'], arrays['landmarks'],
+                                               subset).mean())
+      if routing == 'dense':
+        dense_arrays[name] = arrays
+  report = routing_report.compare(nme)
+  report['stage_top1'] = {}
+  for name, arrays in dense_arrays.items():
+    if 'stage_top1_shapes' in arrays:
+      subset, stages = subsets[name][0], arrays['stage_top1_shapes'].shape[1]
+      report['stage_top1'][name] = [
+          float(subset_errors(arrays['stage_top1_shapes'][:, k], arrays['landmarks'],
+                              subset).mean()) for k in range(stages)]
+  spec = run.model.stage
+  report['concentration'] = {}
+  for layer, kind in (('representation', spec.representation_gate),
+                      ('regression', spec.regression_gate)):
+    if kind != 'uniform':
+      weights = np.concatenate([a[f'gates_{layer}'] for a in dense_arrays.values()])
+      report['concentration'][layer] = routing_report.concentration(weights)
+  return report
 
 
 def top1_pass(run: Run, *, variables, mesh, by_protocol, batch_size, data_dir
@@ -457,7 +531,8 @@ def top1_pass(run: Run, *, variables, mesh, by_protocol, batch_size, data_dir
 def compare(workdirs: Sequence[str | pathlib.Path], protocols: ProtocolsLike | None = None, *,
             out: str | pathlib.Path, data_dir: str | None = None, manual_dir: str | None = None,
             batch_size: int | None = None,
-            figures: bool = True, routing: str = 'dense') -> str:
+            figures: bool = True, routing: str = 'dense', split: str = 'test',
+            compare_routings: str | Sequence[str] | None = None) -> str:
   """Evaluates each workdir (into its own folder under `out`) and writes them side by side.
 
   Writes out/comparison.md, out/ced_comparison_<protocol>.png and out/fig6_gate_mass.png
@@ -469,7 +544,8 @@ def compare(workdirs: Sequence[str | pathlib.Path], protocols: ProtocolsLike | N
     name = f'{i}_{pathlib.Path(workdir).resolve().name}'
     results.append(evaluate_workdir(workdir, protocols, data_dir=data_dir, manual_dir=manual_dir,
                                     batch_size=batch_size, out=out / name, figures=figures,
-                                    routing=routing))
+                                    routing=routing, split=split,
+                                    compare_routings=compare_routings))
   text = reports.comparison_markdown(results)
   if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)

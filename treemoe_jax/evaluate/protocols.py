@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from input_pipeline import synthetic_splits
 from treemoe_jax import metrics
 from treemoe_jax.geometry.markup import COFW_29, LandmarkMap  # noqa: F401 (re-exported)
 
@@ -219,6 +220,24 @@ def parse(names: str | Protocol | tuple | list) -> tuple[Protocol, ...]:
   if not out:
     raise ValueError('no protocol given')
   return tuple(out)
+
+
+def on_split(protocol: Protocol, split: str) -> Protocol:
+  """`protocol` read on the 'test' faces (as defined) or on their 'validation' twins.
+
+  Only synthetic_faces has validation views of the test views (synthetic_splits.view_split); a
+  real dataset's validation faces are a face_folder list file, evaluated as their own dataset.
+  """
+  if split == 'test':
+    return protocol
+  subsets = []
+  for subset in protocol.subsets:
+    if subset.builder_name != 'synthetic_faces':
+      raise ValueError(f'protocol {protocol.name!r} reads {subset.dataset}:{subset.split}, which '
+                       f'has no {split} faces: only the synthetic_* protocols have {split} views')
+    subsets.append(dataclasses.replace(subset,
+                                       split=synthetic_splits.view_split(subset.split, split)))
+  return dataclasses.replace(protocol, subsets=tuple(subsets))
 
 
 def resolve_dataset(dataset: str, run_dataset: str) -> str:

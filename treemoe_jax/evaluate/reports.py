@@ -15,7 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from treemoe_jax.nn import models
+from treemoe_jax.nn import routing as routing_lib
 from treemoe_jax.evaluate import plots
+from treemoe_jax.evaluate import routing_report
+# Fig. 6's gate mass, where the routing report computes it (re-exported).
+from treemoe_jax.evaluate.routing_report import cumulative_gate_mass, share_for_mass  # noqa: F401
 
 Arrays = dict[str, np.ndarray]
 
@@ -39,13 +43,6 @@ def column_nme(result: dict, name: str) -> float:
     if name in proto.get('aggregates', {}):
       return proto['aggregates'][name]['nme']
   return view_subset(result, name)['nme']
-
-
-def share_for_mass(cumulative, mass: float = 0.9) -> float:
-  """The fewest experts (as a share of all) whose sorted gate weights sum to `mass` on average
-  (Fig. 6), from the cumulative sorted gate mass."""
-  cumulative = np.asarray(cumulative)
-  return float((np.argmax(cumulative >= mass - 1e-9) + 1) / len(cumulative))
 
 
 # --- Markdown. ---
@@ -77,7 +74,8 @@ def markdown(results: dict) -> str:
            f'{_run_label(prov)} trained on `{prov["train_dataset"]}`, checkpoint step '
            f'{prov["checkpoint_step"]}; evaluated {prov["date"]} on {prov["device"]["count"]} x '
            f'{prov["device"]["kind"]} (jax {prov["versions"]["jax"]}) in '
-           f'{prov["seconds"]:.0f} s.', '']
+           f'{prov["seconds"]:.0f} s. Faces: the {prov.get("split", "test")} views; routing: '
+           f'{prov.get("routing", "dense")}.', '']
   for name, proto in results['protocols'].items():
     cols = proto['columns']
     rows = [[label] + [fmt(column(proto, c)[key]) for c in cols] for label, key, fmt in _ROWS]
@@ -97,6 +95,8 @@ def markdown(results: dict) -> str:
               f'{t["subset"]}: NME {_pct(t["nme_top1"])}% (stages: '
               f'{" > ".join(_pct(x) for x in t["nme_top1_per_stage"])}), against '
               f'{_pct(t["nme_all_experts"])}% with every regressor weighted by its gate.', '']
+  if 'routing_report' in results:
+    lines += routing_report.markdown(results['routing_report'])
   return '\n'.join(lines)
 
 
@@ -154,6 +154,11 @@ def write_outputs(out: pathlib.Path, results: dict, by_protocol: dict,
   out.mkdir(parents=True, exist_ok=True)
   (out / 'results.json').write_text(json.dumps(results, indent=1))
   (out / 'results.md').write_text(markdown(results))
+  if 'routing_report' in results:  # what the Aligner and the export read (routing.warning_for)
+    prov = results['provenance']
+    (out / routing_lib.CHECK_FILE).write_text(json.dumps(routing_lib.check_record(
+        results['routing_report'], step=prov['checkpoint_step'], split=prov.get('split', 'test')),
+        indent=1))
   for name, (_, arrays, _) in by_protocol.items():
     folder = out / 'predictions' / name
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,10 @@ Axis legend: N faces, S crop size (150), P = 68 landmarks, K stages, H, W, C ima
 
 import dataclasses
 import functools
+import json
 import math
 import pathlib
+import warnings
 from collections.abc import Callable, Sequence
 
 import jax
@@ -29,6 +31,10 @@ SHAPE_STEP = 16  # images are padded to multiples of this (true size passed): fe
 Box = Sequence[float]  # (x0, y0, x1, y1) image pixels
 # image [H, W, C] uint8, image_hw [2], boxes [N, 4] -> {landmarks, stage_landmarks, pose?}
 ImageForward = Callable[[np.ndarray, np.ndarray, np.ndarray], dict]
+
+
+class RoutingWarning(UserWarning):
+  """A routing that eval.py measured far worse than dense, or never measured, for this model."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +95,7 @@ class Aligner:
   def __init__(self, forward: Callable | None = None, *, mean_shape: np.ndarray,
                image_size: int, margin: float, buckets: Sequence[int] = DEFAULT_BUCKETS,
                routing: str = 'dense', detector: Callable | None = None,
-               image_forward: ImageForward | None = None):
+               image_forward: ImageForward | None = None, routing_warning: str | None = None):
     if not buckets or min(buckets) < 1:
       raise ValueError(f'buckets must be positive face counts, got {buckets}')
     if (forward is None) == (image_forward is None):
@@ -102,6 +108,10 @@ class Aligner:
     self._image_forward = image_forward
     self.buckets = tuple(sorted(set(int(b) for b in buckets)))
     self.routing = str(routing_lib.parse(routing))
+    # Why this routing's landmarks may be poor (routing.warning_for), or None: never silent.
+    self.routing_warning = routing_warning
+    if routing_warning:
+      warnings.warn(routing_warning, RoutingWarning, stacklevel=3)
     self._detector = detector
 
   # --- Construction. ---
@@ -128,8 +138,12 @@ class Aligner:
 
     options = xla_options.inference_options(run.model.pose_estimator is not None)
     compiled = jax.jit(whole, compiler_options=options)
+    check_path = run.workdir / routing_lib.CHECK_FILE
+    check = json.loads(check_path.read_text()) if check_path.exists() else None
     return cls(mean_shape=run.mean_shape, image_size=size, margin=margin, buckets=buckets,
                routing=routing, detector=detector,
+               routing_warning=routing_lib.warning_for(check, routing, run.step,
+                                                       where=f'the run {workdir}'),
                image_forward=lambda image, image_hw, boxes: compiled(variables, image, image_hw,
                                                                      boxes))
 
@@ -142,7 +156,7 @@ class Aligner:
     loaded = export.load(directory, routing)
     return cls(mean_shape=loaded.mean_shape, image_size=loaded.image_size, margin=loaded.margin,
                buckets=loaded.buckets, routing=routing, detector=detector,
-               image_forward=loaded.forward)
+               image_forward=loaded.forward, routing_warning=loaded.routing_warning)
 
   # --- Alignment. ---
 

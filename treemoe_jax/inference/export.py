@@ -82,9 +82,16 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
           'platforms': list(platforms) if platforms else [jax.default_backend()],
           'architecture': run.config.model.architecture, 'workdir': str(workdir),
           'runs_pose_estimator': run.model.pose_estimator is not None,
-          'step': run.step}
+          'step': run.step,
+          # What eval.py measured of the routings against dense (routing.warning_for), if it ran.
+          'routing_check': _routing_check(pathlib.Path(workdir))}
   (out / META_FILE).write_text(json.dumps(meta, indent=1))
   return out
+
+
+def _routing_check(workdir: pathlib.Path) -> dict | None:
+  path = workdir / routing_lib.CHECK_FILE
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +102,7 @@ class Loaded:
   image_size: int
   margin: float
   buckets: tuple[int, ...]
+  routing_warning: str | None = None  # routing.warning_for the exported routing
 
 
 def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
@@ -129,7 +137,9 @@ def load(directory: str | pathlib.Path, routing: str = 'dense') -> Loaded:
     return exported[boxes.shape[0]](params, image, weights[image.shape[-1]], image_hw, boxes)
 
   return Loaded(forward, np.load(directory / 'mean_shape.npy'), int(meta['image_size']),
-                float(meta['margin']), tuple(meta['buckets']))
+                float(meta['margin']), tuple(meta['buckets']),
+                routing_lib.warning_for(meta.get('routing_check'), routing, meta.get('step'),
+                                        where=f'the export {directory}'))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -126,12 +126,14 @@ class FaceAligner(nn.Module):
 
 
 def forward(model: FaceAligner, *, routing: 'str | routing_lib.Routing' = 'dense',
-            regression_top_k: int = 0):
+            regression_top_k: int = 0, stage_top1: bool = False):
   """The one inference forward: fn(variables, images [B, S, S], init_shape [B, P, 2], pose=None)
   -> per-face rows, batch leading, for evaluation, the Aligner and the export alike:
   shape [B, P, 2], stage_shapes [B, K, P, 2], gates_representation [B, K, L],
   gates_regression [B, K, L'] and, for pose-gated models, pose [B, 3].
 
+  `stage_top1` (dense only) adds stage_top1_shapes [B, K, P, 2]: each stage's most-weighted
+  expert path alone, from the full model's previous shape (Fig. 7 as the paper draws it).
   `pose` is read only by a model that gates on the true pose (`gate_pose='truth'`).
   """
   routing = routing_lib.parse(routing)
@@ -139,16 +141,29 @@ def forward(model: FaceAligner, *, routing: 'str | routing_lib.Routing' = 'dense
   def apply(variables, images, init_shape, pose=None):
     out = model.apply(variables, images, init_shape, train=False,
                       regression_top_k=regression_top_k, routing=routing,
-                      pose=pose if model.gate_pose == 'truth' else None)
+                      pose=pose if model.gate_pose == 'truth' else None, paths=stage_top1)
     rows = {'shape': out['shape'],
             'stage_shapes': jnp.moveaxis(out['stage_shapes'], 0, 1),
             'gates_representation': jnp.moveaxis(out['gates']['representation'], 0, 1),
             'gates_regression': jnp.moveaxis(out['gates']['regression'], 0, 1)}
     if 'pose' in out:
       rows['pose'] = out['pose']
+    if stage_top1:
+      rows['stage_top1_shapes'] = jnp.moveaxis(top_path_shapes(out['paths']), 0, 1)
     return rows
 
   return apply
+
+
+def top_path_shapes(paths: dict) -> jax.Array:
+  """Each stage's shape from its most-weighted path (l, m) alone: paths -> [K, B, P, 2].
+
+  The weight of path (l, m) is g_l g'_m(H_l) (cascade.expert_paths); ties go to the lowest.
+  """
+  weights = paths['representation'][..., None] * paths['regression']  # [K, B, L, L']
+  best = weights.reshape(weights.shape[:2] + (-1,)).argmax(-1)  # [K, B]
+  shapes = paths['shapes'].reshape(best.shape + (-1,) + paths['shapes'].shape[-2:])
+  return jnp.take_along_axis(shapes, best[..., None, None, None], 2)[:, :, 0]
 
 
 def stage_spec(model_config: ml_collections.ConfigDict,

@@ -69,3 +69,39 @@ def select(weights: jax.Array, routing: Routing, node_logits: jax.Array | None =
     return None
   kept, chosen = jax.lax.top_k(weights, k)  # [B, A], largest first
   return chosen, kept / kept.sum(-1, keepdims=True)
+
+
+# What eval.py measured of each routing against dense (evaluate.routing_report), beside its
+# results.json: the Aligner and the export read it, so that a routing whose accuracy collapses
+# is never used silently.
+CHECK_FILE = 'routing_check.json'
+
+
+def check_record(report: dict, *, step: int, split: str) -> dict:
+  """The small record of a routing report that inference reads (`warning_for`)."""
+  ratios = report['ratio_to_dense']
+  return {'checkpoint_step': int(step), 'split': split,
+          'collapse_ratio': report['collapse_ratio'],
+          'worst_ratio_to_dense': {r: max(by_view.values()) for r, by_view in ratios.items()},
+          'flagged': sorted(report['flagged'])}
+
+
+def warning_for(check: dict | None, routing: 'str | Routing', step: int | None = None,
+                where: str = 'the model') -> str | None:
+  """None for dense or a routing measured within the collapse ratio; else a sentence saying
+  that `routing` collapsed, or that nobody measured it for this model (`step`: the model's)."""
+  name = str(parse(routing))
+  if name == 'dense':
+    return None
+  measured = (check or {}).get('worst_ratio_to_dense', {})
+  if name not in measured:
+    return (f'{name} routing has not been measured against dense for {where}: run '
+            f'`python eval.py --workdir WORKDIR --compare_routings {name}` before trusting it')
+  stale = (f' (measured at step {check["checkpoint_step"]}; the model is at step {step})'
+           if step is not None and step != check['checkpoint_step'] else '')
+  if measured[name] > check['collapse_ratio']:
+    return (f'{name} routing measured at {measured[name]:.1f}x the dense NME on the '
+            f'{check["split"]} views{stale}: its experts are not accurate alone; use dense')
+  if stale:
+    return f'{name} routing was within {check["collapse_ratio"]}x of dense{stale}'
+  return None

@@ -41,8 +41,12 @@ class TFDSData:
         dataset=config.dataset, data_dir=config.data_dir or None,
         process_index=jax.process_index(), process_count=jax.process_count(),
         crop=pipeline.CropConfig(size=config.model.image_size, margin=config.crop_margin))
-    pipeline.get_builder(config.dataset, data_dir=config.data_dir or None,  # prepared once
-                         manual_dir=config.get('manual_dir') or None)
+    builder = pipeline.get_builder(config.dataset, data_dir=config.data_dir or None,
+                                   manual_dir=config.get('manual_dir') or None)  # prepared once
+    for role, split in (('train_split', config.train_split), ('eval_split', config.eval_split)):
+      if split not in builder.info.splits:
+        raise ValueError(f'config.{role}={split!r}: {config.dataset} has the splits '
+                         f'{", ".join(builder.info.splits)}; choose with --config.{role}=...')
 
   def mean_shape(self) -> np.ndarray:
     common = self._common
