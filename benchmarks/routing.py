@@ -30,6 +30,7 @@ import numpy as np
 
 from benchmarks import common
 from treemoe_jax import runs
+from treemoe_jax.evaluate import routing_report
 from treemoe_jax.nn import cascade
 from treemoe_jax.nn import experts
 from treemoe_jax.nn import gates
@@ -187,24 +188,23 @@ def end_to_end_speed(workdir: str, batch: int = 32) -> dict[str, float]:
   return rates
 
 
-def accuracy(workdir: str, names=ROUTINGS) -> dict[str, dict]:
-  """{routing: {view: NME %}} on the synthetic Table 1 / Table 3 protocols."""
+def accuracy(workdir: str, names=ROUTINGS, split: str = 'test') -> dict:
+  """{routing: {view: NME %}} on the synthetic Table 1 / Table 3 protocols, and eval.py's routing
+  report (every routing beside dense in one evaluation: ratios, the gates' concentration per
+  stage, Fig. 7 per stage, the flags) under 'report'."""
   from treemoe_jax.evaluate import evaluator as evaluate  # pylint: disable=g-import-not-at-top (TF)
-  from treemoe_jax.evaluate import reports  # pylint: disable=g-import-not-at-top
-  out = {}
-  for name in names:
-    with tempfile.TemporaryDirectory() as tmp:
-      start = time.perf_counter()
-      results = evaluate.evaluate_workdir(workdir, PROTOCOLS, out=tmp, figures=False,
-                                          routing=name)
-    out[name] = {v: 100 * reports.column_nme(results, v) for v in VIEWS}
-    out[name]['gate_share'] = {
-        layer: reports.share_for_mass(g['cumulative_mass_stage0']) for layer, g in
-        results['protocols']['synthetic_table1']['subsets']['large_pose']['gates'].items()
-        if g['num_experts'] > 1}
-    print(f'NME %, {name}: ' + ' '.join(f'{v} {out[name][v]:.2f}' for v in VIEWS)
-          + f' ({time.perf_counter() - start:.0f} s)', flush=True)
-  return out
+  start = time.perf_counter()
+  with tempfile.TemporaryDirectory() as tmp:
+    results = evaluate.evaluate_workdir(workdir, PROTOCOLS, out=tmp, figures=False, split=split,
+                                        compare_routings=','.join(names))
+  report = results['routing_report']
+  out = {name: {v: 100 * by_view[v] for v in VIEWS} for name, by_view in report['nme'].items()}
+  out['dense']['gate_share'] = {layer: stats['share_for_90'][0]
+                                for layer, stats in report['concentration'].items()}
+  for name, row in out.items():
+    print(f'NME %, {name}: ' + ' '.join(f'{v} {row[v]:.2f}' for v in VIEWS), flush=True)
+  print(f'({time.perf_counter() - start:.0f} s)', flush=True)
+  return {'nme': out, 'report': report, 'split': split}
 
 
 def write_doc(path: pathlib.Path, report: dict) -> None:
@@ -257,15 +257,17 @@ def write_doc(path: pathlib.Path, report: dict) -> None:
     workdir = report[f'{kind}_workdir']
     lines += ['', f'## A trained {kind}-gated cascade', '',
               f'`{workdir}` ({report[f"{kind}_architecture"]}, {report[f"{kind}_experts"]} '
-              'regressors per stage), synthetic test views, NME % (box). End to end: the jitted '
-              'cascade at batch 32.', '',
+              f'regressors per stage), synthetic {acc["split"]} views, NME % (box). End to end: '
+              'the jitted cascade at batch 32.', '',
               '| routing | ' + ' | '.join(VIEWS) + ' | end-to-end img/s |',
               '|---|' + '---|' * (len(VIEWS) + 1)]
     speed = report.get(f'{kind}_speed', {})
-    for name, row in acc.items():
+    for name, row in acc['nme'].items():
       rate = f'{speed[name]:.0f}' if name in speed else '-'
       lines.append(f'| {name} | ' + ' | '.join(f'{row[v]:.2f}' for v in VIEWS) + f' | {rate} |')
-  shares = {k: report[f'{k}_accuracy']['dense']['gate_share'].get('regression')
+    lines += ['', "eval.py's routing report of the same evaluation (every view of both "
+              'protocols):', '', *routing_report.markdown(acc['report'])]
+  shares = {k: report[f'{k}_accuracy']['nme']['dense']['gate_share'].get('regression')
             for k in ('tree', 'softmax') if report.get(f'{k}_accuracy')}
   if shares:
     lines += ['', '## Where the gate mass sits (Fig. 6)', '',
@@ -281,6 +283,9 @@ def main() -> None:
   parser.add_argument('--softmax_workdir', help='a trained softmax-gated run, for Fig. 6')
   parser.add_argument('--doc', help='write the Markdown report here (e.g. docs/routing.md)')
   parser.add_argument('--json', help='write the figures as JSON here')
+  parser.add_argument('--split', default='test', choices=('test', 'validation'),
+                      help="the trained runs' views: test for this report, validation while "
+                      'choosing')
   parser.add_argument('--routed_lowering', default='auto',
                       help="the regression layer's routed lowering: auto, gather, rows, dense")
   args = parser.parse_args()
@@ -305,7 +310,7 @@ def main() -> None:
     names = ROUTINGS if kind == 'tree' else ('dense',)
     if kind == 'tree':
       report['tree_speed'] = end_to_end_speed(workdir)
-    report[f'{kind}_accuracy'] = accuracy(workdir, names)
+    report[f'{kind}_accuracy'] = accuracy(workdir, names, args.split)
   if args.json:
     common.write_json(args.json, report)
   if args.doc:

@@ -5,6 +5,7 @@ equality must hold for what users run, not for a faster test-only generator.
 """
 
 import atexit
+import fcntl
 import os
 import pathlib
 import shutil
@@ -47,13 +48,36 @@ _share_compiled_programs()
 MICRO_STEPS = 10
 
 
+def _once_per_session(tmp_path_factory, name: str, make) -> pathlib.Path:
+  """`make(path)` run once per test session, even across pytest-xdist's worker processes.
+
+  The suite runs on 2 workers (pyproject's addopts): the first worker to ask builds the folder
+  under the session's shared temporary root while holding a lock; the others wait for it and
+  read the same folder. Without xdist it is an ordinary session fixture.
+  """
+  if 'PYTEST_XDIST_WORKER' not in os.environ:
+    path = tmp_path_factory.mktemp(name)
+    make(path)
+    return path
+  root = tmp_path_factory.getbasetemp().parent  # one per session, shared by its workers
+  path, done = root / name, root / f'{name}.done'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)
+      path.mkdir()
+      make(path)
+      done.touch()
+  return path
+
+
 @pytest.fixture(scope='session')
 def micro_data_dir(tmp_path_factory) -> str:
   """The tiny synthetic face set, rendered once per session (read-only for tests)."""
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
-  path = str(tmp_path_factory.mktemp('tfds'))
-  pipeline.get_builder('synthetic_faces/tiny', data_dir=path)
-  return path
+  return str(_once_per_session(
+      tmp_path_factory, 'tfds',
+      lambda path: pipeline.get_builder('synthetic_faces/tiny', data_dir=str(path))))
 
 
 @pytest.fixture(scope='session')
@@ -62,18 +86,19 @@ def micro_runs(micro_data_dir, tmp_path_factory) -> dict[str, pathlib.Path]:
   from tests.micro import micro_config  # pylint: disable=g-import-not-at-top
   from treemoe_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
 
-  def trained(name, **changes):
-    workdir = tmp_path_factory.mktemp(name)
+  def trained(root, name, **changes):
     config = micro_config(micro_data_dir, num_train_steps=MICRO_STEPS,
                           checkpoint_every_steps=MICRO_STEPS, eval_every_steps=MICRO_STEPS,
                           log_every_steps=MICRO_STEPS, **changes)
-    train.train_and_evaluate(config, str(workdir))
-    return workdir
+    train.train_and_evaluate(config, str(root / name))
 
-  tree = trained('tree_moe')
-  # A one-block pose ResNet, pre-trained for 4 steps: Fig. 5 needs a pose, not a good one.
-  pose = trained('pose_tree_moe', **{
-      'model.architecture': 'pose_tree_moe', 'model.num_representation_experts': 4,
-      'model.representation_gate_depth': 2, 'pose_train_steps': 4, 'pose.stage_sizes': (1,),
-      'pose.base_width': 4, 'pose.head_hidden': 8})
-  return {'tree_moe': tree, 'pose_tree_moe': pose}
+  def both(root):
+    trained(root, 'tree_moe')
+    # A one-block pose ResNet, pre-trained for 4 steps: Fig. 5 needs a pose, not a good one.
+    trained(root, 'pose_tree_moe', **{
+        'model.architecture': 'pose_tree_moe', 'model.num_representation_experts': 4,
+        'model.representation_gate_depth': 2, 'pose_train_steps': 4, 'pose.stage_sizes': (1,),
+        'pose.base_width': 4, 'pose.head_hidden': 8})
+
+  root = _once_per_session(tmp_path_factory, 'micro_runs', both)
+  return {'tree_moe': root / 'tree_moe', 'pose_tree_moe': root / 'pose_tree_moe'}

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 import input_pipeline.datasets  # pylint: disable=unused-import (registers the builders)
-from input_pipeline import pipeline
 from treemoe_jax import checkpointing
 from treemoe_jax.train import trainer as train
 from treemoe_jax.train import record as workdirs
@@ -43,10 +42,8 @@ def checkpoint_steps(workdir) -> list[int]:
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory) -> str:
-  path = str(tmp_path_factory.mktemp('tfds'))
-  pipeline.get_builder('synthetic_faces/tiny', data_dir=path)  # prepared once, before any race
-  return path
+def data_dir(micro_data_dir) -> str:
+  return micro_data_dir  # conftest.py: prepared once per session, before any race
 
 
 @pytest.fixture(scope='module')

@@ -3,6 +3,7 @@
   evaluator  a trained workdir on the paper's protocols: tables, per-face arrays, provenance
   protocols  the protocols as data: which faces, which normaliser, how columns combine
   reports    Markdown tables and runs side by side
+  routing_report  dense, top-k and greedy side by side, the gates' concentration, the flags
   plots      CED curves and the figures of section 4.4
 """
 

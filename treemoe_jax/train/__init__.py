@@ -3,6 +3,7 @@
   trainer    the train state, the data-parallel step, the loop (batches from any iterator)
   data       where batches come from: tf.data (TFDSData) or arrays in memory (ArrayData)
   tasks      what is trained: the head-pose estimator or the cascade (model, loss, metrics)
+  expert_losses  mixture-of-experts objectives beside the mixture's loss (config.moe)
   schedules  learning-rate schedules
   progress   log lines, TensorBoard events and metrics.jsonl
   record     the workdir's record (config.json, mean_shape.npy) and the resume rules
