@@ -81,15 +81,19 @@ def test_point_errors():
 
 def test_settings_refuse_what_trains_nothing():
   config = default.get_config('tree_moe', 'cpu')
+  assert expert_losses.settings(config) == expert_losses.PAPER | {
+      'expert_loss': 'weighted', 'expert_loss_weight': 1.0, 'mixture_loss_weight': 0.0}
+  config.moe.update(expert_losses.PAPER)  # the paper's objective stays one override away
   assert expert_losses.settings(config) == expert_losses.PAPER
   for change, message in [({'expert_loss': 'best'}, 'unknown config.moe.expert_loss'),
-                          ({'expert_loss': 'weighted', 'expert_loss_weight': 0.0}, 'trains nothing'),
+                          ({'expert_loss': 'weighted', 'expert_loss_weight': 0.0},
+                           'trains nothing'),
                           ({'mixture_loss_weight': 0.0}, 'neither the mixture'),
                           ({'balance_weight': -1.0}, 'must be >= 0'),
                           ({'expert_loss': 'competitive', 'expert_loss_weight': 1.0,
                             'competition_scale': 0.0}, 'competition_scale')]:
     changed = default.get_config('tree_moe', 'cpu')
-    changed.moe.update(change)
+    changed.moe.update(expert_losses.PAPER | change)
     with pytest.raises(ValueError, match=message):
       expert_losses.settings(changed)
 
@@ -182,6 +186,7 @@ def test_the_paper_loss_is_unchanged_and_terms_add():
   """expert_loss 'none' is the mixture's loss alone; each term adds its logged value x weight."""
   config = _small_config('pose_tree_moe', num_representation_experts=4,
                          representation_gate_depth=2)
+  config.moe.update(expert_losses.PAPER)
   images, shape, pose = _inputs(config)
   batch = {'image': images, 'init_shape': shape, 'pose': pose,
            'landmarks': shape + jnp.asarray(np.random.default_rng(2).normal(0, 2, shape.shape),

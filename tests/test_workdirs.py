@@ -116,6 +116,23 @@ def test_pose_heads_stored_before_the_field_resume_as_the_tanh_heads_they_learne
     workdirs.check_resume(tmp_path, _config(**{'pose.head_output': 'wrap'}))
 
 
+def test_a_run_from_before_the_moe_objectives_resumes_only_with_the_papers(tmp_path):
+  """0.2's runs trained on the mixture's loss alone: resuming one under today's default
+  objective would train something else, so it is refused with each key; the paper's resumes."""
+  stored = json.loads(_config().to_json())
+  del stored['moe']
+  workdirs.record(tmp_path, ml_collections.ConfigDict(stored))
+  (tmp_path / 'checkpoints' / '100').mkdir(parents=True)
+  with pytest.raises(workdirs.ResumeError) as refused:
+    workdirs.check_resume(tmp_path, _config())
+  for change in ("moe.expert_loss: 'none' -> 'weighted'", 'moe.expert_loss_weight: 0.0 -> 1.0',
+                 'moe.mixture_loss_weight: 1.0 -> 0.0'):
+    assert change in str(refused.value)
+  papers = {f'moe.{k}': v for k, v in dict(expert_loss='none', expert_loss_weight=0.0,
+                                            mixture_loss_weight=1.0).items()}
+  assert workdirs.check_resume(tmp_path, _config(**papers))
+
+
 def test_trailing_unit_patch_scales_are_the_same_model(tmp_path):
   # A stage without a scale cuts its patches at 1: (2, 1) and (2,) are one run; (2, 2) is not.
   _trained_workdir(tmp_path, _config(**{'model.patch_scales': (2.0, 1.0)}))

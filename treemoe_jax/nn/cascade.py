@@ -236,6 +236,6 @@ class Cascade(nn.Module):
         'gates': {'representation': jnp.stack(rep_weights),  # [K, B, L]
                   'regression': jnp.stack(reg_weights)},  # [K, B, L']
     }
-    if paths:  # {'representation' [K, B, L], 'regression' [K, B, L, L'], 'shapes' [K, B, L, L', P, 2]}
+    if paths:  # representation [K, B, L], regression [K, B, L, L'], shapes [K, B, L, L', P, 2]
       outputs['paths'] = jax.tree.map(lambda *x: jnp.stack(x), *stage_paths)
     return outputs

@@ -33,6 +33,10 @@ SAFE_TO_CHANGE += ('model.representation_lowering', 'model.representation_conv_i
 # ('pose.head_output' absent: the pi*tanh heads those estimators learned, as models.head_output.)
 # (The committees' lowerings, added later too, need no entry: safe to change.)
 ADDED_LATER = {'model.dtype': 'float32', 'pose.head_output': 'tanh', 'decay_steps': 0}
+# config.moe (0.3): runs before it trained on the mixture's loss alone, the paper's objective.
+ADDED_LATER |= {f'moe.{key}': value for key, value in {
+    'expert_loss': 'none', 'expert_loss_weight': 0.0, 'mixture_loss_weight': 1.0,
+    'competition_scale': 1.0, 'balance_weight': 0.0, 'entropy_weight': 0.0}.items()}
 # The learning-rate schedule may change on resume only where the steps already trained keep their
 # rates (`schedule_keeps_the_past`): e.g. a constant run resumed as 'wsd', which adds the decay.
 SCHEDULE_KEYS = ('learning_rate', 'lr_schedule', 'warmup_steps', 'decay_steps')
