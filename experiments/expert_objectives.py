@@ -75,13 +75,14 @@ def evaluate(name: str, workdir: pathlib.Path) -> dict:
 
 
 def table(records: dict) -> list[str]:
-  lines = ['| variant | what | dense NME % per view | greedy / dense (worst view) | '
+  lines = ['| variant | what | dense NME % per view | their mean | greedy / dense (worst view) | '
            'top-2 / dense | regression gate: 90% of the mass on (stage 1, 2) |',
-           '|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|']
   for name, r in records.items():
     dense = ' / '.join(f'{100 * r["nme"]["dense"][v]:.2f}' for v in VIEWS)
     share = r['concentration'].get('regression', {}).get('share_for_90', [])
-    lines.append(f'| `{name}` | {r["what"]} | {dense} | '
+    mean = 100 * sum(r['nme']['dense'][v] for v in VIEWS) / len(VIEWS)
+    lines.append(f'| `{name}` | {r["what"]} | {dense} | {mean:.2f} | '
                  f'{r["worst_ratio_to_dense"].get("greedy", float("nan")):.2f}x | '
                  f'{r["worst_ratio_to_dense"].get("topk:2", float("nan")):.2f}x | '
                  + ', '.join(f'{100 * s:.0f}%' for s in share) + ' |')
