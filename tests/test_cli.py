@@ -51,7 +51,8 @@ def test_command_line_error_finds_the_first_bad_override_or_config_spec():
                                   '--config.pose.widht=3', '--config.model.nonsense=3'])
   assert error.startswith("unknown config field --config.pose.widht: config.pose has no 'widht'")
   error = cli.command_line_error([f'--config={spec}:huge'])
-  assert error == f"--config={spec}:huge: unknown variant 'huge'; valid: full, reproduction, cpu"
+  assert error == (f"--config={spec}:huge: unknown variant 'huge'; valid: full, reproduction, "
+                   'reproduction_64, cpu')
   error = cli.command_line_error(['--config', str(ROOT / 'configs/nope.py')])
   assert error.startswith(f'--config={ROOT / "configs/nope.py"}: config file ')
   assert 'does not exist' in error
@@ -64,7 +65,7 @@ def test_command_line_error_finds_the_first_bad_override_or_config_spec():
     ('train.py', ['--config', 'configs/tree_moe.py:cpu', '--config.num_train_stepz=3'],
      ['config.num_train_stepz', "did you mean 'num_train_steps'", 'batch_size', 'seed']),
     ('train.py', ['--config', 'configs/tree_moe.py:huge'],
-     ["unknown variant 'huge'", 'valid: full, reproduction, cpu']),
+     ["unknown variant 'huge'", 'valid: full, reproduction, reproduction_64, cpu']),
     ('eval.py', ['--config', 'configs/moe.py:cpu', '--config.eval_protocl=x'],
      ['config.eval_protocl', "did you mean 'eval_protocol'"]),
 ])

@@ -597,7 +597,7 @@ def test_mean_shape_is_numpy_mean_of_train_crops(builder, mean_shape, tmp_path):
 
 def test_unknown_split_lists_valid_ones(builder, mean_shape):
   with pytest.raises(ValueError, match='test_yaw_30_60'):
-    pipeline.eval_dataset(builder, split='validation', global_batch_size=8, mean_shape=mean_shape)
+    pipeline.eval_dataset(builder, split='valid', global_batch_size=8, mean_shape=mean_shape)
 
 
 def test_unknown_dataset():

@@ -129,9 +129,8 @@ def alignment_task(config: ml_collections.ConfigDict) -> Task:
   moe = expert_losses.settings(config)
   want_paths = moe['expert_loss'] != 'none'
   # The gates that learn (a uniform gate has no parameters: its balance and entropy are fixed).
-  learned = [layer for layer, kind in (('representation', model.stage.representation_gate),
-                                       ('regression', model.stage.regression_gate))
-             if gates.GateKind(kind) != gates.GateKind.UNIFORM]
+  learned = [layer for layer, kind in zip(('representation', 'regression'), models.GATES[
+      models.parse_architecture(config.model.architecture)]) if kind != gates.GateKind.UNIFORM]
   stage_mean = (lambda per_stage: per_stage.mean()) if config.loss_stages == 'all' else (
       lambda per_stage: per_stage[-1])
 
