@@ -74,6 +74,70 @@ def evaluate(name: str, workdir: pathlib.Path) -> dict:
           'concentration': report['concentration']}
 
 
+def diagnose(workdir: pathlib.Path, split: str = 'validation') -> dict:
+  """Why experts do (not) specialise, per stage, on the wide validation split: each path's own
+  displacement against the mixture's (their mean lengths, px, and the mean distance between a
+  path and the mixture, px), and the gates' entropy over training (from metrics.jsonl: entropy
+  falls as the gate logits grow)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import parallel  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import runs  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.evaluate import evaluator  # pylint: disable=g-import-not-at-top (TF)
+  run = runs.load_run(workdir)
+  mesh = parallel.make_mesh()
+
+  @jax.jit
+  def paths_of(variables, batch):
+    out = run.model.apply(variables, batch['image'], batch['init_shape'], paths=True)
+    starts = jax.numpy.concatenate([batch['init_shape'][None], out['stage_shapes'][:-1]])
+    mixture = out['stage_shapes'] - starts  # [K, B, P, 2]
+    own = out['paths']['shapes'] - starts[:, :, None, None]  # [K, B, L, M, P, 2]
+    weights = out['paths']['representation'][..., None] * out['paths']['regression']
+    return {'mixture': mixture, 'own': own, 'weights': weights, 'mask': batch['mask']}
+
+  sums = None
+  for batch in evaluator._global_batches(run, mesh, run.config.dataset, split,  # pylint: disable=protected-access
+                                         batch_size=64, data_dir=run.config.data_dir or None):
+    got = jax.device_get(paths_of(run.variables, batch))
+    keep = np.asarray(got['mask'], bool)
+    length = lambda d: np.linalg.norm(d, axis=-1).mean(-1)  # mean over landmarks, px
+    mixture = length(got['mixture'][:, keep])  # [K, N]
+    own = length(got['own'][:, keep])  # [K, N, L, M]
+    apart = length(got['own'][:, keep] - got['mixture'][:, keep][:, :, None, None])
+    weights = got['weights'][:, keep]
+    part = {'mixture': mixture.sum(1), 'own': (weights * own).sum((2, 3)).sum(1),
+            'apart': (weights * apart).sum((2, 3)).sum(1), 'count': keep.sum()}
+    sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  entropy = {r['step']: {k.removeprefix('train/gate_entropy/'): round(v, 3) for k, v in r.items()
+                         if k.startswith('train/gate_entropy/')}
+             for r in records if any(k.startswith('train/gate_entropy/') for k in r)}
+  steps = sorted(entropy)
+  return {'mixture_displacement_px': (sums['mixture'] / sums['count']).round(3).tolist(),
+          'path_displacement_px': (sums['own'] / sums['count']).round(3).tolist(),
+          'path_to_mixture_px': (sums['apart'] / sums['count']).round(3).tolist(),
+          'gate_entropy_by_step': {s: entropy[s] for s in (steps[0], steps[len(steps) // 3],
+                                                           steps[2 * len(steps) // 3], steps[-1])}}
+
+
+def diagnosis_table(records: dict) -> list[str]:
+  lines = ['| variant | stage | mixture displacement px | a path\'s own, gate-weighted | a path '
+           'to the mixture | regression gate entropy, nats, over training (steps) |',
+           '|---|---|---|---|---|---|']
+  for name, r in records.items():
+    d = r.get('diagnosis')
+    if not d:
+      continue
+    for k, mixture in enumerate(d['mixture_displacement_px']):
+      entropy = ' > '.join(f'{v[f"stage{k}/regression"]:.2f}'
+                           for v in d['gate_entropy_by_step'].values())
+      lines.append(f'| `{name}` | {k + 1} | {mixture:.2f} | {d["path_displacement_px"][k]:.2f} | '
+                   f'{d["path_to_mixture_px"][k]:.2f} | {entropy} '
+                   f'({", ".join(map(str, d["gate_entropy_by_step"]))}) |')
+  return lines
+
+
 def table(records: dict) -> list[str]:
   lines = ['| variant | what | dense NME % per view | their mean | greedy / dense (worst view) | '
            'top-2 / dense | regression gate: 90% of the mass on (stage 1, 2) |',
@@ -92,8 +156,10 @@ def table(records: dict) -> list[str]:
 def write_table(records: dict) -> None:
   text = DOC.read_text()
   start, end = text.index(MARKERS[0]), text.index(MARKERS[1])
-  DOC.write_text(text[:start] + MARKERS[0] + '\n' + '\n'.join(table(records)) + '\n'
-                 + text[end:])
+  diagnosis = diagnosis_table(records)
+  body = table(records) + (['', 'Why, per stage, on the wide validation split (`--diagnose`):', '',
+                             *diagnosis] if len(diagnosis) > 2 else [])
+  DOC.write_text(text[:start] + MARKERS[0] + '\n' + '\n'.join(body) + '\n' + text[end:])
 
 
 def main() -> int:
@@ -103,6 +169,8 @@ def main() -> int:
   parser.add_argument('--data_dir', default='/tmp/tfds')
   parser.add_argument('--collect', default='', help='variants already trained under --out: '
                       'evaluate and record them')
+  parser.add_argument('--diagnose', default='', help='variants trained under --out: measure '
+                      "their paths' displacements against the mixture's (diagnose)")
   parser.add_argument('--report', action='store_true', help='rewrite the table from the JSON')
   args = parser.parse_args()
   records = json.loads(DATA.read_text()) if DATA.exists() else {}
@@ -123,6 +191,9 @@ def main() -> int:
     DATA.write_text(json.dumps(records, indent=1) + '\n')
   for name in collected:
     records[name] = evaluate(name, out / name)
+    DATA.write_text(json.dumps(records, indent=1) + '\n')
+  for name in [n for n in args.diagnose.split(',') if n]:
+    records[name]['diagnosis'] = diagnose(out / name)
     DATA.write_text(json.dumps(records, indent=1) + '\n')
   write_table({n: records[n] for n in VARIANTS if n in records})
   print('\n'.join(table(records)))
