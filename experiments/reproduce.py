@@ -962,11 +962,12 @@ def report(results: dict, doc: pathlib.Path, results_dir: pathlib.Path) -> str:
               '| tree - softmax | gate | seeds | per seed | mean ± s.e. |',
               '|---|---|---|---|---|',
               *differences]
-  lines += ['', f'![Fig. 6 analogue]({figure}_fig6_gate_mass.png)', '', *routing_lines(runs),
-            '## Fig. 5 analogue', '',
-            'Test faces placed by their estimated head pose, coloured by the first-stage '
-            'representation expert with the largest gate weight (pose_tree_moe, first seed).', '',
-            f'![Fig. 5 analogue]({figure}_fig5_pose_space.png)', '']
+  lines += ['', f'![Fig. 6 analogue]({figure}_fig6_gate_mass.png)', '', *routing_lines(runs)]
+  if 'pose_tree_moe' in architectures(runs):  # its workdir's Fig. 5, copied by the full run
+    lines += ['## Fig. 5 analogue', '',
+              'Test faces placed by their estimated head pose, coloured by the first-stage '
+              'representation expert with the largest gate weight (pose_tree_moe, first seed).',
+              '', f'![Fig. 5 analogue]({figure}_fig5_pose_space.png)', '']
   if pose and pose['curve']:
     gain = pose['last_gain']
     lines += ['## The shared head-pose estimator', '',
