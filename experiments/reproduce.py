@@ -235,25 +235,66 @@ def needs_pose(arch: str) -> bool:
   return arch.startswith('pose_')
 
 
-def train_architectures(out: pathlib.Path, args, pose: concurrent.futures.Future,
-                        timings: Timings, pool: concurrent.futures.Executor) -> dict:
-  """{(architecture, seed): workdir}, each trained for --steps on `pool` (skipped when done).
+def run_config(arch: str, args) -> str:
+  """The config a run's record names: file, size variant and the oracle's extra overrides."""
+  config, extra = ORACLES.get(arch, (arch, []))
+  return ' '.join([f'configs/{config}.py{_variant(args)}', *extra])
 
-  The oracle (unless --no_oracle) trains on every seed like the six. The pose-free runs are
-  queued first, so that they train beside the estimator; a pose-gated run waits for `pose`
-  (train_pose's result) to pass its workdir on.
+
+def stored_record(arch: str, seed: int, args) -> dict | None:
+  """The run's record in --results_dir when it is of this config and step count, else None.
+
+  What lets a reproduction longer than one sitting go on in a later one (on a machine without
+  the earlier workdirs): a run whose record is committed is not trained again.
+  """
+  path = pathlib.Path(args.results_dir) / f'{arch}_seed{seed}.json'
+  if not path.exists():
+    return None
+  record = json.loads(path.read_text())
+  same = record.get('config') == run_config(arch, args) and record.get('steps') == args.steps
+  return record if same else None
+
+
+def planned_runs(out: pathlib.Path, args) -> tuple[dict, dict]:
+  """({(arch, seed): workdir} to train or read, {(arch, seed): record} already in --results_dir).
+
+  A run whose workdir is under `out` is read from there even when its record is stored (the
+  workdir has its figures); one with neither is trained.
   """
   names = list(args.architectures) + (list(ORACLES) if args.oracle else [])
-  runs, queue = {}, []
+  runs, stored = {}, {}
   for seed in args.seeds:
     first = seed == args.seeds[0]
     for arch in [a for a in names if first or a in args.seed_architectures]:
       workdir = out / f'{arch}_seed{seed}'
-      runs[(arch, seed)] = workdir
-      done = (workdir / 'metrics.jsonl').exists() and any(
-          r['step'] >= args.steps for r in eval_records(workdir))
-      if not done:
-        queue.append((arch, seed, workdir))
+      record = (None if (workdir / 'metrics.jsonl').exists() or not hasattr(args, 'results_dir')
+                else stored_record(arch, seed, args))
+      if record is None:
+        runs[(arch, seed)] = workdir
+      else:
+        stored[(arch, seed)] = record
+  return runs, stored
+
+
+def train_architectures(out: pathlib.Path, args, pose: concurrent.futures.Future,
+                        timings: Timings, pool: concurrent.futures.Executor,
+                        on_trained=None) -> dict:
+  """{(architecture, seed): workdir}, each trained for --steps on `pool` (skipped when done, or
+  when its record is already in --results_dir: planned_runs).
+
+  The oracle (unless --no_oracle) trains on every seed like the six. The pose-free runs are
+  queued first, so that they train beside the estimator; a pose-gated run waits for `pose`
+  (train_pose's result) to pass its workdir on. `on_trained(arch, seed, workdir)`, when given,
+  runs on the same thread as soon as a run is trained (the command evaluates it and writes its
+  record there, so that a reproduction stopped part way keeps every run it finished).
+  """
+  runs, _ = planned_runs(out, args)
+  queue = []
+  for (arch, seed), workdir in runs.items():
+    done = (workdir / 'metrics.jsonl').exists() and any(
+        r['step'] >= args.steps for r in eval_records(workdir))
+    if not done:
+      queue.append((arch, seed, workdir))
 
   def run(arch: str, seed: int, workdir: pathlib.Path) -> None:
     pose_dir = pose.result()['workdir'] if needs_pose(arch) else ''
@@ -266,6 +307,8 @@ def train_architectures(out: pathlib.Path, args, pose: concurrent.futures.Future
                  '--config.eval_split=validation', *extra, *args.overrides]
     timings.add(f'{arch}_seed{seed}', train(f'configs/{config}.py{_variant(args)}', workdir,
                                             overrides, out / f'{arch}_seed{seed}.log'))
+    if on_trained is not None:
+      on_trained(arch, seed, workdir)
 
   futures = [pool.submit(run, *job) for job in sorted(queue, key=lambda j: needs_pose(j[0]))]
   concurrent.futures.wait(futures)  # a failed run stops none of the others...
@@ -1049,13 +1092,37 @@ def _train_faces(dataset: str) -> int:
   return pipeline.get_builder(dataset).info.splits['train'].num_examples
 
 
+_EVALUATE_ONE = ('import pathlib, sys; from experiments import reproduce; '
+                 'reproduce.evaluate_runs({(sys.argv[1], int(sys.argv[2])): '
+                 'pathlib.Path(sys.argv[3])}, {}, int(sys.argv[4]), sys.argv[5])')
+
+
+def record_run(args, timings: Timings, arch: str, seed: int, workdir: pathlib.Path) -> None:
+  """Evaluates a run just trained (a subprocess: the other trainings' threads go on) and writes
+  its record to --results_dir at once."""
+  start = time.perf_counter()
+  log(f'evaluating {arch}, seed {seed}, on the test views')
+  with open(args.out / f'eval_{arch}_seed{seed}.log', 'a') as f:
+    done = subprocess.run([sys.executable, '-c', _EVALUATE_ONE, arch, str(seed), str(workdir),
+                           str(args.steps), args.compare_routings or ''],
+                          stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                          env=os.environ | {'PYTHONPATH': str(ROOT)})
+  if done.returncode:
+    raise RuntimeError(f'evaluating {workdir} failed (exit {done.returncode}); see {f.name}')
+  timings.add(f'eval_{arch}_seed{seed}', time.perf_counter() - start)
+  record = run_record(json.loads((workdir / 'results.json').read_text()), arch=arch, seed=seed,
+                      config=run_config(arch, args), curve=validation_curve(workdir),
+                      train_seconds=timings.get(f'{arch}_seed{seed}'),
+                      eval_seconds=timings.get(f'eval_{arch}_seed{seed}'))
+  write_json(pathlib.Path(args.results_dir) / f'{arch}_seed{seed}.json', record)
+  log(f'{arch}, seed {seed}: record written to {args.results_dir}')
+
+
 def write_results(args, argv: list[str], workdirs: dict, results: dict, pose: dict,
                   ert: dict | None, timings: Timings) -> None:
   """One JSON per run, ert.json, pose.json and run.json into --results_dir."""
   for (arch, seed), result in results.items():
-    config, extra = ORACLES.get(arch, (arch, []))
-    record = run_record(result, arch=arch, seed=seed,
-                        config=' '.join([f'configs/{config}.py{_variant(args)}', *extra]),
+    record = run_record(result, arch=arch, seed=seed, config=run_config(arch, args),
                         curve=validation_curve(workdirs[(arch, seed)]),
                         train_seconds=timings.get(f'{arch}_seed{seed}'),
                         eval_seconds=timings.get(f'eval_{arch}_seed{seed}'))
@@ -1064,8 +1131,11 @@ def write_results(args, argv: list[str], workdirs: dict, results: dict, pose: di
     write_json(args.results_dir / 'ert.json', ert)
   if pose['curve']:
     write_json(args.results_dir / 'pose.json', pose_record(pose, args, timings.get('pose')))
+  command = 'python experiments/reproduce.py ' + shlex.join(argv)
+  earlier = args.results_dir / 'run.json'
+  commands = json.loads(earlier.read_text()).get('commands', []) if earlier.exists() else []
   write_json(args.results_dir / 'run.json', {
-      'command': 'python experiments/reproduce.py ' + shlex.join(argv),
+      'command': command, 'commands': [c for c in commands if c != command] + [command],
       'date': time.strftime('%Y-%m-%d'), 'size': args.size, 'variant': args.variant,
       'dataset': args.dataset,
       'train_faces': ert['train_faces'] if ert else _train_faces(args.dataset),
@@ -1159,13 +1229,20 @@ def main(argv: list[str] | None = None) -> int:
   args.out.mkdir(parents=True, exist_ok=True)
   timings = Timings(args.out / 'timings.json')
 
+  planned, stored = planned_runs(args.out, args)
+  if stored:
+    log(f'{len(stored)} runs read from {args.results_dir}, not trained again: ' +
+        ', '.join(f'{a}_seed{s}' for a, s in stored))
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-    if any(needs_pose(a) for a in args.architectures):
+    if any(needs_pose(a) for a, _ in planned):
       pose_future = pool.submit(train_pose, args.out, args, timings)
+      pose_future.add_done_callback(lambda f: f.exception() or write_json(
+          args.results_dir / 'pose.json', pose_record(f.result(), args, timings.get('pose'))))
     else:
       pose_future = concurrent.futures.Future()
       pose_future.set_result({'steps': 0, 'curve': [], 'last_gain': float('nan')})
-    workdirs = train_architectures(args.out, args, pose_future, timings, pool)
+    workdirs = train_architectures(args.out, args, pose_future, timings, pool,
+                                   on_trained=functools.partial(record_run, args, timings))
     pose = pose_future.result()
   timings.save()
   results = evaluate_runs(workdirs, timings, args.steps, args.compare_routings)

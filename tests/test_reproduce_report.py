@@ -567,3 +567,83 @@ def test_timings_added_from_many_threads_sum_in_the_file(tmp_path):
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
     list(pool.map(lambda i: timings.add(f'job{i % 4}', 1.0), range(200)))
   assert json.loads((tmp_path / 'timings.json').read_text()) == {f'job{i}': 50.0 for i in range(4)}
+
+
+def test_a_run_whose_record_is_committed_is_not_trained_again(tmp_path, monkeypatch):
+  """A reproduction longer than one sitting goes on in the next: a stored record of the same
+  config and step count stands for the run; one of another step count does not."""
+  import concurrent.futures
+  trained, finished = [], []
+
+  def fake_train(config, workdir, overrides, logfile):
+    trained.append(workdir.name)
+    return 1.0
+
+  monkeypatch.setattr(reproduce, 'train', fake_train)
+  results_dir = tmp_path / 'results'
+  args = _scheduling_args(results_dir=results_dir)
+  reproduce.write_json(results_dir / 'baseline_seed0.json',
+                       {'arch': 'baseline', 'seed': 0, 'steps': 10,
+                        'config': 'configs/baseline.py:reproduction'})
+  reproduce.write_json(results_dir / 'moe_seed0.json',  # another step count: trained again
+                       {'arch': 'moe', 'seed': 0, 'steps': 5, 'config': 'configs/moe.py:reproduction'})
+  planned, stored = reproduce.planned_runs(tmp_path / 'out', args)
+  assert set(stored) == {('baseline', 0)} and set(planned) == {('pose_tree_moe', 0), ('moe', 0)}
+  pose = concurrent.futures.Future()
+  pose.set_result({'workdir': '/est'})
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    runs = reproduce.train_architectures(
+        tmp_path / 'out', args, pose, reproduce.Timings(tmp_path / 't.json'), pool,
+        on_trained=lambda arch, seed, workdir: finished.append((arch, seed, workdir.name)))
+  assert sorted(trained) == ['moe_seed0', 'pose_tree_moe_seed0']
+  assert set(runs) == {('pose_tree_moe', 0), ('moe', 0)}
+  # Each run is handed on as soon as it is trained, on the thread that trained it.
+  assert sorted(finished) == [('moe', 0, 'moe_seed0'), ('pose_tree_moe', 0, 'pose_tree_moe_seed0')]
+
+
+def test_the_oracle_record_names_its_extra_override():
+  args = _scheduling_args(variant='reproduction_64')
+  assert reproduce.run_config('pose_tree_moe_true_pose', args) == (
+      'configs/pose_tree_moe.py:reproduction_64 --config.model.gate_pose=truth')
+  assert reproduce.run_config('moe', _scheduling_args(variant='full')) == 'configs/moe.py'
+
+
+def test_run_json_keeps_every_command_that_added_runs(tmp_path):
+  args = argparse.Namespace(
+      results_dir=tmp_path, variant='reproduction', size='small', dataset='d', steps=10,
+      seeds=[0], jobs=2, out=tmp_path / 'out', compare_routings='auto')
+  no_pose = {'steps': 0, 'curve': [], 'last_gain': float('nan')}
+  ert = {'train_faces': 4}
+  for argv in (['--seeds', '0'], ['--seeds', '1,2'], ['--seeds', '0']):
+    reproduce.write_results(args, argv, {}, {}, no_pose, ert, {})
+  meta = json.loads((tmp_path / 'run.json').read_text())
+  assert meta['command'] == 'python experiments/reproduce.py --seeds 0'
+  assert meta['commands'] == ['python experiments/reproduce.py --seeds 1,2',
+                              'python experiments/reproduce.py --seeds 0']
+
+
+def test_a_run_is_recorded_as_soon_as_it_is_evaluated(tmp_path, monkeypatch):
+  """record_run: the evaluation (a subprocess, faked here by writing its results.json) and then
+  the run's record in --results_dir, before any other run has ended."""
+  import subprocess
+  workdir = tmp_path / 'out' / 'tree_moe_seed1'
+  workdir.mkdir(parents=True)
+  (workdir / 'metrics.jsonl').write_text(json.dumps({'step': 10, 'eval/nme/stage0': 0.05}))
+  commands = []
+
+  def fake_run(command, stdout, stderr, cwd, env):
+    commands.append(command)
+    (workdir / 'results.json').write_text(json.dumps(_results_json()))
+    return subprocess.CompletedProcess(command, 0)
+
+  monkeypatch.setattr(reproduce.subprocess, 'run', fake_run)
+  args = _scheduling_args(results_dir=tmp_path / 'results', out=tmp_path / 'out',
+                          compare_routings='auto')
+  reproduce.record_run(args, reproduce.Timings(tmp_path / 't.json'), 'tree_moe', 1, workdir)
+  assert commands[0][-5:] == ['tree_moe', '1', str(workdir), '10', 'auto']
+  record = json.loads((tmp_path / 'results' / 'tree_moe_seed1.json').read_text())
+  assert (record['arch'], record['seed'], record['config']) == (
+      'tree_moe', 1, 'configs/tree_moe.py:reproduction')
+  assert record['validation_curve'] == [[10, 0.05]]
+  frontal = _results_json()['protocols']['synthetic_table1']['subsets']['frontal']['nme']
+  assert record['views']['frontal']['nme'] == pytest.approx(frontal, rel=1e-5)
