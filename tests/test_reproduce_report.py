@@ -326,17 +326,21 @@ def test_the_full_run_writes_the_json_and_the_page_from_it(tmp_path):
   assert '| tree_moe | greedy | 3.00 |' in text  # the routing report
 
 
-def test_report_only_reads_no_tensorflow_and_no_jax(tmp_path):
+def test_report_only_reads_no_tensorflow_and_no_dlib(tmp_path):
+  """The page and its record-drawn figures in seconds: no TensorFlow (the data) and no dlib (the
+  peer) are imported; JAX only through the plotting helpers."""
   results_dir, doc = tmp_path / 'results', tmp_path / 'page.md'
   _write_results(results_dir, np.random.default_rng(2))
   script = ('import sys; from experiments import reproduce; '
             f'reproduce.main(["--report-only", "--results_dir", {str(results_dir)!r}, '
             f'"--doc", {str(doc)!r}]); '
-            'print(sorted(m for m in ("tensorflow", "jax", "dlib") if m in sys.modules))')
+            'print(sorted(m for m in ("tensorflow", "dlib") if m in sys.modules))')
   done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                         cwd=reproduce.ROOT, timeout=120, check=True)
   assert done.stdout.strip().splitlines()[-1] == '[]'
   assert doc.read_text().startswith('# Reproduction on the embedded benchmark (`reproduction`)')
+  # The records' learning curves (these fabricated records carry no gate masses: no Fig. 6).
+  assert (tmp_path / 'figures' / 'page_curves.png').read_bytes()[:4] == b'\x89PNG'
 
 
 def test_report_only_without_results_says_so(tmp_path):
@@ -346,11 +350,15 @@ def test_report_only_without_results_says_so(tmp_path):
 
 
 def test_the_variant_names_its_own_page_and_results():
-  args = reproduce.parse_args(['--report-only', '--variant', 'reproduction_64'])
-  assert args.doc == reproduce.ROOT / 'docs' / 'reproduction_64.md'
-  assert args.results_dir == reproduce.ROOT / 'docs' / 'data' / 'reproduction' / 'reproduction_64'
-  args = reproduce.parse_args(['--report-only'])
+  args = reproduce.parse_args(['--report-only', '--variant', 'reproduction'])
+  assert args.doc == reproduce.ROOT / 'docs' / 'reproduction_8.md'
+  assert args.results_dir == reproduce.ROOT / 'docs' / 'data' / 'reproduction' / 'reproduction'
+  args = reproduce.parse_args(['--report-only'])  # the paper's 64 regressors: the reproduction
+  assert args.variant == 'reproduction_64'
   assert args.doc == reproduce.ROOT / 'docs' / 'reproduction.md'
+  assert args.results_dir == reproduce.ROOT / 'docs' / 'data' / 'reproduction' / 'reproduction_64'
+  assert reproduce.parse_args(['--report-only', '--size', 'full']).doc == (
+      reproduce.ROOT / 'docs' / 'reproduction_full.md')
   assert args.seeds == [0, 1, 2] and args.oracle
   assert args.seed_architectures == list(reproduce.ARCHITECTURES) + list(reproduce.ORACLES)
   assert not reproduce.parse_args(['--report-only', '--no_oracle']).oracle
@@ -647,3 +655,28 @@ def test_a_run_is_recorded_as_soon_as_it_is_evaluated(tmp_path, monkeypatch):
   assert record['validation_curve'] == [[10, 0.05]]
   frontal = _results_json()['protocols']['synthetic_table1']['subsets']['frontal']['nme']
   assert record['views']['frontal']['nme'] == pytest.approx(frontal, rel=1e-5)
+
+
+def test_greedy_and_concentration_bars_by_hand():
+  """Issue 34's bars: greedy within 10% of dense on every view (the worst view named), 90% of the
+  tree gate's regression mass on at most 25% of the regressors (mean over seeds)."""
+  faces = np.ones(4)
+
+  def routed(arch, seed, greedy_frontal, share):
+    record = _record(arch, seed, dict.fromkeys(VIEWS, faces), share={'regression': share})
+    nme = {'dense': dict.fromkeys(reproduce.ALL_VIEWS, 0.02),
+           'greedy': dict.fromkeys(reproduce.ALL_VIEWS, 0.021) | {'frontal': greedy_frontal}}
+    return record | {'routing': {'nme': nme, 'share_for_90': {}}}
+
+  # tree_moe: frontal greedy 0.022 and 0.0224 over dense 0.02 -> 1.12x, over the bar.
+  runs = {('tree_moe', 0): routed('tree_moe', 0, 0.022, 0.2),
+          ('tree_moe', 1): routed('tree_moe', 1, 0.0224, 0.25),
+          ('softmax_moe', 0): routed('softmax_moe', 0, 0.021, 0.5)}
+  assert reproduce.greedy_ratios(runs, 'tree_moe')['frontal'] == pytest.approx(1.11)
+  greedy, share = reproduce.routing_verdicts(runs)
+  assert '**did not hold**' in greedy and 'tree_moe 1.11x (frontal)' in greedy
+  assert 'softmax_moe 1.05x' in greedy
+  assert '**held**' in share and 'tree_moe 22%' in share and 'softmax' not in share
+  runs[('tree_moe', 1)] = routed('tree_moe', 1, 0.021, 0.5)  # (0.2 + 0.5) / 2 = 35%
+  greedy, share = reproduce.routing_verdicts(runs)
+  assert '**held**' in greedy and '**did not hold**' in share and 'tree_moe 35%' in share
