@@ -1138,6 +1138,14 @@ def write_figures(runs: dict, workdirs: dict, doc: pathlib.Path) -> None:
 # --- The command. ---
 
 
+def _prepare(dataset: str) -> None:
+  """Renders the data set once, before the trainings that run at once would each start to (two
+  builders racing to one TFDS directory: the second fails on its rename)."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
+  log(f'preparing {dataset}')
+  pipeline.get_builder(dataset).download_and_prepare()
+
+
 def _train_faces(dataset: str) -> int:
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top (TensorFlow)
   return pipeline.get_builder(dataset).info.splits['train'].num_examples
@@ -1283,6 +1291,8 @@ def main(argv: list[str] | None = None) -> int:
   timings = Timings(args.out / 'timings.json')
 
   planned, stored = planned_runs(args.out, args)
+  if planned:
+    _prepare(args.dataset)
   if stored:
     log(f'{len(stored)} runs read from {args.results_dir}, not trained again: ' +
         ', '.join(f'{a}_seed{s}' for a, s in stored))
