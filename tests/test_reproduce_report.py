@@ -680,3 +680,26 @@ def test_greedy_and_concentration_bars_by_hand():
   runs[('tree_moe', 1)] = routed('tree_moe', 1, 0.021, 0.5)  # (0.2 + 0.5) / 2 = 35%
   greedy, share = reproduce.routing_verdicts(runs)
   assert '**held**' in greedy and '**did not hold**' in share and 'tree_moe 35%' in share
+
+
+def test_the_earlier_choices_are_read_again_on_validation_by_hand(tmp_path):
+  """The step count (last 1000 steps' gain) and the last stage (its gain over the one before),
+  from each run's validation curve and last evaluation, mean over seeds."""
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  (workdir / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in [
+      {'step': 1000, 'eval/nme/stage0': 0.2, 'eval/nme/stage1': 0.1},
+      {'step': 2000, 'train/loss': 1.0},
+      {'step': 2000, 'eval/nme/stage0': 0.05, 'eval/nme/stage1': 0.04, 'eval/nme/stage2': 0.03}]))
+  assert reproduce.validation_stages(workdir) == [0.05, 0.04, 0.03]
+  faces = dict.fromkeys(VIEWS, np.ones(3))
+  runs = {}
+  for seed, (before, after, stages) in enumerate([(0.05, 0.04, [0.06, 0.05]),
+                                                  (0.07, 0.06, [0.06, 0.03])]):
+    record = _record('tree_moe', seed, faces)
+    record['validation_curve'] = [[5000, before], [6000, after]]
+    record['validation_stages'] = stages
+    runs[('tree_moe', seed)] = record
+  [row] = reproduce.recheck_rows(runs)
+  # steps: 6.00 -> 5.00 (+16.7%); stages: 6.00 -> 4.00 (+33.3%)
+  assert row == '| tree_moe | 2 | 5000 -> 6000: 6.00 -> 5.00 (+16.7%) | 6.00 -> 4.00 (+33.3%) |'
