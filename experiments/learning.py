@@ -1,13 +1,16 @@
 """Where the learning gap comes from: named training variants, run and written to docs/learning.md.
 
   python experiments/learning.py --run base,cosine,... [--jobs 2] [--out /tmp/learning]
+  python experiments/learning.py --run small_constant,... --steps 6000   # the small_* rows
   python experiments/learning.py --report            # rewrite docs/learning.md from the results
 
 Each variant is `train.py` with config overrides (VARIANTS), trained from scratch in its own
-workdir under --out, with the wide synthetic test split evaluated every `eval_every` steps. A
-finished variant's learning curve and final per-stage NME go into --out/results.json (kept across
-invocations, so variants can be run a few at a time); --report draws the curves and writes the
-table. Figures come from real runs only: nothing here is typed by hand.
+workdir under --out, its `--split` (validation; the rows measured before it existed read test)
+evaluated every `eval_every` steps. A finished variant's learning curve and final per-stage NME
+go into docs/data/learning_variants[_validation].json (kept across invocations and sessions, so
+variants can be run a few at a time); --report draws the curves and writes the tables: the
+variants, and each earlier choice as it read on test and reads on validation (DECISIONS).
+Figures come from real runs only: nothing here is typed by hand.
 """
 
 import argparse
@@ -36,6 +39,11 @@ _JIT3 = ['--config.augment.translate_std=3']
 _H128 = ['--config.model.regression_hidden=128']
 _DIST = ['--config.loss_type=distance']
 _COSINE = ['--config.lr_schedule=cosine', '--config.warmup_steps=100']
+# The objective in force when the rows were measured: the mixture's loss alone (section 3.5),
+# before config.moe's path objective became the default (docs/learning.md, "Experts that
+# specialise"), so that a re-run on validation changes the split and nothing else.
+_PAPER_MOE = ['--config.moe.expert_loss=none', '--config.moe.expert_loss_weight=0',
+              '--config.moe.mixture_loss_weight=1']
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     'base': ('the tiny config as the hardening issue left it', []),
     'cosine_zero_init': ('cosine decay + zero-initialised regressor outputs',
@@ -64,7 +72,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                                   [*_SG, *_COARSE, *_JIT3, *_H128, *_DIST,
                                    '--config.dataset=synthetic_faces/large']),
 }
-VARIANTS = {name: ('configs/tree_moe.py:cpu', why, _BEFORE + overrides)
+VARIANTS = {name: ('configs/tree_moe.py:cpu', why, _BEFORE + overrides + _PAPER_MOE)
             for name, (why, overrides) in VARIANTS.items()}
 # The schedule at the reproduction's length: baseline:small (4000 faces) for --steps 6000, from
 # today's defaults with the schedule pinned, and the 2 stages `small` had when they were measured.
@@ -79,27 +87,82 @@ _SMALL = {
                           "the small config's default", []),
     'small_cosine_2e-3_short': ('small_cosine_2e-3 over fewer steps (--steps 4000)', []),
 }
-VARIANTS |= {name: ('configs/baseline.py:small', why, ['--config.model.num_stages=2', *overrides])
+VARIANTS |= {name: ('configs/baseline.py:reproduction', why,
+                     ['--config.model.num_stages=2', *overrides, *_PAPER_MOE])
              for name, (why, overrides) in _SMALL.items()}
+STEPS = {'small_constant': 6000, 'small_cosine': 6000, 'small_cosine_2e-3': 6000,
+         'small_cosine_2e-3_short': 4000}  # the others: 2000
+
+# The choices the table led to: (the row it was weighed against, the row kept, the choice).
+# Each was made on the test split; --report sets its test and validation readings side by side.
+DECISIONS = (
+    ('base', 'stop_gradient', 'stage-wise training (no gradient through the patch positions)'),
+    ('base', 'init_jitter_3px', 's(0) jitter of 3 px, not 10'),
+    ('stop_gradient', 'coarse_patches', 'a coarse first stage (half-resolution patches)'),
+    ('combined', 'combined_hidden128', '128-unit regressors, not 32'),
+    ('combined_hidden128_cosine', 'combined_hidden128', 'a constant rate at 2000 steps'),
+    ('combined_hidden128', 'distance_loss', 'the per-landmark distance loss, not L2'),
+    ('small_constant', 'small_cosine_2e-3', "the reproduction's warm-up + cosine to 2e-3"),
+    ('small_cosine', 'small_cosine_2e-3', 'a 2e-3 peak, not 1e-3'),
+    ('small_cosine_2e-3_short', 'small_cosine_2e-3', '6000 steps, not 4000'),
+)
+SPLITS = ('test', 'validation')
+STORES = {'test': ROOT / 'docs' / 'data' / 'learning_variants.json',
+          'validation': ROOT / 'docs' / 'data' / 'learning_variants_validation.json'}
 
 
-def command(name: str, workdir: pathlib.Path, steps: int, eval_every: int) -> list[str]:
+def command(name: str, workdir: pathlib.Path, steps: int, eval_every: int,
+            split: str = 'validation') -> list[str]:
   config, _, overrides = VARIANTS[name]
   return [sys.executable, str(ROOT / 'train.py'), f'--config={config}', f'--workdir={workdir}',
           f'--config.num_train_steps={steps}', f'--config.eval_every_steps={eval_every}',
-          f'--config.checkpoint_every_steps={steps}', '--config.log_every_steps=250', *overrides]
+          f'--config.checkpoint_every_steps={steps}', '--config.log_every_steps=250', *overrides,
+          f'--config.eval_split={split}']
 
 
-def run_variant(name: str, out: pathlib.Path, steps: int, eval_every: int) -> dict:
+def run_variant(name: str, out: pathlib.Path, steps: int, eval_every: int,
+                split: str = 'validation') -> dict:
   """Trains one variant from scratch; its eval curve and wall time."""
-  workdir = out / name
+  workdir = out / f'{name}_{split}'
   if workdir.exists():
     subprocess.run(['rm', '-rf', str(workdir)], check=True)
   start = time.perf_counter()
-  with open(out / f'{name}.log', 'w') as log:
-    subprocess.run(command(name, workdir, steps, eval_every), check=True, stdout=log,
+  with open(out / f'{name}_{split}.log', 'w') as log:
+    subprocess.run(command(name, workdir, steps, eval_every, split), check=True, stdout=log,
                    stderr=subprocess.STDOUT, cwd=ROOT, env=os.environ | {'PYTHONPATH': str(ROOT)})
   return collect(name, workdir, steps, time.perf_counter() - start)
+
+
+def split_of(record: dict) -> str:
+  """The split a record's curve was read on (the rows before `validation` existed: test)."""
+  return record['recorded_config'].get('eval_split', 'test')
+
+
+def output_nme(record: dict) -> float:
+  """The last stage's NME at the last evaluation."""
+  return record['curve'][-1]['stages'][-1]
+
+
+def decision_rows(by_split: dict) -> list[str]:
+  """Each DECISIONS choice: the two rows' output NME on test and on validation, and whether the
+  kept row is ahead on each."""
+  rows = []
+  for against, kept, choice in DECISIONS:
+    cells, ahead = [], []
+    for split in SPLITS:
+      results = by_split.get(split, {})
+      if against in results and kept in results:
+        a, b = output_nme(results[against]), output_nme(results[kept])
+        cells.append(f'{100 * a:.2f} -> {100 * b:.2f} ({100 * (1 - b / a):+.1f}%)')
+        ahead.append(b < a)
+      else:
+        cells.append('not run')
+    verdict = ('not re-checked yet' if len(ahead) < 2 else
+               {(True, True): 'holds', (True, False): 'reversed on validation',
+                (False, True): 'ahead on validation only',
+                (False, False): 'behind on both'}[tuple(ahead)])
+    rows.append(f'| {choice} | `{against}` -> `{kept}` | {cells[0]} | {cells[1]} | {verdict} |')
+  return rows
 
 
 def collect(name: str, workdir: pathlib.Path, steps: int, seconds: float) -> dict:
@@ -131,21 +194,34 @@ def replace_table(text: str, table: str) -> str:
   return f'{head}{START}\n{table}{END}{tail}'
 
 
-def report(results: dict) -> str:
-  """docs/learning.md's table and figure from every stored result."""
+DECISIONS_START = '<!-- learning.py decisions -->'
+DECISIONS_END = '<!-- end of learning.py decisions -->'
+
+
+def decisions_table(by_split: dict) -> str:
+  return '\n'.join(['| choice | rows | test: output NME % | validation: output NME % | on '
+                    'validation |', '|---|---|---|---|---|', *decision_rows(by_split)]) + '\n'
+
+
+def report(results: dict, validation: dict | None = None) -> str:
+  """docs/learning.md's table and figure from every stored result: `results` as measured (the
+  test split), `validation` the same variants re-run on the validation split."""
+  validation = validation or {}
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(8, 0.45 * len(results) + 1.2))
   lines = ['| variant | what it tests | steps | NME % per stage (last = output) | s(0) NME % | '
-           'wall |', '|---|---|---|---|---|---|']
+           'wall | validation: per stage |', '|---|---|---|---|---|---|---|']
   names = list(results)
   for row, name in enumerate(names):
     r = results[name]
     last = r['curve'][-1]
     stages = ' / '.join(f'{100 * v:.2f}' for v in last['stages'])
+    again = (' / '.join(f'{100 * v:.2f}' for v in validation[name]['curve'][-1]['stages'])
+             if name in validation else 'not run')
     lines.append(f'| `{name}` | {r["why"]} | {r["steps"]} | {stages} | {100 * last["init"]:.1f} | '
-                 f'{r["seconds"] / 60:.1f} min |')
+                 f'{r["seconds"] / 60:.1f} min | {again} |')
     for k, value in enumerate(last['stages']):  # every stage's bar, the output's in front
       ax.barh(row, 100 * value, color=f'C{k}', label=f'after stage {k + 1}' if row == 0 else None)
     ax.text(100 * last['stages'][-1], row, f' {100 * last["stages"][-1]:.2f}', va='center',
@@ -162,10 +238,35 @@ def report(results: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def load(split: str) -> dict:
+  return json.loads(STORES[split].read_text()) if STORES[split].exists() else {}
+
+
+def save(split: str, results: dict) -> None:
+  STORES[split].parent.mkdir(parents=True, exist_ok=True)
+  STORES[split].write_text(json.dumps(results, indent=1) + '\n')
+
+
+def write_doc(by_split: dict) -> str:
+  """docs/learning.md's two generated tables (between their markers) from the stores."""
+  table = report(by_split['test'], by_split['validation'])
+  text = DOC.read_text() if DOC.exists() else f'# Learning\n\n{START}\n{END}\n'
+  text = replace_table(text, table)
+  if DECISIONS_START in text:
+    head, rest = text.split(DECISIONS_START, 1)
+    _, tail = rest.split(DECISIONS_END, 1)
+    text = f'{head}{DECISIONS_START}\n{decisions_table(by_split)}{DECISIONS_END}{tail}'
+  DOC.write_text(text)
+  return table
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--run', default='', help='comma-separated variants: ' + ', '.join(VARIANTS))
-  parser.add_argument('--steps', type=int, default=2000)
+  parser.add_argument('--steps', type=int, default=None,
+                      help='per variant (default: STEPS, or 2000)')
+  parser.add_argument('--split', default='validation', choices=SPLITS,
+                      help='what the runs evaluate on (test: only to redo a row as measured)')
   parser.add_argument('--eval_every', type=int, default=500)
   parser.add_argument('--jobs', type=int, default=2, help='variants trained at once')
   parser.add_argument('--out', default='/tmp/learning')
@@ -176,30 +277,31 @@ def main() -> int:
   args = parser.parse_args()
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  store = out / 'results.json'
-  results = json.loads(store.read_text()) if store.exists() else {}
+  by_split = {split: load(split) for split in SPLITS}
   names = [n for n in args.run.split(',') if n]
   unknown = [n for n in names if n not in VARIANTS]
   if unknown:
     parser.error(f'unknown variants {unknown}; valid: {", ".join(VARIANTS)}')
+  steps = {n: args.steps or STEPS.get(n, 2000) for n in VARIANTS}
   seconds = dict(item.split('=') for item in args.seconds.split(',') if item)
   for item in filter(None, args.ingest.split(',')):
     name, workdir = item.split('=')
-    results[name] = collect(name, pathlib.Path(workdir), args.steps, float(seconds.get(name, 0)))
-    store.write_text(json.dumps(results, indent=1))
+    record = collect(name, pathlib.Path(workdir), steps[name], float(seconds.get(name, 0)))
+    by_split[split_of(record)][name] = record
+    save(split_of(record), by_split[split_of(record)])
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-    futures = {pool.submit(run_variant, n, out, args.steps, args.eval_every): n for n in names}
+    futures = {pool.submit(run_variant, n, out, steps[n], args.eval_every, args.split): n
+               for n in names}
     for future in concurrent.futures.as_completed(futures):
       r = future.result()
-      results[r['name']] = r
-      store.write_text(json.dumps(results, indent=1))
-      print(f'{r["name"]}: NME % per stage {[round(100 * v, 2) for v in r["curve"][-1]["stages"]]}'
-            f' in {r["seconds"] / 60:.1f} min', flush=True)
+      by_split[args.split][r['name']] = r
+      save(args.split, by_split[args.split])
+      print(f'{r["name"]} ({args.split}): NME % per stage '
+            f'{[round(100 * v, 2) for v in r["curve"][-1]["stages"]]} in {r["seconds"] / 60:.1f} min',
+            flush=True)
   if args.report or names or args.ingest:
-    table = report(results)
-    text = DOC.read_text() if DOC.exists() else f'# Learning\n\n{START}\n{END}\n'
-    DOC.write_text(replace_table(text, table))
-    print(table)
+    print(write_doc(by_split))
+    print(decisions_table(by_split))
   return 0
 
 
