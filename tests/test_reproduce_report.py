@@ -703,3 +703,23 @@ def test_the_earlier_choices_are_read_again_on_validation_by_hand(tmp_path):
   [row] = reproduce.recheck_rows(runs)
   # steps: 6.00 -> 5.00 (+16.7%); stages: 6.00 -> 4.00 (+33.3%)
   assert row == '| tree_moe | 2 | 5000 -> 6000: 6.00 -> 5.00 (+16.7%) | 6.00 -> 4.00 (+33.3%) |'
+
+
+def test_a_retrained_estimator_is_compared_with_the_stored_one(tmp_path):
+  """A later sitting retrains the estimator (its workdir is gone): pose.json keeps the first
+  estimator's curve and adds how far the retrained one's validation MAE is from it."""
+  path = tmp_path / 'pose.json'
+  first = {'steps': 2, 'schedule': 's', 'seconds': 10.0, 'curve': [
+      {'step': 1, 'yaw': 5.0, 'pitch': 4.0, 'roll': 3.0},
+      {'step': 2, 'yaw': 4.0, 'pitch': 3.0, 'roll': 2.0}]}
+  assert reproduce.write_pose(path, first) == first
+  again = first | {'seconds': 12.0, 'curve': [
+      {'step': 1, 'yaw': 5.0, 'pitch': 4.0, 'roll': 3.0},
+      {'step': 2, 'yaw': 4.0, 'pitch': 3.25, 'roll': 2.0}]}
+  stored = reproduce.write_pose(path, again)
+  assert stored['curve'] == first['curve'] and stored['seconds'] == 10.0
+  assert stored['retrained'][0]['max_abs_diff_deg'] == 0.25
+  assert json.loads(path.read_text()) == stored
+  # Another schedule is another estimator: it replaces the record.
+  other = again | {'schedule': 't'}
+  assert reproduce.write_pose(path, other) == other
