@@ -337,9 +337,12 @@ def _needs_evaluation(stored: pathlib.Path, arch: str, steps: int, routings: str
     return True
   results = json.loads(stored.read_text())
   provenance = results['provenance']
+  concentration = results.get('routing_report', {}).get('concentration', {})
   return (provenance.get('checkpoint_step', -1) < steps
           or provenance.get('split', 'test') != 'test'
-          or (bool(routings) and _learned_gates(arch) and 'routing_report' not in results))
+          or (bool(routings) and _learned_gates(arch) and (
+              'routing_report' not in results
+              or not all('experts_in_use' in c for c in concentration.values()))))
 
 
 def evaluate_runs(runs: dict, timings: dict, steps: int, routings: str = '') -> dict:
@@ -462,7 +465,13 @@ def run_record(results: dict, *, arch: str, seed: int, config: str, curve: list,
         'nme': {r: {v: _sig(x) for v, x in by_view.items()}
                 for r, by_view in routing['nme'].items()},
         'share_for_90': {layer: [_sig(s) for s in c['share_for_90']]
-                         for layer, c in routing.get('concentration', {}).items()}}
+                         for layer, c in routing.get('concentration', {}).items()},
+        'experts_in_use': {layer: [_sig(s) for s in c['experts_in_use']]
+                           for layer, c in routing.get('concentration', {}).items()
+                           if 'experts_in_use' in c},
+        'top1_experts': {layer: list(c['top1_experts'])
+                         for layer, c in routing.get('concentration', {}).items()
+                         if 'top1_experts' in c}}
   return record
 
 
@@ -967,9 +976,16 @@ def routing_lines(runs: dict) -> list[str]:
                    + ' |')
     for layer in records[0]['share_for_90']:
       per_stage = np.mean([r['share_for_90'][layer] for r in records], axis=0)
+      used = ''
+      if all(layer in r.get('experts_in_use', {}) for r in records):
+        in_use = np.mean([r['experts_in_use'][layer] for r in records], axis=0)
+        top1 = np.mean([r['top1_experts'][layer] for r in records], axis=0)
+        used = ('; the faces use ' + ', '.join(f'{u:.1f}' for u in in_use) + ' experts between '
+                'them (exp of the mean gate\'s entropy), ' + ', '.join(f'{t:.0f}' for t in top1)
+                + ' of them some face\'s top-1')
       shares.append(f'- {arch}, {layer} gate: 90% of the mass on '
                     + ', '.join(f'{100 * s:.0f}%' for s in per_stage)
-                    + ' of the experts (stages 1 to last, all test views).')
+                    + f' of the experts (stages 1 to last, all test views){used}.')
   return lines + [''] + shares + ['']
 
 

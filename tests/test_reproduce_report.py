@@ -184,7 +184,9 @@ def _results_json() -> dict:
                   'nme': float(np.mean([s['nme'] for s in table3.values()]))}}}},
           'routing_report': {'nme': {'dense': dict.fromkeys(VIEWS, 0.0212345678),
                                      'greedy': dict.fromkeys(VIEWS, 0.03)},
-                             'concentration': {'regression': {'share_for_90': [0.625, 0.5]}}}}
+                             'concentration': {'regression': {
+                                 'share_for_90': [0.625, 0.5], 'experts_in_use': [5.5, 3.25],
+                                 'top1_experts': [6, 4]}}}}
 
 
 def test_a_run_record_keeps_what_the_report_needs(tmp_path):
@@ -204,7 +206,7 @@ def test_a_run_record_keeps_what_the_report_needs(tmp_path):
   reproduce.write_json(tmp_path / 'r.json', record)
   text = (tmp_path / 'r.json').read_text()
   assert json.loads(text) == record
-  assert len(text.splitlines()) < 80  # every list of numbers on one line
+  assert len(text.splitlines()) < 90  # every list of numbers on one line (a few lines a field)
 
 
 def _write_results(results_dir, rng) -> dict:
@@ -324,6 +326,9 @@ def test_the_full_run_writes_the_json_and_the_page_from_it(tmp_path):
   frontal = results[('tree_moe', 0)]['protocols']['synthetic_table1']['subsets']['frontal']
   assert _row(text, 'tree_moe', '## Table 1 analogue')[0] == f'{100 * frontal["nme"]:.2f}'
   assert '| tree_moe | greedy | 3.00 |' in text  # the routing report
+  assert record['routing']['experts_in_use'] == {'regression': [5.5, 3.25]}
+  assert ('the faces use 5.5, 3.2 experts between them (exp of the mean gate\'s entropy), 6, 4 '
+          "of them some face's top-1") in text
 
 
 def test_report_only_reads_no_tensorflow_and_no_dlib(tmp_path):

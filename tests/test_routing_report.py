@@ -48,9 +48,27 @@ def test_concentration_by_hand():
   assert stats['share_for_90'] == [0.25, 0.25]
   np.testing.assert_allclose(stats['entropy'], [0, 0], atol=1e-7)
   np.testing.assert_allclose(stats['top1_weight'], [1, 1])
+  # Four faces, four different experts: specialists, the load spread over all four.
+  np.testing.assert_allclose(stats['experts_in_use'], [4, 4], rtol=1e-4)
+  assert stats['top1_experts'] == [4, 4]
   uniform = routing_report.concentration(np.full((3, 1, 8), 1 / 8))
   assert uniform['share_for_90'] == [1.0]  # 7 experts carry 87.5% < 90%
   np.testing.assert_allclose(uniform['entropy'], [np.log(8)], rtol=1e-6)
+  np.testing.assert_allclose(uniform['experts_in_use'], [8], rtol=1e-4)
+
+
+def test_a_collapse_commits_every_face_to_the_same_expert():
+  """Every face sure of expert 2: Fig. 6's share is as low as for specialists, but the faces use
+  one expert between them."""
+  collapsed = np.zeros((5, 1, 4))
+  collapsed[:, :, 2] = 1
+  stats = routing_report.concentration(collapsed)
+  assert stats['share_for_90'] == [0.25] and stats['top1_experts'] == [1]
+  np.testing.assert_allclose(stats['experts_in_use'], [1])
+  # Half the faces on expert 0, half on 1, each sure: two in use, exp(log 2).
+  halves = np.zeros((4, 4))
+  halves[:2, 0] = halves[2:, 1] = 1
+  assert routing_report.experts_in_use(halves) == pytest.approx(2)
 
 
 def test_markdown_shows_each_routing_and_the_warning():

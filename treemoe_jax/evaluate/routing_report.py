@@ -53,17 +53,32 @@ def share_of_experts(weights: np.ndarray, mass: float = MASS) -> float:
   return share_for_mass(cumulative_gate_mass(weights), mass)
 
 
+def experts_in_use(weights: np.ndarray) -> float:
+  """exp(entropy of the mean gate over faces) for weights [N, L]: how many experts the faces use
+  between them (1 when every face goes to the same expert, L when the load is even).
+
+  Fig. 6's share says how firmly each face commits; this says whether the faces commit to
+  different experts (specialists) or all to the same one (a collapse that greedy routing would
+  hide: one expert alone is then as good as the mixture).
+  """
+  load = np.asarray(weights, np.float64).mean(0)
+  load = load[load > 0]
+  return float(np.exp(-(load * np.log(load)).sum()))
+
+
 def concentration(weights: np.ndarray) -> dict:
   """Per stage of gate weights [N, K, L]: Fig. 6's share for 90% of the mass, the mean entropy
-  (nats; log L is uniform) and the mean top-1 weight."""
+  (nats; log L is uniform), the mean top-1 weight, the experts in use between the faces
+  (experts_in_use) and how many experts are some face's top-1."""
   weights = np.asarray(weights, np.float64)
+  stages = range(weights.shape[1])
   return {
       'num_experts': int(weights.shape[-1]),
-      'share_for_90': [share_of_experts(weights[:, k])
-                                          for k in range(weights.shape[1])],
-      'entropy': [float(np.asarray(gates.gate_entropy(weights[:, k])).mean())
-                  for k in range(weights.shape[1])],
+      'share_for_90': [share_of_experts(weights[:, k]) for k in stages],
+      'entropy': [float(np.asarray(gates.gate_entropy(weights[:, k])).mean()) for k in stages],
       'top1_weight': weights.max(-1).mean(0).round(6).tolist(),
+      'experts_in_use': [round(experts_in_use(weights[:, k]), 4) for k in stages],
+      'top1_experts': [int(np.unique(weights[:, k].argmax(-1)).size) for k in stages],
   }
 
 
@@ -109,9 +124,14 @@ def markdown(report: dict) -> list[str]:
   for layer, stats in report.get('concentration', {}).items():
     share = ', '.join(f'{100 * s:.0f}%' for s in stats['share_for_90'])
     entropy = ', '.join(f'{e:.2f}' for e in stats['entropy'])
+    used = ''
+    if 'experts_in_use' in stats:
+      used = ('; the faces use ' + ', '.join(f'{u:.1f}' for u in stats['experts_in_use'])
+              + ' experts between them (exp of the mean gate\'s entropy), '
+              + ', '.join(map(str, stats['top1_experts'])) + ' of them some face\'s top-1')
     lines.append(f'- {layer} gate ({stats["num_experts"]} experts), per stage: 90% of the mass '
                  f'on {share} of the experts; entropy {entropy} nats '
-                 f'(uniform {np.log(stats["num_experts"]):.2f}).')
+                 f'(uniform {np.log(stats["num_experts"]):.2f}){used}.')
   lines += ['', *warning(report)]
   return lines + ([''] if warning(report) else [])
 
