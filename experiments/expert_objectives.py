@@ -3,6 +3,11 @@
   python experiments/expert_objectives.py --run paper,weighted,... [--out /tmp/objectives]
   python experiments/expert_objectives.py --collect paper,weighted   # trained under --out
   python experiments/expert_objectives.py --report     # rewrite docs/learning.md's table
+  python experiments/expert_objectives.py --size reproduction_64 --run experts_balance,...
+
+`--size reproduction_64` weighs the objectives where the paper's 64 regressors are (tree_moe,
+6000 steps, the reproduction's 4000 faces): the choice the reproduction's defaults rest on. Its
+records go to docs/data/expert_objectives_reproduction_64.json and its own table.
 
 Each variant is the README main job (`configs/pose_tree_moe.py:cpu`, 1500 steps) with its
 `config.moe` overrides, all reading one head-pose estimator (the first variant's, trained as the
@@ -46,13 +51,42 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def train(name: str, out: pathlib.Path, data_dir: str, pose: str) -> None:
+_EXPERTS_ONLY = [*_W, '--config.moe.expert_loss_weight=1', '--config.moe.mixture_loss_weight=0']
+VARIANTS |= {
+    'experts_balance': ('experts_only + load balance x0.1 (the batch\'s gate importance evened '
+                        'out, Shazeer et al. 2017)', [*_EXPERTS_ONLY, '--config.moe.balance_weight=0.1']),
+    'weighted_balance': ('weighted x1 + load balance x0.1',
+                         [*_W, '--config.moe.expert_loss_weight=1',
+                          '--config.moe.balance_weight=0.1']),
+}
+
+
+class Size:
+  """Where the objectives are weighed: the config, the record file and its table's markers."""
+
+  def __init__(self, config: str, data: pathlib.Path, markers: tuple[str, str],
+               data_dir: str | None):
+    self.config, self.data, self.markers, self.data_dir = config, data, markers, data_dir
+
+
+SIZES = {
+    'cpu': Size('configs/pose_tree_moe.py:cpu', DATA, MARKERS, None),
+    'reproduction_64': Size(
+        'configs/tree_moe.py:reproduction_64',
+        ROOT / 'docs' / 'data' / 'expert_objectives_reproduction_64.json',
+        ('<!-- expert_objectives.py reproduction_64 table -->',
+         '<!-- end of expert_objectives.py reproduction_64 table -->'), ''),
+}
+
+
+def train(name: str, out: pathlib.Path, data_dir: str, pose: str,
+          config: str = 'configs/pose_tree_moe.py:cpu') -> None:
   workdir = out / name
   overrides = VARIANTS[name][1] + [f'--config.data_dir={data_dir}'] + (
       [f'--config.pose_checkpoint={pose}'] if pose else [])
   with open(out / f'{name}.log', 'a') as log:
     subprocess.run([sys.executable, str(ROOT / 'train.py'), '--workdir', str(workdir),
-                    '--config', str(ROOT / 'configs/pose_tree_moe.py:cpu'), *overrides],
+                    '--config', str(ROOT / config), *overrides],
                    stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
 
 
@@ -139,27 +173,37 @@ def diagnosis_table(records: dict) -> list[str]:
 
 
 def table(records: dict) -> list[str]:
+  in_use = any('experts_in_use' in r['concentration'].get('regression', {})
+               for r in records.values())
   lines = ['| variant | what | dense NME % per view | their mean | greedy / dense (worst view) | '
-           'top-2 / dense | regression gate: 90% of the mass on (stage 1, 2) |',
-           '|---|---|---|---|---|---|---|']
+           'top-2 / dense | regression gate: 90% of the mass on (per stage) |'
+           + (' regressors in use (per stage) |' if in_use else ''),
+           '|---|---|---|---|---|---|---|' + ('---|' if in_use else '')]
   for name, r in records.items():
     dense = ' / '.join(f'{100 * r["nme"]["dense"][v]:.2f}' for v in VIEWS)
-    share = r['concentration'].get('regression', {}).get('share_for_90', [])
+    regression = r['concentration'].get('regression', {})
+    share = regression.get('share_for_90', [])
     mean = 100 * sum(r['nme']['dense'][v] for v in VIEWS) / len(VIEWS)
+    used = ''
+    if in_use:
+      used = (' ' + ', '.join(f'{u:.1f}' for u in regression['experts_in_use']) + ' |'
+              if 'experts_in_use' in regression else ' - |')
     lines.append(f'| `{name}` | {r["what"]} | {dense} | {mean:.2f} | '
                  f'{r["worst_ratio_to_dense"].get("greedy", float("nan")):.2f}x | '
                  f'{r["worst_ratio_to_dense"].get("topk:2", float("nan")):.2f}x | '
-                 + ', '.join(f'{100 * s:.0f}%' for s in share) + ' |')
+                 + ', '.join(f'{100 * s:.0f}%' for s in share) + ' |' + used)
   return lines
 
 
-def write_table(records: dict) -> None:
+def write_table(records: dict, markers: tuple[str, str] = MARKERS) -> None:
   text = DOC.read_text()
-  start, end = text.index(MARKERS[0]), text.index(MARKERS[1])
+  if markers[0] not in text:
+    return
+  start, end = text.index(markers[0]), text.index(markers[1])
   diagnosis = diagnosis_table(records)
   body = table(records) + (['', 'Why, per stage, on the wide validation split (`--diagnose`):', '',
                              *diagnosis] if len(diagnosis) > 2 else [])
-  DOC.write_text(text[:start] + MARKERS[0] + '\n' + '\n'.join(body) + '\n' + text[end:])
+  DOC.write_text(text[:start] + markers[0] + '\n' + '\n'.join(body) + '\n' + text[end:])
 
 
 def main() -> int:
@@ -172,8 +216,14 @@ def main() -> int:
   parser.add_argument('--diagnose', default='', help='variants trained under --out: measure '
                       "their paths' displacements against the mixture's (diagnose)")
   parser.add_argument('--report', action='store_true', help='rewrite the table from the JSON')
+  parser.add_argument('--size', default='cpu', choices=tuple(SIZES),
+                      help="cpu: the README main job's; reproduction_64: the reproduction's")
   args = parser.parse_args()
-  records = json.loads(DATA.read_text()) if DATA.exists() else {}
+  size = SIZES[args.size]
+  data = size.data
+  if size.data_dir is not None:
+    args.data_dir = size.data_dir
+  records = json.loads(data.read_text()) if data.exists() else {}
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   names = [n for n in args.run.split(',') if n]
@@ -184,18 +234,19 @@ def main() -> int:
   pose = ''
   for name in names:
     start = time.perf_counter()
-    train(name, out, args.data_dir, pose)
-    pose = pose or str(out / name / 'pose')  # the first variant's estimator, for the others
+    train(name, out, args.data_dir, pose, size.config)
+    if args.size == 'cpu':
+      pose = pose or str(out / name / 'pose')  # the first variant's estimator, for the others
     records[name] = evaluate(name, out / name) | {
         'minutes': round((time.perf_counter() - start) / 60, 1)}
-    DATA.write_text(json.dumps(records, indent=1) + '\n')
+    data.write_text(json.dumps(records, indent=1) + '\n')
   for name in collected:
     records[name] = evaluate(name, out / name)
-    DATA.write_text(json.dumps(records, indent=1) + '\n')
+    data.write_text(json.dumps(records, indent=1) + '\n')
   for name in [n for n in args.diagnose.split(',') if n]:
     records[name]['diagnosis'] = diagnose(out / name)
-    DATA.write_text(json.dumps(records, indent=1) + '\n')
-  write_table({n: records[n] for n in VARIANTS if n in records})
+    data.write_text(json.dumps(records, indent=1) + '\n')
+  write_table({n: records[n] for n in VARIANTS if n in records}, size.markers)
   print('\n'.join(table(records)))
   return 0
 

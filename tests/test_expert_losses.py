@@ -261,3 +261,20 @@ def test_expert_objectives_make_experts_that_greedy_can_use(objective):
   assert greedy_error < 0.05, (greedy_error, centres)  # each side's one expert is right alone
   assert entropy < 0.2  # the gate commits
   np.testing.assert_allclose(sorted(np.asarray(centres)), [-1, 1], atol=0.05)
+
+
+def test_the_objective_table_shows_the_regressors_in_use():
+  """experiments/expert_objectives.py's table: per variant the dense NME, its mean, the worst
+  greedy ratio, and (where the evaluation measured it) the regressors the faces use."""
+  from experiments import expert_objectives
+  views = expert_objectives.VIEWS
+  record = {'what': 'w', 'nme': {'dense': dict.fromkeys(views, 0.02)},
+            'worst_ratio_to_dense': {'greedy': 1.07, 'topk:2': 1.01},
+            'concentration': {'regression': {'share_for_90': [0.03125, 0.0625],
+                                             'experts_in_use': [5.46, 3.0]}}}
+  old = record | {'concentration': {'regression': {'share_for_90': [0.5, 0.5]}}}
+  lines = expert_objectives.table({'a': record, 'b': old})
+  assert lines[2] == ('| `a` | w | 2.00 / 2.00 / 2.00 / 2.00 / 2.00 / 2.00 | 2.00 | 1.07x | 1.01x | '
+                      '3%, 6% | 5.5, 3.0 |')
+  assert lines[3].endswith('| 50%, 50% | - |')
+  assert expert_objectives.SIZES['reproduction_64'].config == 'configs/tree_moe.py:reproduction_64'
