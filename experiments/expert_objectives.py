@@ -33,18 +33,23 @@ DATA = ROOT / 'docs' / 'data' / 'expert_objectives.json'
 VIEWS = ('frontal', 'large_pose', 'occluded', 'yaw_0_30', 'yaw_30_60', 'yaw_60_90')
 MARKERS = ('<!-- expert_objectives.py table -->', '<!-- end of expert_objectives.py table -->')
 
+# Every variant pins all of config.moe that it depends on: the defaults move (the mixture's weight
+# went from 1 to 0 when `experts_only` was chosen), and a variant must train the same objective
+# whenever it runs. _M keeps the mixture's loss beside the path term.
 _W = ['--config.moe.expert_loss=weighted']
+_M = ['--config.moe.mixture_loss_weight=1']
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    'paper': ("the mixture's loss alone (section 3.5)", []),
+    'paper': ("the mixture's loss alone (section 3.5)",
+              ['--config.moe.expert_loss=none', '--config.moe.expert_loss_weight=0', *_M]),
     'weighted': ('+ each path\'s error weighted by its gate (Jacobs et al. 1991, eq. 1.2), x1',
-                 [*_W, '--config.moe.expert_loss_weight=1']),
+                 [*_W, '--config.moe.expert_loss_weight=1', *_M]),
     'competitive': ('+ the soft minimum over paths (eq. 1.3), scale 1 px, x1',
                     ['--config.moe.expert_loss=competitive', '--config.moe.expert_loss_weight=1',
-                     '--config.moe.competition_scale=1']),
+                     '--config.moe.competition_scale=1', *_M]),
     'weighted_entropy': ('weighted x1 + gate entropy x0.3 + load balance x0.1',
-                         [*_W, '--config.moe.expert_loss_weight=1',
+                         [*_W, '--config.moe.expert_loss_weight=1', *_M,
                           '--config.moe.entropy_weight=0.3', '--config.moe.balance_weight=0.1']),
-    'weighted3': ('weighted x3', [*_W, '--config.moe.expert_loss_weight=3']),
+    'weighted3': ('weighted x3', [*_W, '--config.moe.expert_loss_weight=3', *_M]),
     'experts_only': ("weighted x1 and no loss on the mixture itself (Jacobs et al.'s objective "
                      'alone)', [*_W, '--config.moe.expert_loss_weight=1',
                                 '--config.moe.mixture_loss_weight=0']),
@@ -56,7 +61,7 @@ VARIANTS |= {
     'experts_balance': ('experts_only + load balance x0.1 (the batch\'s gate importance evened '
                         'out, Shazeer et al. 2017)', [*_EXPERTS_ONLY, '--config.moe.balance_weight=0.1']),
     'weighted_balance': ('weighted x1 + load balance x0.1',
-                         [*_W, '--config.moe.expert_loss_weight=1',
+                         [*_W, '--config.moe.expert_loss_weight=1', *_M,
                           '--config.moe.balance_weight=0.1']),
 }
 

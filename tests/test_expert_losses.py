@@ -278,3 +278,16 @@ def test_the_objective_table_shows_the_regressors_in_use():
                       '3%, 6% | 5.5, 3.0 |')
   assert lines[3].endswith('| 50%, 50% | - |')
   assert expert_objectives.SIZES['reproduction_64'].config == 'configs/tree_moe.py:reproduction_64'
+
+
+def test_every_objective_variant_pins_the_objective_it_names():
+  """A variant must train the same objective whenever it runs, whatever config.moe's defaults
+  have since become (the mixture's weight moved from 1 to 0)."""
+  from experiments import expert_objectives
+  for name, (_, overrides) in expert_objectives.VARIANTS.items():
+    pinned = dict(o.removeprefix('--config.moe.').split('=') for o in overrides
+                  if o.startswith('--config.moe.'))
+    assert {'expert_loss', 'mixture_loss_weight'} <= set(pinned), name
+  paper = dict(o.split('=') for o in expert_objectives.VARIANTS['paper'][1])
+  assert paper['--config.moe.expert_loss'] == 'none'
+  assert paper['--config.moe.mixture_loss_weight'] == '1'
