@@ -256,8 +256,28 @@ def stored_record(arch: str, seed: int, args) -> dict | None:
   if not path.exists():
     return None
   record = json.loads(path.read_text())
-  same = record.get('config') == run_config(arch, args) and record.get('steps') == args.steps
+  same = (record.get('config') == run_config(arch, args) and record.get('steps') == args.steps
+          and record.get('moe') == expected_objective(arch, args))
   return record if same else None
+
+
+def expected_objective(arch: str, args) -> dict:
+  """config.moe that `arch` trains with at this variant today (with --config.moe overrides): a
+  stored record of another objective (the defaults moved) is not this run's."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  config, _ = ORACLES.get(arch, (arch, []))
+  moe = importlib.import_module(f'configs.{config}').get_config(args.variant).moe.to_dict()
+  for override in getattr(args, 'overrides', []):
+    key, _, value = override.removeprefix('--config.moe.').partition('=')
+    if override.startswith('--config.moe.') and key in moe:
+      moe[key] = type(moe[key])(value)
+  return moe
+
+
+def trained_objective(workdir: pathlib.Path) -> dict | None:
+  """config.moe as the run recorded it (config.json), None when it has none."""
+  path = pathlib.Path(workdir) / 'config.json'
+  return json.loads(path.read_text()).get('moe') if path.exists() else None
 
 
 def planned_runs(out: pathlib.Path, args) -> tuple[dict, dict]:
@@ -427,7 +447,7 @@ def _seconds(value) -> float | None:
 
 def run_record(results: dict, *, arch: str, seed: int, config: str, curve: list,
                train_seconds: float | None = None, eval_seconds: float | None = None,
-               stages_validation: list | None = None) -> dict:
+               stages_validation: list | None = None, objective: dict | None = None) -> dict:
   """What the report needs of one run's results.json (test views), and nothing more.
 
   Per view the NME and the per-face errors (the paired differences need them), per-stage NME on
@@ -453,6 +473,7 @@ def run_record(results: dict, *, arch: str, seed: int, config: str, curve: list,
       'gate_share_90': {layer: share_for_mass(g['cumulative_mass_stage0'])
                         for layer, g in gates.items() if g['num_experts'] > 1},
       'validation_curve': curve, 'validation_stages': stages_validation or [],
+      'moe': objective,
       'train_seconds': _seconds(train_seconds), 'eval_seconds': _seconds(eval_seconds),
   }
   mae = {v: view_subset(results, v)['pose_mae_deg'] for v in ALL_VIEWS
@@ -1266,6 +1287,7 @@ def record_run(args, timings: Timings, arch: str, seed: int, workdir: pathlib.Pa
   record = run_record(json.loads((workdir / 'results.json').read_text()), arch=arch, seed=seed,
                       config=run_config(arch, args), curve=validation_curve(workdir),
                       stages_validation=validation_stages(workdir),
+                      objective=trained_objective(workdir),
                       train_seconds=timings.get(f'{arch}_seed{seed}'),
                       eval_seconds=timings.get(f'eval_{arch}_seed{seed}'))
   write_json(pathlib.Path(args.results_dir) / f'{arch}_seed{seed}.json', record)
@@ -1279,6 +1301,7 @@ def write_results(args, argv: list[str], workdirs: dict, results: dict, pose: di
     record = run_record(result, arch=arch, seed=seed, config=run_config(arch, args),
                         curve=validation_curve(workdirs[(arch, seed)]),
                         stages_validation=validation_stages(workdirs[(arch, seed)]),
+                        objective=trained_objective(workdirs[(arch, seed)]),
                         train_seconds=timings.get(f'{arch}_seed{seed}'),
                         eval_seconds=timings.get(f'eval_{arch}_seed{seed}'))
     write_json(args.results_dir / f'{arch}_seed{seed}.json', record)

@@ -583,6 +583,7 @@ def test_timings_added_from_many_threads_sum_in_the_file(tmp_path):
 
 
 def test_a_run_whose_record_is_committed_is_not_trained_again(tmp_path, monkeypatch):
+  from configs import default as configs_default
   """A reproduction longer than one sitting goes on in the next: a stored record of the same
   config and step count stands for the run; one of another step count does not."""
   import concurrent.futures
@@ -595,13 +596,24 @@ def test_a_run_whose_record_is_committed_is_not_trained_again(tmp_path, monkeypa
   monkeypatch.setattr(reproduce, 'train', fake_train)
   results_dir = tmp_path / 'results'
   args = _scheduling_args(results_dir=results_dir)
+  today = reproduce.expected_objective('baseline', args)
+  assert today == configs_default.get_config('baseline', 'reproduction').moe.to_dict()
   reproduce.write_json(results_dir / 'baseline_seed0.json',
-                       {'arch': 'baseline', 'seed': 0, 'steps': 10,
+                       {'arch': 'baseline', 'seed': 0, 'steps': 10, 'moe': today,
                         'config': 'configs/baseline.py:reproduction'})
   reproduce.write_json(results_dir / 'moe_seed0.json',  # another step count: trained again
-                       {'arch': 'moe', 'seed': 0, 'steps': 5, 'config': 'configs/moe.py:reproduction'})
+                       {'arch': 'moe', 'seed': 0, 'steps': 5, 'moe': today,
+                        'config': 'configs/moe.py:reproduction'})
+  reproduce.write_json(results_dir / 'pose_tree_moe_seed0.json',  # another objective: again
+                       {'arch': 'pose_tree_moe', 'seed': 0, 'steps': 10,
+                        'moe': today | {'balance_weight': 12.5},
+                        'config': 'configs/pose_tree_moe.py:reproduction'})
   planned, stored = reproduce.planned_runs(tmp_path / 'out', args)
   assert set(stored) == {('baseline', 0)} and set(planned) == {('pose_tree_moe', 0), ('moe', 0)}
+  # A --config.moe override is part of the objective a stored record must match.
+  changed = reproduce.expected_objective(
+      'baseline', _scheduling_args(overrides=['--config.moe.balance_weight=12.5']))
+  assert changed == today | {'balance_weight': 12.5}
   pose = concurrent.futures.Future()
   pose.set_result({'workdir': '/est'})
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -642,6 +654,7 @@ def test_a_run_is_recorded_as_soon_as_it_is_evaluated(tmp_path, monkeypatch):
   workdir = tmp_path / 'out' / 'tree_moe_seed1'
   workdir.mkdir(parents=True)
   (workdir / 'metrics.jsonl').write_text(json.dumps({'step': 10, 'eval/nme/stage0': 0.05}))
+  (workdir / 'config.json').write_text(json.dumps({'moe': {'balance_weight': 0.1}}))
   commands = []
 
   def fake_run(command, stdout, stderr, cwd, env):
@@ -658,6 +671,7 @@ def test_a_run_is_recorded_as_soon_as_it_is_evaluated(tmp_path, monkeypatch):
   assert (record['arch'], record['seed'], record['config']) == (
       'tree_moe', 1, 'configs/tree_moe.py:reproduction')
   assert record['validation_curve'] == [[10, 0.05]]
+  assert record['moe'] == {'balance_weight': 0.1}  # the objective it trained with
   frontal = _results_json()['protocols']['synthetic_table1']['subsets']['frontal']['nme']
   assert record['views']['frontal']['nme'] == pytest.approx(frontal, rel=1e-5)
 
