@@ -114,6 +114,16 @@ def test_reproduction_variant_gives_every_architecture_the_same_budget_per_stage
     assert (config.num_regression_experts, config.regression_gate_depth) == (64, 6)
 
 
+def test_the_64_regressor_size_adds_load_balance_to_the_path_objective():
+  """The objective chosen at 64 regressors on validation: the path objective of the smaller
+  sizes with the load-balance term; nothing else of config.moe differs."""
+  at_64 = default.get_config('tree_moe', 'reproduction_64').moe.to_dict()
+  at_8 = default.get_config('tree_moe', 'reproduction').moe.to_dict()
+  assert at_64 == at_8 | {'balance_weight': 0.1}
+  assert at_8['balance_weight'] == 0 and at_8['mixture_loss_weight'] == 0
+  assert default.get_config('tree_moe', 'full').moe.balance_weight == 0
+
+
 def test_legacy_pose_heads_are_read_through_tanh(tmp_path):
   """A pose workdir from before the wrapped heads (no pose.head_output in its config.json) is
   read through pi * tanh, by the estimator built from it and by cascades gated on it."""
