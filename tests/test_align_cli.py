@@ -272,3 +272,69 @@ def test_a_collapsed_routing_is_said_before_and_after_the_run(inputs, fakes, cap
   assert 'WARNING: greedy routing measured at 9.0x' in captured.err
   assert captured.out.rstrip().endswith('WARNING: greedy routing measured at 9.0x the dense '
                                         'NME: use dense')
+
+
+def test_a_folder_of_awkward_inputs_completes_and_reports_each(tmp_path, fakes, monkeypatch,
+                                                                capsys):
+  # Each of these once stopped the whole run (issue 35): a picture matplotlib could not save
+  # (over 1600:1), a file name that is not UTF-8 (the CSV could not write it), Netpbm files
+  # skipped silently, JSON keys with spaces unmatched, huge boxes aligned into NaN or nonsense.
+  import os  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'photos'
+  root.mkdir()
+  _png(root / 'a.jpg')
+  _png(root / 'b outside.png')
+  _png(os.fsencode(root) + b'/caf\xe9.png')  # Latin-1 'café.png'
+  _png(root / 'd huge box.png')
+  Image.fromarray(np.full((16, 16), 128, np.uint8)).save(root / 'face.pgm')
+  _png(root / 'not drawn.png')
+  Image.fromarray(np.full((1, 60), 128, np.uint8)).save(root / 'thin.png')
+  Image.fromarray(np.full((2, 4000), 128, np.uint8)).save(root / 'wide.png')
+  boxes = tmp_path / 'boxes.json'
+  boxes.write_text(json.dumps({' thin.png ': [[0, 0, 1, 1]], 'wide.png': [[0, 0, 2, 2]],
+                               'b outside.png': [[20, 20, 30, 30]],
+                               'd huge box.png': [[0, 0, 1e6, 1e6]]}))
+  draw = align_files.annotate.draw
+
+  def failing_draw(path, image, faces, note=''):
+    if 'not_drawn' in str(path):
+      raise RuntimeError('no room on the canvas')
+    draw(path, image, faces, note=note)
+
+  monkeypatch.setattr(align_files.annotate, 'draw', failing_draw)
+  out = tmp_path / 'out'
+  assert align.main([str(root), '--workdir', str(tmp_path), '--out', str(out), '--boxes',
+                     str(boxes), '--no_progress']) == 0
+
+  aligner, detector, _ = fakes
+  expected = {'a.jpg': 'ok', 'b_outside.png': 'bad box', 'caf_.png': 'ok',
+              'd_huge_box.png': 'bad box', 'face.pgm': 'ok', 'not_drawn.png': 'ok',
+              'thin.png': 'ok', 'wide.png': 'ok'}
+  records = {name: json.loads((out / f'{name}.json').read_text()) for name in expected}
+  assert {name: r['status'] for name, r in records.items()} == expected
+  assert detector.searched == 4  # a, café, face.pgm, not drawn: the others have boxes.
+  assert 'lies outside the 16x16 image' in records['b_outside.png']['message']
+  assert 'is 6.25e+04x the 16x16 image' in records['d_huge_box.png']['message']
+  assert records['thin.png']['faces'][0]['box'] == [0, 0, 1, 1]  # ' thin.png ' matched
+  assert records['caf_.png']['file'] == f'{root}/caf\\xe9.png'
+  assert records['not_drawn.png']['picture_error'] == 'RuntimeError: no room on the canvas'
+  assert records['a.jpg']['picture_error'] is None
+  # Pictures: the 2 x 4000 image drawn 1600 x 1 (at least a pixel a side), none for the failure.
+  assert Image.open(out / 'wide.png.png').size == (1600, 1)
+  assert Image.open(out / 'thin.png.png').size == (640, 10)  # 1 px at 640/60: 10.7, floored
+  assert not (out / 'not_drawn.png.png').exists()
+
+  with open(out / 'landmarks.csv', newline='', encoding='utf-8') as f:
+    faces = list(csv.reader(f))
+  assert [row[1] for row in faces[1:]] == ['a.jpg', 'caf_.png', 'face.pgm', 'not_drawn.png',
+                                           'thin.png', 'wide.png']
+  assert faces[2][0] == f'{root}/caf\\xe9.png'
+  with open(out / 'problems.csv', newline='', encoding='utf-8') as f:
+    problems = list(csv.reader(f))
+  assert [(row[1], row[2]) for row in problems[1:]] == [
+      ('b_outside.png', 'bad box'), ('d_huge_box.png', 'bad box'),
+      ('not_drawn.png', 'picture not drawn')]
+  printed = capsys.readouterr().out
+  assert '6 faces aligned in 6 of 8 images' in printed
+  assert '2 images without faces' in printed
+  assert '1 picture not drawn (the landmarks are written' in printed

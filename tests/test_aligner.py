@@ -120,6 +120,34 @@ def test_bad_inputs_are_refused_in_a_sentence():
     model.align(np.zeros((50, 50), np.uint8), [(1, np.nan, 10, 20)])
   with pytest.raises(ValueError, match='boxes for'):
     model.align_batch([np.zeros((50, 50), np.uint8)], [[], []])
+  # Before: 1e39 became inf in float32 and NaN landmarks came back as a face.
+  with pytest.raises(ValueError, match=r'beyond \+-2\*\*24 px'):
+    model.align(np.zeros((50, 50), np.uint8), [(0, 0, 1e39, 1e39)])
+  with pytest.raises(ValueError, match='box 0 of image 0: box .* lies outside the 50x40 image'):
+    model.align(np.zeros((40, 50), np.uint8), [(60, 0, 80, 20)])
+  with pytest.raises(ValueError, match=r'box 1 of image 0: .* is 2e\+04x the 50x40 image'):
+    model.align(np.zeros((40, 50), np.uint8), [(1, 1, 20, 20), (0, 0, 1e6, 1e6)])
+
+
+@pytest.mark.parametrize('image_shape', [(1, 60), (60, 1), (1, 1), (2, 4000, 3)])
+def test_images_one_pixel_thin_map_back_by_the_windows_formula(image_shape):
+  # Once a division by zero in the crop; the crop of a 1-px image is that row or column padded.
+  crop_points = np.random.default_rng(1).uniform(0, SIZE, (68, 2)).astype(np.float32)
+  seen = []
+
+  def constant_forward(images, init_shape):
+    seen.append(np.asarray(images))
+    shape = np.broadcast_to(crop_points, (images.shape[0], 68, 2))
+    return {'shape': shape, 'stage_shapes': shape[:, None]}
+
+  box = (0.0, 0.0, 1.0, 1.0)
+  model = aligner.Aligner(constant_forward, mean_shape=np.zeros((68, 2)), image_size=SIZE,
+                          margin=MARGIN)
+  (face,) = model.align(np.full(image_shape, 200, np.uint8), [box])
+  left, top, side = window_of(box)
+  np.testing.assert_allclose(face.landmarks, (crop_points + 0.5) * side / SIZE + (left, top),
+                             rtol=1e-5, atol=1e-4)
+  assert np.isfinite(seen[0]).all()
 
 
 # --- A trained (micro) workdir: the same crop as evaluation, and its export. ---

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -52,9 +53,31 @@ def test_missing_inputs_and_folders_without_images_are_input_errors(folder, tmp_
   bare.mkdir()
   (bare / 'readme.md').write_text('x')
   with pytest.raises(photos.InputError, match=r'no image to align in .*bare \(folders are '
-                                               r'searched for bmp, gif, jpeg, jpg, png, tif, tiff, '
-                                               r'webp\)'):
+                                               r'searched for bmp, gif, jpeg, jpg, pbm, pgm, png, '
+                                               r'pnm, ppm, tif, tiff, webp\)'):
     photos.list_images([bare])
+
+
+def test_netpbm_files_in_a_folder_are_images_and_read(tmp_path):
+  # BioID ships as .pgm: PIL reads Netpbm, so a folder of them must not be skipped.
+  for name, mode in (('face.pgm', 'L'), ('face.ppm', 'RGB'), ('face.pnm', 'RGB'),
+                     ('mask.pbm', '1')):
+    Image.new(mode, (5, 4)).save(tmp_path / name, format='PPM')
+  (tmp_path / 'face.txt').write_text('x')
+  images, skipped = photos.list_images([tmp_path])
+  assert [p.name for p in images] == ['face.pgm', 'face.pnm', 'face.ppm', 'mask.pbm']
+  assert [p.name for p in skipped] == ['face.txt']
+  from input_pipeline import formats  # pylint: disable=g-import-not-at-top
+  assert formats.read_image(tmp_path / 'face.pgm').shape[:2] == (4, 5)
+
+
+def test_a_file_name_that_is_not_utf8_prints_as_escapes():
+  # Linux keeps such bytes as surrogates (os.fsdecode): unprintable in UTF-8 until escaped.
+  name = os.fsdecode(b'dir/caf\xe9.png')
+  assert name == 'dir/caf\udce9.png'
+  assert photos.printable(name) == 'dir/caf\\xe9.png'
+  assert photos.printable('dir/café.png') == 'dir/café.png'  # UTF-8 names are left as they are
+  photos.printable(name).encode('utf-8')  # what a CSV row needs
 
 
 @pytest.mark.parametrize('given, expected', [
@@ -131,6 +154,16 @@ def test_csv_boxes_group_rows_by_file(tmp_path):
     ('{"a.jpg": [["1", 2, 3, 4]]}', r"'1' is not a number"),
     ('{"a.jpg": [[true, 2, 3, 4]]}', r'True is not a number'),
     ('{"a.jpg": [[1, 2, 3, 4]], "a.jpg": []}', r"'a.jpg' appears more than once"),
+    ('{"a.jpg": [[1, 2, 3, 4]], " a.jpg ": []}', r"'a.jpg' appears more than once"),
+    # A float64 but far past float32's whole pixels (2**24 = 16777216): nonsense landmarks.
+    ('{"a.jpg": [[1, 2, 16777217, 4]]}', r"'a.jpg' box 0: 16777217 is beyond \+-2\*\*24 px"),
+    ('{"a.jpg": [[1, 2, 1e39, 4]]}', r'1e\+39 is beyond'),
+    ('{"a.jpg": [[-16777216.5, 2, 3, 4]]}', r'-16777216.5 is beyond'),
+    # 300 digits: a float (1e299), refused as beyond; 400: past float64 (OverflowError before).
+    ('{"a.jpg": [[1, 2, ' + '9' * 300 + ', 4]]}', r'9{20,}\.\.\.\(300 characters\) is beyond'),
+    ('{"a.jpg": [[1, 2, ' + '9' * 400 + ', 4]]}', r'\(400 characters\) is not finite'),
+    # Past Python's int-parsing limit (4300 digits): json.loads itself refuses.
+    ('{"a.jpg": [[1, 2, ' + '9' * 5000 + ', 4]]}', r'cannot read the JSON \(Exceeds the limit'),
     ('{"dir/a.jpg": [[1, 2, 3, 4]]}',
      r"'dir/a.jpg' is a path; give the file name alone \('a.jpg'\)"),
     ('{"": [[1, 2, 3, 4]]}', r'the file name is empty'),
@@ -158,6 +191,7 @@ def test_bad_json_boxes_are_refused_naming_the_file_and_key(tmp_path, content, e
     ('file,x0,y0,x1,y1\nb.jpg,10,2,3,4\n', r'row 2 \(b.jpg\): a box needs x1 > x0 and y1 > y0'),
     ('file,x0,y0,x1,y1\n,1,2,3,4\n', r'row 2: the file name is empty'),
     ('file,x0,y0,x1,y1\nsome/b.jpg,1,2,3,4\n', r"row 2: 'some/b.jpg' is a path"),
+    ('file,x0,y0,x1,y1\nb.jpg,1,2,3e7,4\n', r"row 2 \(b.jpg\): '3e7' is beyond \+-2\*\*24"),
 ])
 def test_bad_csv_boxes_are_refused_naming_the_file_and_row(tmp_path, content, error):
   path = tmp_path / 'boxes.csv'
@@ -165,6 +199,30 @@ def test_bad_csv_boxes_are_refused_naming_the_file_and_row(tmp_path, content, er
   with pytest.raises(photos.BoxesError, match=error) as raised:
     photos.read_boxes(path)
   assert str(raised.value).startswith(f'{path}: ')
+
+
+def test_json_keys_are_stripped_as_csv_names_are(tmp_path):
+  path = tmp_path / 'boxes.json'
+  path.write_text(json.dumps({' a.jpg ': [[1, 2, 30, 40]], 'b.png\t': []}))
+  assert photos.read_boxes(path) == {'a.jpg': [(1.0, 2.0, 30.0, 40.0)], 'b.png': []}
+
+
+@pytest.mark.parametrize('box, problem', [
+    ((10, 10, 50, 50), ''),
+    ((-20, -20, 0, 0), ''),  # A corner overlaps: pixel (0, 0) covers [-0.5, 0.5].
+    ((-20, -20, -0.5, 5), 'lies outside the 100x60 image'),  # Ends at pixel 0's left edge.
+    ((99.5, 0, 120, 10), 'lies outside'),  # Starts at pixel 99's right edge.
+    ((0, 59.5, 10, 70), 'lies outside'),
+    ((1e6, 1e6, 1e6 + 10, 1e6 + 10), 'lies outside'),
+    ((0, 0, 1000, 1000), ''),  # 10x the longer side (100 px): allowed.
+    ((0, 0, 1000.1, 10), 'is 10x the 100x60 image: over 10x'),
+    ((-5e5, -5e5, 5e5, 5e5), r'is 1e\+04x the 100x60 image'),
+])
+def test_a_box_must_overlap_the_image_and_not_dwarf_it(box, problem):
+  found = photos.box_problem(box, width=100, height=60)
+  assert bool(found) == bool(problem)
+  if problem:
+    assert re.search(problem, found), found
 
 
 def test_unreadable_boxes_file_is_a_boxes_error(tmp_path):

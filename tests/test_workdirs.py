@@ -1,6 +1,7 @@
 """The workdir record and resume rules, on hand-made workdirs (no training)."""
 
 import json
+import math
 
 import ml_collections
 import pytest
@@ -139,3 +140,43 @@ def test_trailing_unit_patch_scales_are_the_same_model(tmp_path):
   assert workdirs.check_resume(tmp_path, _config(**{'model.patch_scales': (2.0,)}))
   with pytest.raises(workdirs.ResumeError, match='model.patch_scales'):
     workdirs.check_resume(tmp_path, _config(**{'model.patch_scales': (2.0, 2.0)}))
+
+
+def _cosine_rate(step, total, rate=1e-3):
+  """optax's cosine decay to 0 at `total`, no warm-up, by hand."""
+  return 0.5 * rate * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def test_a_longer_cosine_run_is_refused_with_the_rates_it_would_change(tmp_path):
+  # Resumed to 2000, a cosine that ended at 1000 re-heats: step 999 trained at 2.5e-9, step 1000
+  # would train at half the peak rate.
+  config = _config(lr_schedule='cosine', num_train_steps=1000)
+  workdirs.record(tmp_path, config)
+  (tmp_path / 'checkpoints' / '1000').mkdir(parents=True)
+  with pytest.raises(workdirs.ResumeError) as error:
+    workdirs.check_resume(tmp_path, _config(lr_schedule='cosine', num_train_steps=2000))
+  message = str(error.value)
+  assert 'num_train_steps 1000 -> 2000 would change the learning rates of the 1000 steps' in message
+  assert f'Step 999 trained at {_cosine_rate(999, 1000):.3g}' in message  # 2.47e-09
+  assert f'step 1000 would now train at {_cosine_rate(1000, 2000):.3g}' in message  # 0.0005
+  assert 'where the run planned 0' in message and 'num_train_steps=1000' in message
+  # The same length resumes (an interrupted run), and a shorter one rewrites the past too.
+  assert workdirs.check_resume(tmp_path, _config(lr_schedule='cosine', num_train_steps=1000))
+  with pytest.raises(workdirs.ResumeError, match='1000 -> 1500 would change'):
+    workdirs.check_resume(tmp_path, _config(lr_schedule='cosine', num_train_steps=1500))
+
+
+def test_a_wsd_run_may_grow_until_its_decay_has_begun(tmp_path):
+  config = _config(lr_schedule='wsd', decay_steps=200, num_train_steps=1000)
+  workdirs.record(tmp_path, config)
+  (tmp_path / 'checkpoints' / '700').mkdir(parents=True)  # still at the stable rate (to 800)
+  assert workdirs.check_resume(tmp_path, _config(lr_schedule='wsd', decay_steps=200,
+                                                 num_train_steps=3000))
+  (tmp_path / 'checkpoints' / '900').mkdir(parents=True)  # halfway down the decay
+  with pytest.raises(workdirs.ResumeError, match='1000 -> 3000 would change'):
+    workdirs.check_resume(tmp_path, _config(lr_schedule='wsd', decay_steps=200,
+                                            num_train_steps=3000))
+  # A constant rate may grow freely (the README's chunks).
+  constant = tmp_path / 'constant'
+  _trained_workdir(constant, _config())
+  assert workdirs.check_resume(constant, _config(num_train_steps=100_000))

@@ -59,14 +59,19 @@ def main(argv=None) -> int:
   if args.batch < 1 or args.max_pixels < 1:
     p.error('--batch and --max_pixels must be >= 1')
   try:
-    paths, _ = photos.list_images(args.inputs)
+    paths, skipped = photos.list_images(args.inputs)
     given = photos.read_boxes(args.boxes) if args.boxes else {}
   except (photos.InputError, photos.BoxesError) as e:
     p.error(str(e))
+  if skipped:  # not silent: a folder's file with another extension may be a face
+    shown = ', '.join(photos.printable(path.name) for path in skipped[:5])
+    print(f'note: {len(skipped)} file(s) in the folders skipped, not images by their extension or '
+          f'hidden: {shown}{" ..." if len(skipped) > 5 else ""} (name a file to read it anyway)',
+          file=sys.stderr)
   boxes, unmatched = photos.match_boxes(given, paths)
   if unmatched:
     print(f'note: {args.boxes} has boxes for {len(unmatched)} file(s) not among the inputs: '
-          f'{", ".join(unmatched[:5])}{" ..." if len(unmatched) > 5 else ""}', file=sys.stderr)
+          f'{", ".join(map(photos.printable, unmatched[:5]))}{" ..." if len(unmatched) > 5 else ""}', file=sys.stderr)
   detector = None
   if any(b is None for b in boxes):
     try:

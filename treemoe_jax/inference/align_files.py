@@ -33,6 +33,8 @@ NO_FACE = 'no face found'  # The detector found none.
 NO_BOX = 'no face box given'  # The boxes file gives the image an empty list.
 UNREADABLE = 'unreadable'  # Missing, empty, truncated, corrupt or not an image.
 REFUSED = 'refused'  # Over max_pixels, or a possible decompression bomb: never decoded.
+BAD_BOX = 'bad box'  # A box of the boxes file outside the image or far larger (photos.box_problem).
+NOT_DRAWN = 'picture not drawn'  # Faces aligned and written; only the PNG failed (problems.csv).
 LANDMARKS_CSV, PROBLEMS_CSV = 'landmarks.csv', 'problems.csv'
 ANGLES = ('yaw', 'pitch', 'roll')
 
@@ -57,6 +59,7 @@ class Result:
   faces: list[AlignedFace] = dataclasses.field(default_factory=list)
   size: tuple[int, int] | None = None  # (width, height) when read
   boxes_from: str | None = None  # 'boxes file' or 'detector <name>'
+  picture_error: str = ''  # Why OUTDIR/<name>.png could not be drawn, if it could not.
 
 
 def load_aligner(*, workdir=None, exported=None, routing: str = 'dense'):
@@ -105,7 +108,7 @@ def _align_batch(aligner, paths, names, boxes, detector, detector_name, max_pixe
   """[(Result, image or None)] of one batch: read, find boxes, one `align_batch` call."""
   done, todo = [], []  # todo: (index in done, image, boxes [N, 4], scores [N])
   for path, name, given in zip(paths, names, boxes):
-    result = Result(str(path), name, OK)
+    result = Result(photos.printable(path), name, OK)
     try:
       image = formats.read_image(path, max_pixels=max_pixels, exif_transpose=True)
     except formats.FormatError as e:
@@ -122,8 +125,12 @@ def _align_batch(aligner, paths, names, boxes, detector, detector_name, max_pixe
       detections = detector(image)
       face_boxes = [tuple(float(v) for v in d.box) for d in detections]
       scores = [float(d.score) for d in detections]
+    problems = [photos.box_problem(b, *result.size) for b in face_boxes]
     if not face_boxes:
       result.status = NO_BOX if given is not None else NO_FACE
+    elif any(problems):
+      result.status = BAD_BOX
+      result.message = '; '.join(f'box {i}: {p}' for i, p in enumerate(problems) if p)
     else:
       todo.append((len(done), image, face_boxes, scores))
     done.append((result, image))
@@ -158,6 +165,7 @@ def record(result: Result) -> dict:
       'message': result.message,
       'image_size': list(result.size) if result.size else None,  # [width, height]
       'boxes_from': result.boxes_from,
+      'picture_error': result.picture_error or None,  # why <name>.png is missing, if it is
       'faces': [{
           'face': i,
           'score': None if f.score is None else round(float(f.score), 6),
@@ -170,11 +178,16 @@ def record(result: Result) -> dict:
 
 
 def _write(outdir: pathlib.Path, result: Result, image: np.ndarray | None) -> None:
-  path = photos.output_path(outdir, result.name, '.json')
-  path.write_text(json.dumps(record(result), indent=1) + '\n')
+  """The PNG first, so that the JSON can say why it is missing."""
   if image is not None:
     note = '' if result.status == OK else result.status
-    annotate.draw(photos.output_path(outdir, result.name, '.png'), image, result.faces, note=note)
+    try:
+      annotate.draw(photos.output_path(outdir, result.name, '.png'), image, result.faces,
+                    note=note)
+    except Exception as e:  # pylint: disable=broad-except (a picture never stops the run)
+      result.picture_error = f'{type(e).__name__}: {e}'
+  path = photos.output_path(outdir, result.name, '.json')
+  path.write_text(json.dumps(record(result), indent=1) + '\n')
 
 
 def landmarks_header(num_points: int = geometry.NUM_LANDMARKS) -> list[str]:
@@ -209,6 +222,8 @@ class _Tables:
   def add(self, result: Result) -> None:
     if result.status != OK:
       self.problems.writerow([result.file, result.name, result.status, result.message])
+    if result.picture_error:
+      self.problems.writerow([result.file, result.name, NOT_DRAWN, result.picture_error])
     for i, face in enumerate(result.faces):
       points = np.asarray(face.landmarks, np.float64)
       self._header(len(points))
@@ -238,4 +253,9 @@ def summary(results: Sequence[Result], outdir) -> str:
                  f'(also in {PROBLEMS_CSV}):')
     lines += [f'  {r.file}: {r.status}' + (f': {r.message}' if r.message else '')
               for r in problems]
+  undrawn = [r for r in results if r.picture_error]
+  if undrawn:
+    lines.append(f'{len(undrawn)} picture{"s" * (len(undrawn) != 1)} not drawn (the landmarks '
+                 f'are written; also in {PROBLEMS_CSV}):')
+    lines += [f'  {r.file}: {r.picture_error}' for r in undrawn]
   return '\n'.join(lines)

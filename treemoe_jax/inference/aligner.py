@@ -24,6 +24,7 @@ import numpy as np
 
 from treemoe_jax import xla_options
 from treemoe_jax.inference import forward as forward_lib
+from treemoe_jax.inference import photos
 from treemoe_jax.inference.forward import DEFAULT_BUCKETS  # noqa: F401 (re-exported)
 from treemoe_jax.nn import routing as routing_lib
 
@@ -61,13 +62,24 @@ def check_image(image, what: str = 'image') -> np.ndarray:
   return image
 
 
-def check_box(box, what: str = 'box') -> np.ndarray:
-  """(x0, y0, x1, y1) -> float32 [4]; ValueError unless finite with x1 > x0 and y1 > y0."""
-  values = np.asarray(box, np.float64).reshape(-1)
+def check_box(box, what: str = 'box', image_hw: tuple[int, int] | None = None) -> np.ndarray:
+  """(x0, y0, x1, y1) -> float32 [4]; ValueError unless finite, within +-2**24 px (float32's
+  whole pixels) with x1 > x0 and y1 > y0, and, given the image's (height, width), a box that can
+  hold a face of it (`photos.box_problem`)."""
+  try:
+    values = np.asarray(box, np.float64).reshape(-1)
+  except (TypeError, ValueError, OverflowError) as e:
+    raise ValueError(f'{what} must be 4 finite numbers (x0, y0, x1, y1), got {box!r}') from e
   if values.shape != (4,) or not np.isfinite(values).all():
     raise ValueError(f'{what} must be 4 finite numbers (x0, y0, x1, y1), got {box!r}')
+  if np.abs(values).max() > photos.MAX_COORDINATE:
+    raise ValueError(f'{what} has a coordinate beyond +-2**24 px, where float32 has no whole '
+                     f'pixels: {box!r}')
   if values[2] <= values[0] or values[3] <= values[1]:
     raise ValueError(f'{what} must have x1 > x0 and y1 > y0, got {box!r}')
+  problem = image_hw and photos.box_problem(values, image_hw[1], image_hw[0])
+  if problem:
+    raise ValueError(f'{what}: {problem}')
   return values.astype(np.float32)
 
 
@@ -180,7 +192,7 @@ class Aligner:
       if image_boxes is None:
         faces += [(i, d.box, d.score) for d in self.detector(image)]
       else:
-        faces += [(i, check_box(b, f'box {j} of image {i}'), None)
+        faces += [(i, check_box(b, f'box {j} of image {i}', image.shape[:2]), None)
                   for j, b in enumerate(image_boxes)]
     results = self.align_crops([images[i] for i, _, _ in faces], [b for _, b, _ in faces])
     per_image = [[] for _ in images]

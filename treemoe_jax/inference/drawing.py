@@ -52,7 +52,9 @@ def draw(path: str | os.PathLike, image: np.ndarray, faces: Sequence[FaceLike], 
   long_side = float(np.clip(max(height, width), *_LONG_SIDE_PX))
   zoom = long_side / max(height, width)  # Picture pixels per image pixel.
   dpi = 100
-  fig = Figure(figsize=(width * zoom / dpi, height * zoom / dpi), dpi=dpi)
+  # At least one picture pixel a side: an image over 1600:1 would otherwise have a side of none,
+  # which matplotlib cannot save.
+  fig = Figure(figsize=(max(width * zoom, 1) / dpi, max(height * zoom, 1) / dpi), dpi=dpi)
   ax = fig.add_axes((0, 0, 1, 1))
   ax.imshow(pixels, cmap='gray' if pixels.ndim == 2 else None, vmin=0, vmax=255,
             interpolation='nearest' if zoom > 1 else 'antialiased')

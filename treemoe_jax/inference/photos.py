@@ -21,19 +21,28 @@ import math
 import os
 import pathlib
 import re
+import sys
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) image pixels
 PathLike = str | os.PathLike
 
 # What a folder is searched for (case-insensitive); a file named on the command line is read
 # whatever its name, and the reader decides.
-IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp'})
+# Netpbm (.pgm, .ppm, .pnm, .pbm): face sets such as BioID ship as .pgm, and PIL reads them.
+IMAGE_EXTENSIONS = frozenset({'.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp',
+                              '.pgm', '.ppm', '.pnm', '.pbm'})
 CSV_HEADER = ('file', 'x0', 'y0', 'x1', 'y1')
 _UNSAFE = re.compile(r'[^A-Za-z0-9._-]')
 # A decimal number as a CSV cell may hold it ('nan' and 'inf' match, to be refused as not finite).
 _NUMBER = re.compile(
     r'[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf(?:inity)?)', re.I)
 _MAX_NAME = 200  # Characters of an output stem: '.json' and a suffix still fit in 255 bytes.
+# Box coordinates beyond float32's whole numbers (2**24) cannot be cropped or mapped back to the
+# pixel; such a box is a mistake in the boxes file, refused with its row or key.
+MAX_COORDINATE = float(2**24)
+# A box this many times the image's longer side, or not overlapping it, holds no face of the
+# image: the crop would be the padding, the landmarks nonsense (`box_problem`).
+MAX_BOX_TO_IMAGE = 10.0
 
 
 class InputError(ValueError):
@@ -83,6 +92,13 @@ def list_images(inputs: Sequence[PathLike]) -> tuple[list[pathlib.Path], list[pa
     raise InputError(f'no image to align in {", ".join(map(str, inputs))} '
                      f'(folders are searched for {extensions})')
   return images, skipped
+
+
+def printable(path: PathLike) -> str:
+  """The path as text that any UTF-8 file or terminal takes: bytes of a file name that are not
+  UTF-8 (Python keeps them as surrogates, e.g. 'caf\\udce9.png' from Latin-1 'café') are written
+  as escapes ('caf\\\\xe9.png'), so that a CSV row or a printed line cannot stop the run."""
+  return os.fsencode(path).decode('utf-8', 'backslashreplace')
 
 
 # --- Output names. ---
@@ -144,6 +160,7 @@ def read_boxes(path: PathLike) -> dict[str, list[Box]]:
 def _file_key(key, path: pathlib.Path, where: str) -> str:
   if not isinstance(key, str) or not key.strip():
     raise BoxesError(f'{path}: {where}: the file name is empty')
+  key = key.strip()  # As CSV cells are: ' a.jpg ' names a.jpg.
   if re.search(r'[\\/]', key):
     name = re.split(r'[\\/]', key)[-1]
     raise BoxesError(f'{path}: {where}: {key!r} is a path; give the file name alone ({name!r}): '
@@ -160,14 +177,21 @@ def check_box(values, path: PathLike, where: str, *, text: bool = False) -> Box:
   box = []
   for value in values:
     number = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      number = float(value)
-    elif text and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-      number = float(value)
+    shown = _shorten(value)
+    try:
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+      elif text and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value)
+    except OverflowError:  # A JSON integer of 309 digits or more.
+      number = math.inf
     if number is None:
-      raise BoxesError(f'{path}: {where}: {value!r} is not a number (box {values!r})')
+      raise BoxesError(f'{path}: {where}: {shown} is not a number (box {_shorten(values)})')
     if not math.isfinite(number):
-      raise BoxesError(f'{path}: {where}: {value!r} is not finite (box {values!r})')
+      raise BoxesError(f'{path}: {where}: {shown} is not finite (box {_shorten(values)})')
+    if abs(number) > MAX_COORDINATE:
+      raise BoxesError(f'{path}: {where}: {shown} is beyond +-2**24 px, where float32 has no '
+                       f'whole pixels (box {_shorten(values)})')
     box.append(number)
   x0, y0, x1, y1 = box
   if not (x1 > x0 and y1 > y0):
@@ -175,9 +199,36 @@ def check_box(values, path: PathLike, where: str, *, text: bool = False) -> Box:
   return x0, y0, x1, y1
 
 
+def _shorten(value, limit: int = 60) -> str:
+  """repr(value), cut to `limit` characters: a 300-digit number is not echoed whole."""
+  try:
+    shown = repr(value)
+  except ValueError:  # An int too long for Python's str() limit.
+    shown = f'<an integer of over {sys.get_int_max_str_digits()} digits>'
+  return shown if len(shown) <= limit else f'{shown[:limit - 20]}...({len(shown)} characters)'
+
+
+def box_problem(box: Box, width: int, height: int) -> str:
+  """Why `box` holds no face of a `width` x `height` image ('' when it may): it lies outside
+  the image (pixel centres at integers: the image covers [-0.5, W - 0.5] x [-0.5, H - 0.5]), or
+  its side is over `MAX_BOX_TO_IMAGE` times the image's longer side."""
+  x0, y0, x1, y1 = (float(v) for v in box)
+  if not (x0 < width - 0.5 and x1 > -0.5 and y0 < height - 0.5 and y1 > -0.5):
+    return f'box {_round_box(box)} lies outside the {width}x{height} image'
+  side, longest = max(x1 - x0, y1 - y0), max(width, height)
+  if side > MAX_BOX_TO_IMAGE * longest:
+    return (f'box {_round_box(box)} is {side / longest:.3g}x the {width}x{height} image: over '
+            f'{MAX_BOX_TO_IMAGE:g}x, it cannot hold a face of it')
+  return ''
+
+
+def _round_box(box) -> list:
+  return [float(f'{float(v):.6g}') for v in box]
+
+
 def _boxes_from_json(text: str, path: pathlib.Path) -> dict[str, list[Box]]:
   def no_duplicates(pairs):
-    keys = [k for k, _ in pairs]
+    keys = [k.strip() if isinstance(k, str) else k for k, _ in pairs]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
       raise BoxesError(f'{path}: {repeated[0]!r} appears more than once')
@@ -187,6 +238,8 @@ def _boxes_from_json(text: str, path: pathlib.Path) -> dict[str, list[Box]]:
     content = json.loads(text, object_pairs_hook=no_duplicates)
   except json.JSONDecodeError as e:
     raise BoxesError(f'{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})') from e
+  except ValueError as e:  # An integer past Python's str-to-int digit limit.
+    raise BoxesError(f'{path}: cannot read the JSON ({e})') from e
   if not isinstance(content, dict):
     raise BoxesError(f'{path}: expected a JSON object {{"<file name>": [[x0, y0, x1, y1], ...]}}, '
                      f'got a {type(content).__name__}')
@@ -195,7 +248,7 @@ def _boxes_from_json(text: str, path: pathlib.Path) -> dict[str, list[Box]]:
     name = _file_key(key, path, f'key {key!r}')
     if not isinstance(entries, list) or (entries and not isinstance(entries[0], list)):
       raise BoxesError(f'{path}: {key!r}: expected a list of boxes [[x0, y0, x1, y1], ...], got '
-                       f'{entries!r}')
+                       f'{_shorten(entries)}')
     boxes[name] = [check_box(e, path, f'{key!r} box {i}') for i, e in enumerate(entries)]
   return boxes
 

@@ -117,9 +117,16 @@ def check_resume(workdir: str | pathlib.Path, config: ml_collections.ConfigDict)
   stored = load_config(workdir)
   differences = config_differences(stored, config)
   unsafe = [d for d in differences if d[0] not in SAFE_TO_CHANGE]
-  if any(d[0] in SCHEDULE_KEYS for d in unsafe) and schedule_keeps_the_past(
-      stored, config, latest_checkpoint_step(workdir)):
-    unsafe = [d for d in unsafe if d[0] not in SCHEDULE_KEYS]
+  trained = latest_checkpoint_step(workdir)
+  changed = {d[0] for d in differences}
+  if changed & (set(SCHEDULE_KEYS) | {'num_train_steps'}):
+    keeps = schedule_keeps_the_past(stored, config, trained)
+    if keeps:
+      unsafe = [d for d in unsafe if d[0] not in SCHEDULE_KEYS]
+    elif 'num_train_steps' in changed and not unsafe:
+      # A cosine's decay (a decaying wsd's too) ends at num_train_steps: moved, it re-heats a
+      # converged run (1000 steps of cosine resumed to 2000: step 999 at 2.5e-9, 1000 at 9e-4).
+      raise ResumeError(_rates_change_message(workdir, stored, config, trained))
   if unsafe:
     lines = '\n'.join(f'  {key}: {old!r} -> {new!r}' for key, old, new in unsafe)
     raise ResumeError(
@@ -129,6 +136,26 @@ def check_resume(workdir: str | pathlib.Path, config: ml_collections.ConfigDict)
   for key, old, new in differences:
     logging.info('resuming %s with %s changed: %r -> %r', workdir, key, old, new)
   return True
+
+
+def _rates_change_message(workdir, stored, config, trained: int) -> str:
+  """Why a new num_train_steps is refused, with the rates it would change."""
+  from treemoe_jax.train import schedules  # optax
+  old_total, new_total = load_num_train_steps(stored), config.num_train_steps
+  old = schedules.learning_rate_schedule(ml_collections.ConfigDict(
+      {**config.to_dict(), 'num_train_steps': old_total}))
+  new = schedules.learning_rate_schedule(config)
+  last = max(trained - 1, 0)
+  return (f'{workdir}: num_train_steps {old_total} -> {new_total} would change the learning '
+          f"rates of the {trained} steps already trained: its {config.get('lr_schedule')!r} "
+          f'schedule ends at num_train_steps. Step {last} trained at {float(old(last)):.3g}, and '
+          f'step {trained} would now train at {float(new(trained)):.3g} where the run planned '
+          f'{float(old(trained)):.3g}. Resume with num_train_steps={old_total}, or train the '
+          f'longer schedule from the start in a new --workdir.')
+
+
+def load_num_train_steps(stored) -> int:
+  return int(_as_json(stored)['num_train_steps'])
 
 
 def record(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
