@@ -28,6 +28,7 @@ import dataclasses
 import functools
 
 import numpy as np
+import numpy.typing as npt
 
 from treemoe_jax import geometry
 
@@ -898,9 +899,38 @@ def _empty(config: RenderConfig) -> dict[str, Array]:
           'box': np.zeros((0, 4), np.float32)}
 
 
+def render_sequence(poses: npt.ArrayLike, seed: int = 0, centres: npt.ArrayLike | None = None,
+                    config: RenderConfig = RenderConfig()) -> dict[str, Array]:
+  """One face, face 0 of `seed`, rendered at each of `poses` [T, 3] (yaw, pitch, roll radians):
+  the frames of a video of one head turning. `centres` [T, 2] moves it (the landmark box's
+  centre, fractions of the image's width and height; default: where the face was drawn).
+
+  Identity, expression, light, background and film are the same in every frame; only the pose
+  (and place) change. Returns `render_faces`' arrays, one row per frame.
+  """
+  config.validate()
+  poses = np.asarray(poses, np.float64).reshape(-1, 3)
+  if not np.isfinite(poses).all() or seed < 0:
+    raise ValueError(f'poses must be finite [T, 3] radians and seed >= 0, got seed={seed}')
+  face = _sample_face(np.random.default_rng([seed, 0]), config)
+  centres = (np.broadcast_to(face['centre'], (len(poses), 2)) if centres is None
+             else np.asarray(centres, np.float64).reshape(len(poses), 2))
+  frames = [dict(face, pose=pose, centre=centre) for pose, centre in zip(poses, centres)]
+  chunks = [_render_params(frames[start:start + config.batch_size], config)
+            for start in range(0, len(frames), config.batch_size)]
+  if not chunks:
+    return _empty(config)
+  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
 def _render_chunk(index: Array, seed: int, config: RenderConfig) -> dict[str, Array]:
   """Renders faces `index` of `seed` together."""
-  faces = [_sample_face(np.random.default_rng([seed, int(i)]), config) for i in index]
+  return _render_params([_sample_face(np.random.default_rng([seed, int(i)]), config)
+                         for i in index], config)
+
+
+def _render_params(faces: list[dict[str, Array]], config: RenderConfig) -> dict[str, Array]:
+  """Renders the faces of these parameters (`_sample_face`'s) together."""
   p = {k: np.stack([f[k] for f in faces]) for k in faces[0]}
   s = config.image_size
   h = (s + 1) // 2

@@ -1,13 +1,20 @@
-"""Aligns the faces in people's image files with a trained model (`inference.align_files`).
+"""Aligns the faces in people's image files and videos with a trained model.
 
   python align.py --workdir /tmp/ptm photos/ me.jpg --out /tmp/aligned
+  python align.py --workdir /tmp/ptm clip.mp4 --out /tmp/aligned --smoothing 0.5
+  python align.py --workdir /tmp/ptm --camera 0 --out /tmp/aligned --max_frames 300
   python align.py --exported /tmp/ptm_export photos/ --out /tmp/aligned --boxes boxes.json
   python align.py --workdir /tmp/ptm photos/ --out /tmp/aligned --detector opencv --routing topk:2
 
 Faces the --boxes file does not give are found by an offline detector (pip install
 'treemoe-jax[detect]'; treemoe_jax/detect.py). Writes OUTDIR/<image>.json and .png per image, and
 OUTDIR/landmarks.csv and problems.csv. Exit status 0 when the run completes, even if some images
-have no face or cannot be read (they are listed); 2 for bad arguments.
+have no face or cannot be read (they are listed); 1 when a video or camera could not be opened;
+2 for bad arguments.
+
+A video (`inference.align_video`) follows one face: each frame's box from the previous frame's
+landmarks, the detector where tracking is lost (`inference.video`); OUTDIR/<video>.csv has a row
+per frame, OUTDIR/<video>.annotated.mp4 the frames drawn.
 """
 
 import argparse
@@ -17,8 +24,10 @@ import sys
 
 from input_pipeline import formats
 from treemoe_jax.inference import align_files
+from treemoe_jax.inference import align_video
 from treemoe_jax.inference import detect
 from treemoe_jax.inference import photos
+from treemoe_jax.inference import video
 
 _ROUTING = re.compile(r'dense|greedy|topk:[1-9][0-9]*')
 
@@ -43,6 +52,17 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--max_pixels', type=int, default=formats.DEFAULT_MAX_PIXELS,
                  help='refuse larger images unread (default: %(default)s)')
   p.add_argument('--no_progress', action='store_true', help='no progress bar')
+  clips = p.add_argument_group('video', 'video files (.mp4, .mov, .avi, ...) and cameras')
+  clips.add_argument('--camera', type=int, default=None, metavar='INDEX',
+                     help='align the frames of this camera (0: the first) until --max_frames '
+                     'or Ctrl-C')
+  clips.add_argument('--no_tracking', action='store_true',
+                     help="search every frame with the detector instead of the last frame's "
+                     'landmarks')
+  clips.add_argument('--smoothing', type=float, default=0.0,
+                     help='temporal smoothing of the landmarks in [0, 1): 0 (default) none, '
+                     '0.5: each frame half the last (docs/align.md measures it)')
+  clips.add_argument('--max_frames', type=int, default=None, help='stop after this many frames')
   return p
 
 
@@ -58,8 +78,15 @@ def main(argv=None) -> int:
     p.error(f'--routing {args.routing!r}: expected dense, greedy or topk:K (K >= 1)')
   if args.batch < 1 or args.max_pixels < 1:
     p.error('--batch and --max_pixels must be >= 1')
+  if not 0 <= args.smoothing < 1:
+    p.error(f'--smoothing must be in [0, 1), got {args.smoothing}')
+  if args.max_frames is not None and args.max_frames < 1:
+    p.error('--max_frames must be >= 1')
+  clips = [given for given in args.inputs if video.is_video(given) and os.path.isfile(given)]
+  images = [given for given in args.inputs if given not in clips]
   try:
-    paths, skipped = photos.list_images(args.inputs)
+    paths, skipped = photos.list_images(images) if images or not (
+        clips or args.camera is not None) else ([], [])
     given = photos.read_boxes(args.boxes) if args.boxes else {}
   except (photos.InputError, photos.BoxesError) as e:
     p.error(str(e))
@@ -73,7 +100,7 @@ def main(argv=None) -> int:
     print(f'note: {args.boxes} has boxes for {len(unmatched)} file(s) not among the inputs: '
           f'{", ".join(map(photos.printable, unmatched[:5]))}{" ..." if len(unmatched) > 5 else ""}', file=sys.stderr)
   detector = None
-  if any(b is None for b in boxes):
+  if any(b is None for b in boxes) or clips or args.camera is not None:
     try:
       detector = detect.make(args.detector, min_score=args.min_score)
     except ImportError as e:
@@ -85,14 +112,28 @@ def main(argv=None) -> int:
     p.error(f'{model}: {e}')
   if aligner.routing_warning:  # on stderr now, and again under the summary: never silent
     print(f'WARNING: {aligner.routing_warning}', file=sys.stderr)
-  results = align_files.run(aligner, paths, args.out, boxes=boxes, detector=detector,
-                            detector_name=detector.name if detector else '',
-                            batch_size=args.batch, max_pixels=args.max_pixels,
-                            progress=not args.no_progress)
-  print(align_files.summary(results, args.out))
+  if paths:
+    results = align_files.run(aligner, paths, args.out, boxes=boxes, detector=detector,
+                              detector_name=detector.name if detector else '',
+                              batch_size=args.batch, max_pixels=args.max_pixels,
+                              progress=not args.no_progress)
+    print(align_files.summary(results, args.out))
+  sources = clips + ([args.camera] if args.camera is not None else [])
+  names = photos.output_names([str(c) if isinstance(c, str) else f'camera{c}' for c in sources])
+  failed = 0
+  for source, name in zip(sources, names):
+    try:
+      done = align_video.run(aligner, source, args.out, name=name, detector=detector,
+                             tracking=not args.no_tracking, smoothing=args.smoothing,
+                             max_frames=args.max_frames, progress=not args.no_progress)
+    except video.VideoError as e:  # the next video still runs
+      print(f'{e}: skipped', file=sys.stderr)
+      failed += 1
+      continue
+    print(align_video.describe(done, args.out))
   if aligner.routing_warning:
     print(f'WARNING: {aligner.routing_warning}')
-  return 0
+  return 1 if failed else 0
 
 
 def run():
