@@ -139,31 +139,60 @@ def test_tracking_is_lost_when_the_box_cannot_be_the_face(box, previous, reason)
     assert found == ''
 
 
-def test_smoothing_is_the_moving_average_and_cuts_noise_by_its_formula():
-  # A step: after n frames of the new value, 1 - a^n of the way there.
-  smoother = video.Smoother(0.6)
+def _weight(cutoff, fps):
+  """The one-euro filter's weight on the new frame, by its formula: 1 / (1 + fps / (2 pi fc))."""
+  return 1 / (1 + fps / (2 * np.pi * cutoff))
+
+
+def test_a_still_face_is_smoothed_as_a_moving_average_cuts_noise():
+  w = _weight(2.0, 30.0)  # 0.295
+  # A step: after n frames of the new value, 1 - (1 - w)^n of the way there.
+  smoother = video.Smoother(2.0, beta=0.0, fps=30.0)
   smoother(np.zeros((1, 2)))
   for n in range(1, 6):
-    np.testing.assert_allclose(smoother(np.ones((1, 2))), 1 - 0.6**n, rtol=1e-6)
-  # Independent noise of variance s^2 keeps (1 - a) / (1 + a) s^2 of it.
+    np.testing.assert_allclose(smoother(np.ones((1, 2))), 1 - (1 - w)**n, rtol=1e-5)
+  # Independent noise of variance s^2 keeps w / (2 - w) s^2 of it.
   noise = np.random.default_rng(0).normal(0, 2.0, (40_000, 1, 2))
-  for a in (0.3, 0.5, 0.8):
-    smoother = video.Smoother(a)
+  for cutoff in (0.5, 2.0, 8.0):
+    smoother, w = video.Smoother(cutoff, fps=30.0), _weight(cutoff, 30.0)
     out = np.stack([smoother(x) for x in noise])[1000:]
-    assert out.var() == pytest.approx(4.0 * (1 - a) / (1 + a), rel=0.05)
-  with pytest.raises(ValueError, match=r'\[0, 1\)'):
-    video.Smoother(1.0)
+    assert out.var() == pytest.approx(4.0 * w / (2 - w), rel=0.05)
+  with pytest.raises(ValueError, match='beta must be a finite number >= 0'):
+    video.Smoother(1.0, beta=-1)
+  off = video.Smoother(0.0)
+  assert off(np.ones((1, 2)))[0, 0] == 1 and off(np.zeros((1, 2)))[0, 0] == 0
+
+
+def test_a_moving_face_is_followed_with_the_lag_its_speed_allows():
+  # A ramp of v px per frame: in the steady state the output lags L behind, with
+  # L = (1 - w) / w * v = v fps / (2 pi fc), and the speed, measured from the last output as the
+  # paper's filter does, (L + v) fps, so that fc = min_cutoff + beta (L + v) fps / scale:
+  # 2 pi beta fps / scale L^2 + 2 pi (min_cutoff + beta v fps / scale) L - v fps = 0.
+  fps, v, scale, min_cutoff = 30.0, 2.0, 100.0, 1.0
+  ramp = np.arange(400)[:, None, None] * np.array([v, 0.0])  # [T, 1, 2]
+  lags = []
+  for beta in (0.0, 5.0):
+    smoother = video.Smoother(min_cutoff, beta=beta, fps=fps)
+    out = np.stack([smoother(x, scale) for x in ramp])
+    a = 2 * np.pi * beta * fps / scale
+    b = 2 * np.pi * (min_cutoff + beta * v * fps / scale)
+    lag = v * fps / b if beta == 0 else (-b + np.sqrt(b * b + 4 * a * v * fps)) / (2 * a)
+    assert ramp[-1, 0, 0] - out[-1, 0, 0] == pytest.approx(lag, rel=1e-3)
+    lags.append(lag)
+  assert lags[0] == pytest.approx(9.549, rel=1e-3) and lags[1] == pytest.approx(1.520, rel=1e-3)
 
 
 def test_tracked_landmarks_are_smoothed_and_the_raw_ones_kept(clip):
   noise = np.random.default_rng(1).normal(0, 1.0, clip['landmarks'].shape)
   results = list(video.track(OracleAligner(clip, noise), clip['image'],
-                             detector=TruthDetector(clip), smoothing=0.5))
+                             detector=TruthDetector(clip),
+                             smoother=video.Smoother(3.0, fps=25.0)))
   raw = clip['landmarks'] + noise
-  expected = raw[0].astype(np.float64)
+  w = _weight(3.0, 25.0)
+  expected = raw[0].astype(np.float32).astype(np.float64)
   for t, result in enumerate(results):
     if t:
-      expected = 0.5 * expected + 0.5 * raw[t].astype(np.float32)
+      expected = (1 - w) * expected + w * raw[t].astype(np.float32)
     np.testing.assert_allclose(result.face.raw_landmarks, raw[t], atol=1e-5)
     np.testing.assert_allclose(result.face.landmarks, expected, atol=1e-4)
 
@@ -225,7 +254,7 @@ def test_align_py_on_a_clip_writes_a_row_and_a_frame_per_frame(clip, tmp_path, m
   video.write_video(tmp_path / 'turn.mp4', clip['image'], fps=10)
   out = tmp_path / 'out'
   assert align.main([str(tmp_path / 'turn.mp4'), '--workdir', str(tmp_path), '--out', str(out),
-                     '--smoothing', '0.25', '--no_progress', '--max_frames', '10']) == 0
+                     '--smoothing', '2', '--no_progress', '--max_frames', '10']) == 0
   with open(out / 'turn.mp4.csv', newline='', encoding='utf-8') as f:
     rows = list(csv.reader(f))
   assert rows[0][:6] == ['frame', 'time_s', 'status', 'source', 'lost', 'score']
@@ -242,7 +271,8 @@ def test_align_py_on_a_clip_writes_a_row_and_a_frame_per_frame(clip, tmp_path, m
   summary = json.loads((out / 'turn.mp4.json').read_text())
   assert (summary['frames'], summary['faces'], summary['detected'], summary['lost']) == (
       10, 10, 1, 0)
-  assert summary['options'] == {'tracking': True, 'smoothing': 0.25, 'max_frames': 10}
+  assert summary['options'] == {'tracking': True, 'smoothing': 2.0, 'smoothing_beta': 0.0,
+                                'max_frames': 10}
   assert 'a face in 10 of 10 frames (1 from the detector' in capsys.readouterr().out
 
 

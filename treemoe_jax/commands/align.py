@@ -1,7 +1,7 @@
 """Aligns the faces in people's image files and videos with a trained model.
 
   python align.py --workdir /tmp/ptm photos/ me.jpg --out /tmp/aligned
-  python align.py --workdir /tmp/ptm clip.mp4 --out /tmp/aligned --smoothing 0.5
+  python align.py --workdir /tmp/ptm clip.mp4 --out /tmp/aligned --smoothing 1
   python align.py --workdir /tmp/ptm --camera 0 --out /tmp/aligned --max_frames 300
   python align.py --exported /tmp/ptm_export photos/ --out /tmp/aligned --boxes boxes.json
   python align.py --workdir /tmp/ptm photos/ --out /tmp/aligned --detector opencv --routing topk:2
@@ -59,9 +59,12 @@ def parser() -> argparse.ArgumentParser:
   clips.add_argument('--no_tracking', action='store_true',
                      help="search every frame with the detector instead of the last frame's "
                      'landmarks')
-  clips.add_argument('--smoothing', type=float, default=0.0,
-                     help='temporal smoothing of the landmarks in [0, 1): 0 (default) none, '
-                     '0.5: each frame half the last (docs/align.md measures it)')
+  clips.add_argument('--smoothing', type=float, default=0.0, metavar='HZ',
+                     help="smooth the landmarks over time (the one-euro filter's cut-off when "
+                     'the face is still, Hz; 0: off, the default; docs/align.md measures it)')
+  clips.add_argument('--smoothing_beta', type=float, default=0.0,
+                     help='how much faster the filter follows a moving face (Hz per box side per '
+                     'second; 0: a plain moving average)')
   clips.add_argument('--max_frames', type=int, default=None, help='stop after this many frames')
   return p
 
@@ -78,8 +81,10 @@ def main(argv=None) -> int:
     p.error(f'--routing {args.routing!r}: expected dense, greedy or topk:K (K >= 1)')
   if args.batch < 1 or args.max_pixels < 1:
     p.error('--batch and --max_pixels must be >= 1')
-  if not 0 <= args.smoothing < 1:
-    p.error(f'--smoothing must be in [0, 1), got {args.smoothing}')
+  try:
+    video.Smoother(args.smoothing, args.smoothing_beta)
+  except ValueError as e:
+    p.error(f'--smoothing: {e}')
   if args.max_frames is not None and args.max_frames < 1:
     p.error('--max_frames must be >= 1')
   clips = [given for given in args.inputs if video.is_video(given) and os.path.isfile(given)]
@@ -125,6 +130,7 @@ def main(argv=None) -> int:
     try:
       done = align_video.run(aligner, source, args.out, name=name, detector=detector,
                              tracking=not args.no_tracking, smoothing=args.smoothing,
+                             smoothing_beta=args.smoothing_beta,
                              max_frames=args.max_frames, progress=not args.no_progress)
     except video.VideoError as e:  # the next video still runs
       print(f'{e}: skipped', file=sys.stderr)

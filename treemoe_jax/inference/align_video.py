@@ -56,16 +56,21 @@ def _row(result: video.FrameResult, fps: float) -> list:
 
 
 def run(aligner, source, outdir, *, name: str | None = None, detector: Callable | None = None,
-        tracking: bool = True, smoothing: float = 0.0, max_frames: int | None = None,
-        progress: bool = True) -> VideoSummary:
-  """Aligns the face of `source` (a video path, or an int camera index) frame by frame."""
+        tracking: bool = True, smoothing: float = 0.0, smoothing_beta: float = 0.0,
+        max_frames: int | None = None, progress: bool = True) -> VideoSummary:
+  """Aligns the face of `source` (a video path, or an int camera index) frame by frame.
+
+  `smoothing`: the one-euro filter's cut-off when still (Hz; 0: off), `smoothing_beta` its rise
+  with speed (`video.Smoother`)."""
+  video.Smoother(smoothing, smoothing_beta)  # bad values refused before the video is opened
   frames, fps = video.open_video(source)
   label = f'camera {source}' if isinstance(source, int) else photos.printable(source)
   name = name or (f'camera{source}' if isinstance(source, int) else photos.safe_name(source))
   outdir = pathlib.Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
   summary = VideoSummary(label, name, fps=fps, options={
-      'tracking': tracking, 'smoothing': smoothing, 'max_frames': max_frames})
+      'tracking': tracking, 'smoothing': smoothing, 'smoothing_beta': smoothing_beta,
+      'max_frames': max_frames})
   start = time.time()
   kept = []  # each frame goes to the annotated video as it is aligned
 
@@ -94,7 +99,7 @@ def run(aligner, source, outdir, *, name: str | None = None, detector: Callable 
     writer = csv.writer(table)
     writer.writerow(header())
     results = video.track(aligner, limited(), detector=detector, tracking=tracking,
-                          smoothing=smoothing)
+                          smoother=video.Smoother(smoothing, smoothing_beta, fps))
     try:
       video.write_video(photos.output_path(outdir, name, '.annotated.mp4'), annotated(results),
                         fps)

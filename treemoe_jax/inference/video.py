@@ -9,8 +9,8 @@ box of frame t's landmarks is frame t+1's box as the models were trained to read
 detector's framing in between. Tracking is *lost* when that box leaves the image, collapses under
 `MIN_SIDE_PX`, or jumps in size by over `MAX_SIDE_CHANGE` from one frame to the next (`lost_why`);
 the frame is then searched by the detector. One face is followed per video: the detector's most
-confident. Smoothing is an exponential moving average of the landmarks
-(`smoothed = a * previous + (1 - a) * new`), restarted wherever tracking restarts.
+confident. Smoothing is the one-euro filter (`Smoother`): a moving average that follows fast
+motion, restarted wherever tracking restarts.
 
 Reading and writing video files and cameras uses OpenCV (`pip install 'treemoe-jax[video]'`).
 
@@ -85,28 +85,46 @@ def lost_why(box: np.ndarray, previous: np.ndarray | None, width: int, height: i
 
 
 class Smoother:
-  """Exponential moving average of landmarks: out = a * out_before + (1 - a) * new.
+  """The one-euro filter (Casiez, Roussel & Vogel 2012) on landmarks, per coordinate.
 
-  For independent per-frame noise of variance s^2 it leaves (1 - a) / (1 + a) s^2, at the cost of
-  a lag of a / (1 - a) frames behind steady motion. a = 0 is off.
+  An exponential moving average whose weight on the new frame follows the speed: a cut-off of
+  `min_cutoff` Hz when the face is still (jitter removed), rising by `beta` Hz per face-box side
+  per second of speed (little lag when it moves). Speeds are in box sides so that one `beta` serves
+  every resolution. beta = 0 is a plain moving average, out = (1 - w) out_before + w new with
+  w = 1 / (1 + fps / (2 pi min_cutoff)). min_cutoff = 0 is off.
   """
 
-  def __init__(self, strength: float):
-    if not 0.0 <= strength < 1.0:
-      raise ValueError(f'smoothing must be in [0, 1), got {strength}')
-    self.strength = float(strength)
-    self.state = None
+  def __init__(self, min_cutoff: float, beta: float = 0.0, fps: float = 30.0,
+               d_cutoff: float = 1.0):
+    for name, value in (('min_cutoff', min_cutoff), ('beta', beta), ('fps', fps),
+                        ('d_cutoff', d_cutoff)):
+      if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f'smoothing {name} must be a finite number >= 0, got {value}')
+    if fps == 0 or d_cutoff == 0:
+      raise ValueError('smoothing needs fps > 0 and d_cutoff > 0')
+    self.min_cutoff, self.beta, self.fps, self.d_cutoff = min_cutoff, beta, fps, d_cutoff
+    self.reset()
 
   def reset(self) -> None:
-    self.state = None
+    self.value, self.speed = None, None
 
-  def __call__(self, landmarks: np.ndarray) -> np.ndarray:
+  def weight(self, cutoff) -> np.ndarray:
+    """The new frame's weight for a cut-off frequency (Hz)."""
+    return 1.0 / (1.0 + self.fps / (2 * np.pi * np.asarray(cutoff, np.float64)))
+
+  def __call__(self, landmarks: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Smoothed landmarks [P, 2] (pixels); `scale` is the face's box side (pixels)."""
     landmarks = np.asarray(landmarks, np.float64)
-    if self.state is None or self.strength == 0.0:
-      self.state = landmarks
-    else:
-      self.state = self.strength * self.state + (1 - self.strength) * landmarks
-    return self.state.astype(np.float32)
+    if self.min_cutoff == 0 or self.value is None:
+      self.value, self.speed = landmarks, np.zeros_like(landmarks)
+      return landmarks.astype(np.float32)
+    speed = (landmarks - self.value) * self.fps  # pixels per second
+    w = self.weight(self.d_cutoff)
+    self.speed = w * speed + (1 - w) * self.speed
+    cutoff = self.min_cutoff + self.beta * np.abs(self.speed) / max(float(scale), 1e-6)
+    w = self.weight(cutoff)
+    self.value = w * landmarks + (1 - w) * self.value
+    return self.value.astype(np.float32)
 
 
 def _best_detection(detector: Callable, frame: np.ndarray):
@@ -118,14 +136,15 @@ def _best_detection(detector: Callable, frame: np.ndarray):
 
 
 def track(aligner, frames: Iterable[np.ndarray], *, detector: Callable | None = None,
-          tracking: bool = True, smoothing: float = 0.0,
+          tracking: bool = True, smoother: Smoother | None = None,
           first_box: tuple[float, float, float, float] | None = None) -> Iterator[FrameResult]:
   """One FrameResult per frame (uint8 [H, W] or [H, W, 3]), as the frames come.
 
-  `tracking` False: every frame is searched by the detector. `first_box`: the face's box in the
-  first frame, in place of a detection (then a detector is needed only if tracking is lost).
+  `tracking` False: every frame is searched by the detector. `smoother`: smooths the landmarks
+  (None: not smoothed). `first_box`: the face's box in the first frame, in place of a detection
+  (then a detector is needed only if tracking is lost).
   """
-  smoother = Smoother(smoothing)
+  smoother = smoother or Smoother(0.0)
   box, previous, source, score = None, None, None, None  # this frame's box and how it came
   if first_box is not None:
     box = np.asarray(photos.check_box(first_box, 'first_box', 'the first frame'), np.float64)
@@ -150,8 +169,9 @@ def track(aligner, frames: Iterable[np.ndarray], *, detector: Callable | None = 
       continue
     (face,) = aligner.align(frame, [box])
     raw = np.asarray(face.landmarks, np.float32)
+    side = float(np.max(np.ptp(raw, axis=0)))
     yield FrameResult(index, OK, source, FrameFace(
-        smoother(raw), raw, np.asarray(face.box, np.float32),
+        smoother(raw, side), raw, np.asarray(face.box, np.float32),
         None if face.pose is None else np.asarray(face.pose, np.float32), score), lost=lost)
     previous = box
     box, source, score = (landmark_box(raw), TRACKED, None) if tracking else (None, None, None)
