@@ -90,6 +90,45 @@ def test_crop_points_map_back_by_the_windows_formula():
     np.testing.assert_allclose(face.stage_landmarks[0], expected, rtol=1e-5, atol=1e-3)
 
 
+def test_a_second_pass_recrops_around_the_first_pass_landmarks_by_hand():
+  crop_points = np.random.default_rng(2).uniform(20, SIZE - 20, (68, 2)).astype(np.float32)
+
+  def constant_forward(images, init_shape):
+    shape = np.broadcast_to(crop_points, (images.shape[0], 68, 2))
+    return {'shape': shape, 'stage_shapes': shape[:, None]}
+
+  def through(box):  # the landmarks a window of `box` gives, by the windows formula
+    left, top, side = window_of(box)
+    return (crop_points.astype(np.float64) + 0.5) * side / SIZE + (left, top)
+
+  box = (100.0, 80.0, 260.0, 220.0)
+  model = aligner.Aligner(constant_forward, mean_shape=np.zeros((68, 2)), image_size=SIZE,
+                          margin=MARGIN, passes=2)
+  first = through(box)
+  second = through((*first.min(0), *first.max(0)))
+  (face,) = model.align(np.zeros((400, 500), np.uint8), [box])
+  np.testing.assert_allclose(face.landmarks, second, rtol=1e-5, atol=1e-3)
+  np.testing.assert_allclose(face.box, box)  # the box given, not the second crop's
+  (face,) = model.align(np.zeros((400, 500), np.uint8), [box], passes=1)
+  np.testing.assert_allclose(face.landmarks, first, rtol=1e-5, atol=1e-3)
+  with pytest.raises(ValueError, match='passes must be 1 or 2'):
+    model.align(np.zeros((400, 500), np.uint8), [box], passes=3)
+
+
+def test_a_face_whose_first_landmarks_give_no_box_keeps_its_first_pass():
+  def point_forward(images, init_shape):  # every landmark on one point: a box of no size
+    shape = np.full((images.shape[0], 68, 2), 75.0, np.float32)
+    return {'shape': shape, 'stage_shapes': shape[:, None]}
+
+  model = aligner.Aligner(point_forward, mean_shape=np.zeros((68, 2)), image_size=SIZE,
+                          margin=MARGIN, passes=2)
+  box = (10.0, 10.0, 60.0, 60.0)
+  (face,) = model.align(np.zeros((100, 100), np.uint8), [box])
+  left, top, side = window_of(box)
+  np.testing.assert_allclose(face.landmarks[0], (75.5 * side / SIZE + left, 75.5 * side / SIZE +
+                                                 top), rtol=1e-5)
+
+
 def test_faces_of_many_images_share_bucketed_calls():
   sizes = []
 

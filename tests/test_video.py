@@ -271,7 +271,7 @@ def test_align_py_on_a_clip_writes_a_row_and_a_frame_per_frame(clip, tmp_path, m
   summary = json.loads((out / 'turn.mp4.json').read_text())
   assert (summary['frames'], summary['faces'], summary['detected'], summary['lost']) == (
       10, 10, 1, 0)
-  assert summary['options'] == {'tracking': True, 'smoothing': 2.0, 'smoothing_beta': 0.0,
+  assert summary['options'] == {'tracking': True, 'smoothing': 2.0, 'smoothing_beta': 20.0,
                                 'max_frames': 10}
   assert 'a face in 10 of 10 frames (1 from the detector' in capsys.readouterr().out
 

@@ -62,9 +62,10 @@ def parser() -> argparse.ArgumentParser:
   clips.add_argument('--smoothing', type=float, default=0.0, metavar='HZ',
                      help="smooth the landmarks over time (the one-euro filter's cut-off when "
                      'the face is still, Hz; 0: off, the default; docs/align.md measures it)')
-  clips.add_argument('--smoothing_beta', type=float, default=0.0,
+  clips.add_argument('--smoothing_beta', type=float, default=20.0,
                      help='how much faster the filter follows a moving face (Hz per box side per '
-                     'second; 0: a plain moving average)')
+                     'second; 0: a plain moving average; default 20, with --smoothing 1 the '
+                     'filter chosen on a rendered clip: half the jitter for 3%% more NME)')
   clips.add_argument('--max_frames', type=int, default=None, help='stop after this many frames')
   return p
 

@@ -56,7 +56,7 @@ def _row(result: video.FrameResult, fps: float) -> list:
 
 
 def run(aligner, source, outdir, *, name: str | None = None, detector: Callable | None = None,
-        tracking: bool = True, smoothing: float = 0.0, smoothing_beta: float = 0.0,
+        tracking: bool = True, smoothing: float = 0.0, smoothing_beta: float = 20.0,
         max_frames: int | None = None, progress: bool = True) -> VideoSummary:
   """Aligns the face of `source` (a video path, or an int camera index) frame by frame.
 

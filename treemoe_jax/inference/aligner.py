@@ -62,6 +62,13 @@ def check_image(image, what: str = 'image') -> np.ndarray:
   return image
 
 
+def check_passes(passes) -> int:
+  """1 (the given box) or 2 (then again around the landmarks); ValueError otherwise."""
+  if passes not in (1, 2):
+    raise ValueError(f'passes must be 1 or 2, got {passes!r}')
+  return int(passes)
+
+
 def check_box(box, what: str = 'box', image_hw: tuple[int, int] | None = None) -> np.ndarray:
   """(x0, y0, x1, y1) -> float32 [4]; ValueError unless finite, within +-2**24 px (float32's
   whole pixels) with x1 > x0 and y1 > y0, and, given the image's (height, width), a box that can
@@ -107,7 +114,8 @@ class Aligner:
   def __init__(self, forward: Callable | None = None, *, mean_shape: np.ndarray,
                image_size: int, margin: float, buckets: Sequence[int] = DEFAULT_BUCKETS,
                routing: str = 'dense', detector: Callable | None = None,
-               image_forward: ImageForward | None = None, routing_warning: str | None = None):
+               image_forward: ImageForward | None = None, routing_warning: str | None = None,
+               passes: int = 1):
     if not buckets or min(buckets) < 1:
       raise ValueError(f'buckets must be positive face counts, got {buckets}')
     if (forward is None) == (image_forward is None):
@@ -125,13 +133,14 @@ class Aligner:
     if routing_warning:
       warnings.warn(routing_warning, RoutingWarning, stacklevel=3)
     self._detector = detector
+    self.passes = check_passes(passes)
 
   # --- Construction. ---
 
   @classmethod
   def from_workdir(cls, workdir: str | pathlib.Path, *, routing: str = 'dense',
                    buckets: Sequence[int] = DEFAULT_BUCKETS, step: int | None = None,
-                   detector: Callable | None = None) -> 'Aligner':
+                   detector: Callable | None = None, passes: int = 1) -> 'Aligner':
     """The newest (or `step`'s) checkpoint of a trained alignment workdir."""
     from treemoe_jax import runs  # pylint: disable=g-import-not-at-top (Flax, orbax)
     from treemoe_jax.nn import models  # pylint: disable=g-import-not-at-top
@@ -153,7 +162,7 @@ class Aligner:
     check_path = run.workdir / routing_lib.CHECK_FILE
     check = json.loads(check_path.read_text()) if check_path.exists() else None
     return cls(mean_shape=run.mean_shape, image_size=size, margin=margin, buckets=buckets,
-               routing=routing, detector=detector,
+               routing=routing, detector=detector, passes=passes,
                routing_warning=routing_lib.warning_for(check, routing, run.step,
                                                        where=f'the run {workdir}'),
                image_forward=lambda image, image_hw, boxes: compiled(variables, image, image_hw,
@@ -161,27 +170,35 @@ class Aligner:
 
   @classmethod
   def from_export(cls, directory: str | pathlib.Path, *, routing: str = 'dense',
-                  detector: Callable | None = None) -> 'Aligner':
+                  detector: Callable | None = None, passes: int = 1) -> 'Aligner':
     """A `treemoe_jax.inference.export` directory: runs the serialised forward, no model
     classes, no TensorFlow."""
     from treemoe_jax.inference import export  # pylint: disable=g-import-not-at-top
     loaded = export.load(directory, routing)
     return cls(mean_shape=loaded.mean_shape, image_size=loaded.image_size, margin=loaded.margin,
-               buckets=loaded.buckets, routing=routing, detector=detector,
+               buckets=loaded.buckets, routing=routing, detector=detector, passes=passes,
                image_forward=loaded.forward, routing_warning=loaded.routing_warning)
 
   # --- Alignment. ---
 
   def align(self, image, boxes: Sequence[Box] | None = None, *,
-            return_stages: bool = False) -> list[Face]:
+            return_stages: bool = False, passes: int | None = None) -> list[Face]:
     """The faces of one uint8 image `[H, W]` or `[H, W, 3]`; `boxes` None: the detector's."""
     return self.align_batch([image], None if boxes is None else [boxes],
-                            return_stages=return_stages)[0]
+                            return_stages=return_stages, passes=passes)[0]
 
   def align_batch(self, images: Sequence, boxes: Sequence[Sequence[Box] | None] | None = None,
-                  *, return_stages: bool = False) -> list[list[Face]]:
+                  *, return_stages: bool = False, passes: int | None = None
+                  ) -> list[list[Face]]:
     """Per image, its faces. `boxes[i]` None (or `boxes` None): found by the detector; an
-    empty list: no face. Each image's faces go through bucket-sized calls of one forward."""
+    empty list: no face. Each image's faces go through bucket-sized calls of one forward.
+
+    `passes` (default: the Aligner's) 2: each face is aligned again in the crop around the first
+    pass's landmarks (their tight box, the box the models were trained on), so that the result
+    depends less on how the given box frames the face. A face whose first landmarks give no
+    usable box keeps its first pass. `Face.box` stays the box given or detected.
+    """
+    passes = self.passes if passes is None else check_passes(passes)
     images = [check_image(image, f'image {i}') for i, image in enumerate(images)]
     if boxes is None:
       boxes = [None] * len(images)
@@ -194,11 +211,31 @@ class Aligner:
       else:
         faces += [(i, check_box(b, f'box {j} of image {i}', image.shape[:2]), None)
                   for j, b in enumerate(image_boxes)]
-    results = self.align_crops([images[i] for i, _, _ in faces], [b for _, b, _ in faces])
+    crops_of = [images[i] for i, _, _ in faces]
+    results = self.align_crops(crops_of, [b for _, b, _ in faces])
+    for _ in range(passes - 1):
+      results = self.realign(crops_of, results)
     per_image = [[] for _ in images]
     for (i, box, score), (landmarks, stages, pose) in zip(faces, results):
       per_image[i].append(Face(landmarks, box, pose, score, stages if return_stages else None))
     return per_image
+
+  def realign(self, images: Sequence[np.ndarray], results: list[tuple]) -> list[tuple]:
+    """`align_crops`' results again, each face cropped around its landmarks' tight box."""
+    redo = []  # indices of faces whose landmarks give a usable box
+    boxes = []
+    for n, (image, (landmarks, _, _)) in enumerate(zip(images, results)):
+      points = np.asarray(landmarks, np.float64)
+      box = np.concatenate([points.min(0), points.max(0)])
+      if (np.isfinite(box).all() and box[2] > box[0] and box[3] > box[1]
+          and not photos.box_problem(box, image.shape[1], image.shape[0])):
+        redo.append(n)
+        boxes.append(box.astype(np.float32))
+    again = self.align_crops([images[n] for n in redo], boxes) if redo else []
+    results = list(results)
+    for n, result in zip(redo, again):
+      results[n] = result
+    return results
 
   def align_crops(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]
                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:

@@ -177,16 +177,20 @@ def track(aligner, frames: Iterable[np.ndarray], *, detector: Callable | None = 
     box, source, score = (landmark_box(raw), TRACKED, None) if tracking else (None, None, None)
 
 
-def temporal_jitter(landmarks: np.ndarray, truth: np.ndarray, norm: np.ndarray) -> float:
-  """Mean over frames t >= 1 and landmarks of |(x_t - x_t-1) - (g_t - g_t-1)| / norm_t: how much
-  the landmarks move from one frame to the next beyond how the truth moves. `landmarks`, `truth`
-  [T, P, 2]; `norm` [T] (e.g. the truth's box side); frames with a non-finite prediction (no
-  face) break the sum there."""
+def jitter_per_step(landmarks: np.ndarray, truth: np.ndarray, norm: np.ndarray) -> np.ndarray:
+  """Per step t-1 -> t `[T - 1]`: the mean over landmarks of |(x_t - x_t-1) - (g_t - g_t-1)| /
+  norm_t, how much the landmarks move beyond how the truth moves. `landmarks`, `truth` [T, P, 2];
+  `norm` [T] (e.g. the truth's box size); NaN where a frame has no prediction (NaN landmarks)."""
   landmarks, truth = np.asarray(landmarks, np.float64), np.asarray(truth, np.float64)
   extra = np.diff(landmarks, axis=0) - np.diff(truth, axis=0)  # [T - 1, P, 2]
-  per_frame = np.linalg.norm(extra, axis=-1).mean(-1) / np.asarray(norm, np.float64)[1:]
-  per_frame = per_frame[np.isfinite(per_frame)]
-  return float(per_frame.mean()) if per_frame.size else math.nan
+  return np.linalg.norm(extra, axis=-1).mean(-1) / np.asarray(norm, np.float64)[1:]
+
+
+def temporal_jitter(landmarks: np.ndarray, truth: np.ndarray, norm: np.ndarray) -> float:
+  """The mean of `jitter_per_step` over the steps between two frames with a face (NaN if none)."""
+  steps = jitter_per_step(landmarks, truth, norm)
+  steps = steps[np.isfinite(steps)]
+  return float(steps.mean()) if steps.size else math.nan
 
 
 # --- Files and cameras (OpenCV). ---
