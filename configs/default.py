@@ -170,6 +170,10 @@ def _training(config: ml_collections.ConfigDict) -> None:
   # Pose-gated models: a trained pose estimator's workdir ('' = train one first, into
   # WORKDIR/pose, for pose_train_steps), and ImageNet ResNet-50 weights (Keras .h5) for its trunk.
   config.pose_checkpoint = ''
+  # Start from a trained model's weights (and s(0)) instead of at random, to fine-tune it:
+  # 'pretrained' (the package's, README "Pretrained model") or a bundle folder
+  # (treemoe_jax/inference/bundle.py). Its model and pose sizes must be this config's.
+  config.init_from = ''
   config.pose_train_steps = 20_000
   config.resnet50_weights = ''
 

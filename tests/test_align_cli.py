@@ -128,7 +128,8 @@ def test_a_folder_run_writes_every_output_and_lists_every_problem(inputs, fakes,
                      '--batch', '2', '--max_pixels', '1000', '--routing', 'topk:2',
                      '--no_progress'])
   assert code == 0
-  assert made == ['auto', {'workdir': str(workdir), 'exported': None, 'routing': 'topk:2'}]
+  assert made == ['auto', {'workdir': str(workdir), 'exported': None, 'routing': 'topk:2',
+                           'passes': 2}]
   expected = {  # output name -> status; folder order is sorted by file name.
       'UPPER.JPG': 'ok', 'a.jpg': 'ok', 'b_faceless.png': 'no face found', 'big.png': 'refused',
       'bomb.png': 'refused', 'corrupt.jpg': 'unreadable', 'empty.png': 'unreadable',
@@ -208,6 +209,13 @@ def test_boxes_file_gives_faces_and_the_detector_does_the_rest(inputs, fakes):
   assert [(r[1], r[2], r[3]) for r in rows[1:]] == [('a.jpg', '0', ''), ('a.jpg', '1', '')]
 
 
+def test_without_a_model_the_pretrained_one_is_asked_for(inputs, fakes):
+  root, _, _, out = inputs
+  _, _, made = fakes
+  assert align.main([str(root / 'a.jpg'), '--out', str(out), '--no_progress']) == 0
+  assert made == ['auto', {'workdir': None, 'exported': None, 'routing': 'dense', 'passes': 2}]
+
+
 def test_no_detector_is_made_when_the_boxes_file_names_every_image(inputs, fakes):
   root, _, workdir, out = inputs
   _, _, made = fakes
@@ -215,11 +223,10 @@ def test_no_detector_is_made_when_the_boxes_file_names_every_image(inputs, fakes
   boxes.write_text('file,x0,y0,x1,y1\na.jpg,1,1,9,9\n')
   assert align.main([str(root / 'a.jpg'), '--workdir', str(workdir), '--out', str(out),
                      '--boxes', str(boxes), '--no_progress']) == 0
-  assert made == [{'workdir': str(workdir), 'exported': None, 'routing': 'dense'}]
+  assert made == [{'workdir': str(workdir), 'exported': None, 'routing': 'dense', 'passes': 2}]
 
 
 @pytest.mark.parametrize('args, message', [
-    (['{root}', '--out', '{out}'], 'give the model: --workdir DIR'),
     (['{root}', '--workdir', '{root}/nope', '--out', '{out}'], r'--workdir .*nope: no such folder'),
     (['{root}', '--workdir', '{workdir}', '--exported', '{workdir}', '--out', '{out}'],
      'not allowed with argument'),

@@ -63,7 +63,7 @@ def test_landmarks_map_back_to_a_bright_dot(image_shape, box_shape):
   cx, cy = np.round(dot).astype(int)
   image[cy - 1:cy + 2, cx - 1:cx + 2] = 250
   model = aligner.Aligner(brightest_point_forward, mean_shape=np.zeros((68, 2)),
-                          image_size=SIZE, margin=MARGIN, buckets=(1, 4))
+                          image_size=SIZE, margin=MARGIN, buckets=(1, 4), passes=1)
   (face,) = model.align(image, [box])
   side = window_of(box)[2]
   # The centroid of the dot's crop lands on its centre up to a fraction of a crop pixel.
@@ -81,7 +81,7 @@ def test_crop_points_map_back_by_the_windows_formula():
 
   boxes = [(10, 20, 110, 80), (0.5, 3.25, 40.5, 90.0), (200, 100, 900, 600)]
   model = aligner.Aligner(constant_forward, mean_shape=np.zeros((68, 2)), image_size=SIZE,
-                          margin=MARGIN)
+                          margin=MARGIN, passes=1)
   faces = model.align(np.zeros((700, 1000, 3), np.uint8), boxes, return_stages=True)
   for face, box in zip(faces, boxes):
     left, top, side = window_of(box)
@@ -137,7 +137,7 @@ def test_faces_of_many_images_share_bucketed_calls():
     return brightest_point_forward(images, init_shape)
 
   model = aligner.Aligner(recording_forward, mean_shape=np.zeros((68, 2)), image_size=SIZE,
-                          margin=MARGIN, buckets=(1, 4))
+                          margin=MARGIN, buckets=(1, 4), passes=1)
   images = [np.zeros((50, 60), np.uint8), np.zeros((80, 80, 3), np.uint8),
             np.zeros((40, 40), np.uint8)]
   boxes = [[(5, 5, 30, 30)] * 3, [], [(1, 1, 20, 20)] * 3]  # 6 faces, one image with none
@@ -181,7 +181,7 @@ def test_images_one_pixel_thin_map_back_by_the_windows_formula(image_shape):
 
   box = (0.0, 0.0, 1.0, 1.0)
   model = aligner.Aligner(constant_forward, mean_shape=np.zeros((68, 2)), image_size=SIZE,
-                          margin=MARGIN)
+                          margin=MARGIN, passes=1)
   (face,) = model.align(np.full(image_shape, 200, np.uint8), [box])
   left, top, side = window_of(box)
   np.testing.assert_allclose(face.landmarks, (crop_points + 0.5) * side / SIZE + (left, top),
@@ -216,7 +216,7 @@ def test_workdir_aligner_matches_the_evaluation_crop(workdir, data_dir):
                                      mean_shape=run.mean_shape, data_dir=data_dir,
                                      crop=crop).as_numpy_iterator())
   out = run.model.apply(run.variables, batch['image'], batch['init_shape'])
-  model = aligner.Aligner.from_workdir(workdir, buckets=(1, 8))
+  model = aligner.Aligner.from_workdir(workdir, buckets=(1, 8), passes=1)  # the one crop
   faces = model.align_batch([e['image'] for e in examples], [[e['box']] for e in examples])
   for n, (example, (face,)) in enumerate(zip(examples, faces)):
     left, top, side = window_of(example['box'], run.config.crop_margin)
@@ -271,6 +271,87 @@ def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, 
                                atol=1e-3)
   # Restoring, exporting and aligning read the workdir only: nothing created or removed in it.
   assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*')) == before
+
+
+def test_a_bundle_aligns_as_its_workdir_and_ships_as_the_pretrained_model(workdir, data_dir,
+                                                                          tmp_path, monkeypatch):
+  from treemoe_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+  import align  # pylint: disable=g-import-not-at-top
+  examples = _raw_test_faces(data_dir, count=3)
+  images, boxes = [e['image'] for e in examples], [[e['box']] for e in examples]
+  direct = aligner.Aligner.from_workdir(workdir, buckets=(8,))
+  expected = direct.align_batch(images, boxes)
+  run = evaluate.load_run(workdir)
+  for dtype, atol in (('float32', 1e-3), ('bfloat16', None)):
+    out = bundle.write(workdir, tmp_path / dtype, dtype=dtype, about='micro test run')
+    loaded = bundle.load(out)
+    flat, stored = bundle.flatten(run.variables), bundle.flatten(loaded.variables)
+    assert flat.keys() == stored.keys()
+    for key, value in flat.items():
+      if dtype == 'float32':
+        np.testing.assert_array_equal(stored[key], value)
+      else:  # bfloat16 keeps 8 bits of mantissa: within 2**-8 of each weight
+        np.testing.assert_allclose(stored[key], value, rtol=2**-8, atol=1e-30)
+    assert loaded.step == run.step and loaded.config.model == run.config.model
+    faces = aligner.Aligner.from_bundle(out, buckets=(8,)).align_batch(images, boxes)
+    for (a,), (b,) in zip(expected, faces):
+      if atol is not None:
+        np.testing.assert_allclose(b.landmarks, a.landmarks, atol=atol)
+      else:  # bfloat16 weights move no landmark by over 2% of the face box
+        side = float(np.max(a.box[2:] - a.box[:2]))
+        assert np.abs(b.landmarks - a.landmarks).max() < 0.02 * side
+  meta = bundle.read_meta(tmp_path / 'bfloat16')
+  assert meta['about'] == 'micro test run' and meta['dtype'] == 'bfloat16'
+  assert (tmp_path / 'bfloat16' / bundle.VARIABLES_FILE).stat().st_size < (
+      tmp_path / 'float32' / bundle.VARIABLES_FILE).stat().st_size
+  # A damaged file is refused, not loaded.
+  damaged = tmp_path / 'damaged'
+  bundle.write(workdir, damaged, dtype='float32')
+  data = bytearray((damaged / bundle.VARIABLES_FILE).read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  (damaged / bundle.VARIABLES_FILE).write_bytes(bytes(data))
+  with pytest.raises(bundle.BundleError, match='damaged'):
+    bundle.load(damaged)
+  # The package's pretrained model: none -> a sentence; a bundle there -> align.py's default.
+  monkeypatch.setattr(bundle, 'PRETRAINED', tmp_path / 'empty')
+  with pytest.raises(FileNotFoundError, match='no pretrained model'):
+    aligner.Aligner.pretrained()
+  monkeypatch.setattr(bundle, 'PRETRAINED', tmp_path / 'float32')
+  photo = tmp_path / 'face.png'
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(images[0][..., 0]).save(photo)
+  (tmp_path / 'boxes.json').write_text(json.dumps({'face.png': [boxes[0][0].tolist()]}))
+  assert align.main([str(photo), '--out', str(tmp_path / 'out'), '--boxes',
+                     str(tmp_path / 'boxes.json'), '--no_progress']) == 0
+  record = json.loads((tmp_path / 'out' / 'face.png.json').read_text())
+  np.testing.assert_allclose(record['faces'][0]['landmarks'], expected[0][0].landmarks, atol=1e-3)
+
+
+def test_init_from_a_bundle_starts_training_at_its_weights_and_its_mean_shape(workdir, data_dir,
+                                                                              tmp_path):
+  from tests.micro import micro_config  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+  from treemoe_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  source = bundle.write(workdir, tmp_path / 'bundle', dtype='float32')
+  pose_sizes = {  # conftest.py's micro pose_tree_moe
+      'model.architecture': 'pose_tree_moe', 'model.num_representation_experts': 4,
+      'model.representation_gate_depth': 2, 'pose.stage_sizes': (1,), 'pose.base_width': 4,
+      'pose.head_hidden': 8}
+  # Learning rate 0: one step leaves every parameter where the bundle put it.
+  config = micro_config(data_dir, num_train_steps=1, checkpoint_every_steps=1,
+                        eval_every_steps=1, log_every_steps=1, learning_rate=0.0,
+                        init_from=str(source), **pose_sizes)
+  trainer.train_and_evaluate(config, str(tmp_path / 'tuned'))
+  assert not (tmp_path / 'tuned' / 'pose').exists()  # the bundle's estimator, none trained
+  tuned, start = evaluate.load_run(tmp_path / 'tuned'), bundle.load(source)
+  for key, value in bundle.flatten(start.variables['params']).items():
+    np.testing.assert_array_equal(bundle.flatten(tuned.variables['params'])[key], value)
+  np.testing.assert_array_equal(tuned.mean_shape, start.mean_shape)
+  # Another model's sizes are refused before anything trains, each difference named.
+  other = micro_config(data_dir, init_from=str(source), **(pose_sizes | {
+      'model.regression_hidden': 16}))
+  with pytest.raises(ValueError, match=r"model.regression_hidden: 8 \(the bundle\) -> 16"):
+    trainer.train_and_evaluate(other, str(tmp_path / 'other'))
 
 
 def test_align_py_end_to_end_on_a_trained_workdir(workdir, data_dir, tmp_path):

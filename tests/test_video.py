@@ -48,10 +48,11 @@ class OracleAligner:
     self.index = {frame.tobytes(): i for i, frame in enumerate(clip['image'])}
     self.noise = np.zeros_like(self.truth) if noise is None else noise
     self.broken = broken  # frames whose landmarks collapse to one point
-    self.boxes = []
+    self.boxes, self.passes = [], []
 
-  def align(self, frame, boxes):
+  def align(self, frame, boxes, passes=None):
     i = self.index[frame.tobytes()]
+    self.passes.append(passes)
     self.boxes.append(np.asarray(boxes[0], np.float64))
     points = self.truth[i] + self.noise[i]
     if i in self.broken:
@@ -81,6 +82,7 @@ def test_each_frames_box_is_the_last_frames_landmark_box(clip):
   assert [r.source for r in results] == [video.DETECTOR] + [video.TRACKED] * (FRAMES - 1)
   assert detector.searched == [0]  # the detector once: tracking is never lost
   np.testing.assert_allclose(aligner.boxes[0], clip['box'][0], atol=1e-4)  # the best detection
+  assert aligner.passes == [None] + [1] * (FRAMES - 1)  # a landmark box is aligned once
   for t in range(1, FRAMES):  # the tight box of frame t-1's landmarks, by hand
     truth = clip['landmarks'][t - 1]
     np.testing.assert_allclose(aligner.boxes[t], [*truth.min(0), *truth.max(0)], atol=1e-4)
@@ -232,7 +234,7 @@ class StretchAligner:
   def __init__(self):
     self.routing_warning = None
 
-  def align(self, frame, boxes):
+  def align(self, frame, boxes, passes=None):
     box = np.asarray(boxes[0], np.float32)
     ramp = np.linspace(0, 1, 68, dtype=np.float32)
     unit = np.stack([ramp, ramp[::-1]], -1)  # spans the box exactly: its landmark box is the box

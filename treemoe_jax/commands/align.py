@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('inputs', nargs='*', metavar='IMAGE_OR_FOLDER',
                  help='image files, and folders whose image files (not subfolders) are aligned')
   model = p.add_mutually_exclusive_group()
-  model.add_argument('--workdir', help='a trained alignment workdir (its newest checkpoint)')
+  model.add_argument('--workdir', help='a trained alignment workdir (its newest checkpoint); '
+                     'default: the pretrained model that ships with the package')
   model.add_argument('--exported', help='a treemoe_jax.export directory, instead of --workdir')
   p.add_argument('--out', required=True, help='output folder (created)')
   p.add_argument('--boxes', help='face boxes: JSON {"file name": [[x0, y0, x1, y1], ...]} or CSV '
@@ -48,6 +49,10 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--min_score', type=float, default=None,
                  help='drop detections scoring below this (default: the detector\'s, '
                  'treemoe_jax/detect.py DEFAULT_MIN_SCORE)')
+  p.add_argument('--passes', type=int, default=2, choices=(1, 2),
+                 help='2 (default): align again in the crop around the first landmarks, less '
+                 "dependent on the box's framing; 1 when the boxes are the tight boxes of the "
+                 'landmarks (docs/align.md, "Two passes")')
   p.add_argument('--batch', type=int, default=8, help='images per aligner call (default: 8)')
   p.add_argument('--max_pixels', type=int, default=formats.DEFAULT_MAX_PIXELS,
                  help='refuse larger images unread (default: %(default)s)')
@@ -74,9 +79,7 @@ def main(argv=None) -> int:
   p = parser()
   args = p.parse_args(argv)
   model = args.workdir or args.exported
-  if model is None:
-    p.error('give the model: --workdir DIR (trained) or --exported DIR')
-  if not os.path.isdir(model):
+  if model is not None and not os.path.isdir(model):
     p.error(f'{"--workdir" if args.workdir else "--exported"} {model}: no such folder')
   if not _ROUTING.fullmatch(args.routing):
     p.error(f'--routing {args.routing!r}: expected dense, greedy or topk:K (K >= 1)')
@@ -113,9 +116,9 @@ def main(argv=None) -> int:
       p.error(str(e))
   try:
     aligner = align_files.load_aligner(workdir=args.workdir, exported=args.exported,
-                                       routing=args.routing)
+                                       routing=args.routing, passes=args.passes)
   except (FileNotFoundError, ValueError) as e:
-    p.error(f'{model}: {e}')
+    p.error(f'{model}: {e}' if model else str(e))
   if aligner.routing_warning:  # on stderr now, and again under the summary: never silent
     print(f'WARNING: {aligner.routing_warning}', file=sys.stderr)
   if paths:

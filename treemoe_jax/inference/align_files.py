@@ -62,12 +62,15 @@ class Result:
   picture_error: str = ''  # Why OUTDIR/<name>.png could not be drawn, if it could not.
 
 
-def load_aligner(*, workdir=None, exported=None, routing: str = 'dense'):
-  """`aligner.Aligner` of a trained workdir or of a `treemoe_jax.export` directory."""
+def load_aligner(*, workdir=None, exported=None, routing: str = 'dense', passes: int = 2):
+  """`aligner.Aligner` of a trained workdir or of a `treemoe_jax.export` directory; neither: the
+  pretrained model that ships with the package."""
   from treemoe_jax.inference import aligner  # pylint: disable=g-import-not-at-top (JAX, the model)
+  if workdir is None and exported is None:
+    return aligner.Aligner.pretrained(routing=routing, passes=passes)
   if exported is not None:
-    return aligner.Aligner.from_export(exported, routing=routing)
-  return aligner.Aligner.from_workdir(workdir, routing=routing)
+    return aligner.Aligner.from_export(exported, routing=routing, passes=passes)
+  return aligner.Aligner.from_workdir(workdir, routing=routing, passes=passes)
 
 
 def run(aligner, paths: Sequence[pathlib.Path], outdir: str | pathlib.Path, *,

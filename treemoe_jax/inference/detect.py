@@ -1,6 +1,6 @@
 """Optional offline face detectors whose boxes are converted to the box the models were trained on.
 
-  pip install 'treemoe-jax[detect]'   # opencv-python-headless and dlib-bin; either one is enough
+  pip install 'treemoe-jax[detect]'   # dlib-bin (opencv-python-headless is a dependency)
 
 The models crop a square around the *tight box of the 68 landmarks* (`formats.box_of`) widened by a
 margin (`pipeline.crop_window`). A detector's box is another box: OpenCV's Haar cascade and dlib's

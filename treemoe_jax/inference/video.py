@@ -12,7 +12,7 @@ the frame is then searched by the detector. One face is followed per video: the 
 confident. Smoothing is the one-euro filter (`Smoother`): a moving average that follows fast
 motion, restarted wherever tracking restarts.
 
-Reading and writing video files and cameras uses OpenCV (`pip install 'treemoe-jax[video]'`).
+Reading and writing video files and cameras uses OpenCV (a dependency of the package).
 
 Letters: T frames, P = 68 landmarks, H, W frame pixels.
 """
@@ -167,7 +167,9 @@ def track(aligner, frames: Iterable[np.ndarray], *, detector: Callable | None = 
       previous = None
       yield FrameResult(index, NO_FACE, lost=lost)
       continue
-    (face,) = aligner.align(frame, [box])
+    # A tracked box is already the landmark box: one pass (a detector's box gets the Aligner's).
+    (face,) = (aligner.align(frame, [box], passes=1) if source == TRACKED else
+               aligner.align(frame, [box]))
     raw = np.asarray(face.landmarks, np.float32)
     side = float(np.max(np.ptp(raw, axis=0)))
     yield FrameResult(index, OK, source, FrameFace(
@@ -200,7 +202,7 @@ def _cv2():
   try:
     import cv2  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("reading and writing video needs OpenCV: pip install 'treemoe-jax[video]'"
+    raise ImportError('reading and writing video needs OpenCV: pip install opencv-python-headless'
                       ) from e
   return cv2
 

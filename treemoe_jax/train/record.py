@@ -32,7 +32,8 @@ SAFE_TO_CHANGE += ('model.representation_lowering', 'model.representation_conv_i
 # config without the key compares as this value, so adding a key does not orphan old workdirs.
 # ('pose.head_output' absent: the pi*tanh heads those estimators learned, as models.head_output.)
 # (The committees' lowerings, added later too, need no entry: safe to change.)
-ADDED_LATER = {'model.dtype': 'float32', 'pose.head_output': 'tanh', 'decay_steps': 0}
+ADDED_LATER = {'model.dtype': 'float32', 'pose.head_output': 'tanh', 'decay_steps': 0,
+               'init_from': ''}
 # config.moe (0.3): runs before it trained on the mixture's loss alone, the paper's objective.
 ADDED_LATER |= {f'moe.{key}': value for key, value in {
     'expert_loss': 'none', 'expert_loss_weight': 0.0, 'mixture_loss_weight': 1.0,

@@ -95,7 +95,8 @@ def create_train_state(task: tasks.Task, tx: optax.GradientTransformation, mesh,
     given = jax.tree.map(lambda x: (np.shape(x), np.asarray(x).dtype), tree)
     if given != expected[name]:
       raise ValueError(f'the loaded {name!r} does not fit this model: the checkpoint was '
-                       'trained with other sizes (compare config.pose with its config.json)')
+                       'trained with other sizes (compare config.pose, or for init_from '
+                       'config.model, with its config)')
   out_shardings = jax.tree.map(lambda _: replicated, abstract)
   return jax.jit(init, out_shardings=out_shardings)(rng, overrides)
 
@@ -271,6 +272,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   data = data_lib.TFDSData(config) if data is None else data
   if config.task == 'pose':
     return _train(config, workdir, tasks.pose_task(config), resuming, data, deadline)
+  if config.get('init_from'):
+    start = initial_model(config)
+    overrides = {'params': dict(start.variables['params']),
+                 'batch_stats': dict(start.variables.get('batch_stats', {}))}
+    return _train(config, workdir, tasks.alignment_task(config), resuming, data, deadline,
+                  overrides, mean_shape=start.mean_shape)
   overrides = None
   if models.stage_spec(config.model).gates_on_pose and models.gate_pose(config) == 'estimator':
     pose_dir = config.pose_checkpoint
@@ -289,21 +296,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 overrides)
 
 
-def _mean_shape(data: data_lib.Data, workdir: pathlib.Path, resuming: bool) -> np.ndarray:
-  """s(0): the record of a resumed run, else learned from the training faces and recorded."""
+def initial_model(config: ml_collections.ConfigDict):
+  """The bundle `config.init_from` names (`runs.Run`), checked to be this config's model."""
+  from treemoe_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+  if config.task != 'alignment':
+    raise ValueError('config.init_from starts an alignment run from a bundle; a pose run has none')
+  source = bundle.PRETRAINED if config.init_from == 'pretrained' else pathlib.Path(
+      config.init_from)
+  if config.init_from == 'pretrained' and not (source / bundle.MODEL_FILE).exists():
+    raise FileNotFoundError(f'config.init_from=pretrained: this installation has no pretrained '
+                            f'model ({source} is empty)')
+  start = bundle.load(source)
+  differences = [d for d in workdirs.config_differences(
+      {'model': start.config.model.to_dict(), 'pose': start.config.pose.to_dict()},
+      {'model': config.model.to_dict(), 'pose': config.pose.to_dict()})
+                 if d[0] not in workdirs.SAFE_TO_CHANGE]
+  if differences:
+    lines = '\n'.join(f'  {key}: {old!r} (the bundle) -> {new!r}' for key, old, new in differences)
+    raise ValueError(f'config.init_from={config.init_from}: the bundle\'s model is not this '
+                     f'config\'s; fine-tuning needs the same sizes. Differences:\n{lines}\nTrain '
+                     f'with the config it was trained with (its {bundle.MODEL_FILE}, "config").')
+  return start
+
+
+def _mean_shape(data: data_lib.Data, workdir: pathlib.Path, resuming: bool,
+                given: np.ndarray | None = None) -> np.ndarray:
+  """s(0): the record of a resumed run, else `given` (a fine-tuned model's own) or learned from
+  the training faces, and recorded."""
   if resuming and (workdir / workdirs.MEAN_SHAPE_FILE).exists():
     return workdirs.load_mean_shape(workdir)
-  mean_shape = np.asarray(data.mean_shape(), np.float32)
+  mean_shape = np.asarray(data.mean_shape() if given is None else given, np.float32)
   if jax.process_index() == 0:
     np.save(workdir / workdirs.MEAN_SHAPE_FILE, mean_shape)
   return mean_shape
 
 
 def _train(config, workdir: pathlib.Path, task: tasks.Task, resuming: bool, data: data_lib.Data,
-           deadline: float | None = None, overrides: dict | None = None) -> dict:
+           deadline: float | None = None, overrides: dict | None = None,
+           mean_shape: np.ndarray | None = None) -> dict:
   """The one training loop: dispatch steps, check health, log, save, evaluate, stop."""
   mesh = parallel.make_mesh()
-  mean_shape = _mean_shape(data, workdir, resuming)
+  mean_shape = _mean_shape(data, workdir, resuming, mean_shape)
   frozen = ('pose_estimator',) if task.name == 'alignment' and config.model.freeze_pose else ()
   tx = make_optimizer(config, frozen)
   state = create_train_state(task, tx, mesh, jax.random.key(config.seed), overrides)
