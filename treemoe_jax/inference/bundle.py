@@ -9,8 +9,8 @@
   variables.npz    every variable by its path ('params/stage0/regression/...'); float leaves in
                    the stored dtype (bfloat16 kept as its uint16 bits: npz has no bfloat16)
   routing_check.json   eval.py's routing comparison, when the run has one
-`load(directory)` gives back a `runs.Run` (float32 variables, the model built from the config):
-no orbax, no TensorFlow. The package's own pretrained model is the bundle in
+`load(directory)` gives back a `runs.Run` (float32 variables, the model built from the config)
+from these files alone: no checkpoint is read, and no TensorFlow imported. The package's own pretrained model is the bundle in
 `treemoe_jax/pretrained/` (`PRETRAINED`), read by `Aligner.pretrained()`, `align.py` without a
 model, and `train.py --config.init_from=pretrained`.
 """
