@@ -325,6 +325,20 @@ def test_a_bundle_aligns_as_its_workdir_and_ships_as_the_pretrained_model(workdi
                      str(tmp_path / 'boxes.json'), '--no_progress']) == 0
   record = json.loads((tmp_path / 'out' / 'face.png.json').read_text())
   np.testing.assert_allclose(record['faces'][0]['landmarks'], expected[0][0].landmarks, atol=1e-3)
+  # `from treemoe_jax import Aligner; Aligner.pretrained()` in a fresh process: no TensorFlow.
+  np.save(tmp_path / 'image.npy', images[0])
+  code = (f'import sys, numpy as np\nfrom treemoe_jax import Aligner\n'
+          f'from treemoe_jax.inference import bundle\n'
+          f'bundle.PRETRAINED = __import__("pathlib").Path({str(tmp_path / "float32")!r})\n'
+          f'faces = Aligner.pretrained().align(np.load({str(tmp_path / "image.npy")!r}), '
+          f'[{boxes[0][0].tolist()!r}])\n'
+          f'assert "tensorflow" not in sys.modules\n'
+          f'print(faces[0].landmarks[0].tolist())')
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]),
+                             expected[0][0].landmarks[0], atol=1e-3)
 
 
 def test_init_from_a_bundle_starts_training_at_its_weights_and_its_mean_shape(workdir, data_dir,
