@@ -41,10 +41,15 @@ def view_faces(view: str, count: int, data_dir=None):
           [f['box'] for f in faces])
 
 
-def view_nme(bundle_dir, faces) -> dict[str, float]:
+def view_nme(bundle_dir, faces, mean_shape_only: bool = False) -> dict[str, float]:
+  """Mean NME per view of the bundle's model, or of its s(0) alone (placed in the same crop)."""
   from treemoe_jax import metrics  # pylint: disable=g-import-not-at-top
   from treemoe_jax.inference import aligner  # pylint: disable=g-import-not-at-top
   model = aligner.Aligner.from_bundle(bundle_dir, passes=1)
+  if mean_shape_only:
+    model = aligner.Aligner(lambda images, init: {'shape': init, 'stage_shapes': init[:, None]},
+                            mean_shape=model.mean_shape, image_size=model.image_size,
+                            margin=model.margin, passes=1)
   out = {}
   for view, (images, landmarks, boxes) in faces.items():
     pred = np.stack([f[0].landmarks for f in model.align_batch(images, [[b] for b in boxes])])
@@ -74,6 +79,8 @@ def main(argv=None) -> int:
     bundle.write(args.workdir, scratch / dtype, dtype=dtype)
     scores[dtype] = view_nme(scratch / dtype, faces)
     print(dtype, {v: f'{100 * e:.3f}%' for v, e in scores[dtype].items()}, flush=True)
+  mean_shape = view_nme(scratch / 'float32', faces, mean_shape_only=True)
+  print('mean shape', {v: f'{100 * e:.3f}%' for v, e in mean_shape.items()}, flush=True)
   keep = all(scores['bfloat16'][v] <= BF16_SLACK * scores['float32'][v] for v in VIEWS)
   dtype = 'bfloat16' if keep else 'float32'
   nme = ', '.join(f'{v.removeprefix("validation_")} {100 * e:.2f}%'
@@ -86,7 +93,8 @@ def main(argv=None) -> int:
   bundle.write(args.workdir, out, dtype=dtype, about=about)
   meta = bundle.read_meta(out)
   meta['validation_nme'] = {'faces_per_view': args.faces, 'float32': scores['float32'],
-                            'bfloat16': scores['bfloat16'], 'shipped': dtype}
+                            'bfloat16': scores['bfloat16'], 'shipped': dtype,
+                            'mean_shape': mean_shape}
   (out / bundle.MODEL_FILE).write_text(json.dumps(meta, indent=1) + '\n')
   size = sum(f.stat().st_size for f in out.iterdir())
   print(f'{out}: {dtype}, {size / 2**20:.2f} MiB\n{about}')
