@@ -172,7 +172,7 @@ def _training(config: ml_collections.ConfigDict) -> None:
   config.pose_checkpoint = ''
   # Start from a trained model's weights (and s(0)) instead of at random, to fine-tune it:
   # 'pretrained' (the package's, README "Pretrained model") or a bundle folder
-  # (treemoe_jax/inference/bundle.py). Its model and pose sizes must be this config's.
+  # (treemoe_jax/bundle.py). Its model and pose sizes must be this config's.
   config.init_from = ''
   config.pose_train_steps = 20_000
   config.resnet50_weights = ''

@@ -1,5 +1,5 @@
 """Trains the package's pretrained model on rendered faces only and bundles it into
-treemoe_jax/pretrained/ (what `Aligner.pretrained()` and `align.py` without a model read).
+treemoe_jax/weights/ (what `Aligner.pretrained()` and `align.py` without a model read).
 
   pip install -e '.[train]'
   python experiments/pretrained.py --workdir /tmp/pretrained          # trains, then bundles
@@ -62,9 +62,9 @@ def main(argv=None) -> int:
   p.add_argument('--workdir', required=True)
   p.add_argument('--trained', action='store_true', help='the workdir is trained: bundle only')
   p.add_argument('--faces', type=int, default=300, help='per validation view')
-  p.add_argument('--out', default=None, help='default: treemoe_jax/pretrained')
+  p.add_argument('--out', default=None, help='default: treemoe_jax/weights')
   args = p.parse_args(argv)
-  from treemoe_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import bundle  # pylint: disable=g-import-not-at-top
   from treemoe_jax import runs  # pylint: disable=g-import-not-at-top
   if not args.trained:
     subprocess.run([sys.executable, str(ROOT / 'train.py'), '--config', str(ROOT / CONFIG),

@@ -275,7 +275,7 @@ def test_export_reloads_without_the_model_and_gives_the_same_landmarks(workdir, 
 
 def test_a_bundle_aligns_as_its_workdir_and_ships_as_the_pretrained_model(workdir, data_dir,
                                                                           tmp_path, monkeypatch):
-  from treemoe_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import bundle  # pylint: disable=g-import-not-at-top
   import align  # pylint: disable=g-import-not-at-top
   examples = _raw_test_faces(data_dir, count=3)
   images, boxes = [e['image'] for e in examples], [[e['box']] for e in examples]
@@ -328,7 +328,7 @@ def test_a_bundle_aligns_as_its_workdir_and_ships_as_the_pretrained_model(workdi
   # `from treemoe_jax import Aligner; Aligner.pretrained()` in a fresh process: no TensorFlow.
   np.save(tmp_path / 'image.npy', images[0])
   code = (f'import sys, numpy as np\nfrom treemoe_jax import Aligner\n'
-          f'from treemoe_jax.inference import bundle\n'
+          f'from treemoe_jax import bundle\n'
           f'bundle.PRETRAINED = __import__("pathlib").Path({str(tmp_path / "float32")!r})\n'
           f'faces = Aligner.pretrained().align(np.load({str(tmp_path / "image.npy")!r}), '
           f'[{boxes[0][0].tolist()!r}])\n'
@@ -344,7 +344,7 @@ def test_a_bundle_aligns_as_its_workdir_and_ships_as_the_pretrained_model(workdi
 def test_init_from_a_bundle_starts_training_at_its_weights_and_its_mean_shape(workdir, data_dir,
                                                                               tmp_path):
   from tests.micro import micro_config  # pylint: disable=g-import-not-at-top
-  from treemoe_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import bundle  # pylint: disable=g-import-not-at-top
   from treemoe_jax.train import trainer  # pylint: disable=g-import-not-at-top
   source = bundle.write(workdir, tmp_path / 'bundle', dtype='float32')
   pose_sizes = {  # conftest.py's micro pose_tree_moe

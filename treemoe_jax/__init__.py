@@ -6,6 +6,7 @@ Layout (imports flow upwards only; `tests/test_import_graph.py` checks it):
   crop        the face crop (JAX): a box in an image -> the model's input, and back
   nn/         the Flax modules: gates, experts, patches, pose, cascade, models, routing
   runs        a trained workdir restored: config, s(0), parameters, model
+  bundle      a trained model as plain files; weights/ holds the pretrained one
   train/      the train state, the step, the loop, tasks, schedules, progress, the run's record
   evaluate/   protocols, the evaluation of a workdir, reports and figures
   inference/  the Aligner, export, detectors, photo files and drawing (no TensorFlow)
@@ -31,8 +32,8 @@ import sys
 
 __version__ = '0.2.0'
 
-_SUBPACKAGES = ('crop', 'checkpointing', 'cli', 'evaluate', 'geometry', 'inference', 'metrics',
-                'nn', 'parallel', 'runs', 'train', 'xla_options')
+_SUBPACKAGES = ('bundle', 'crop', 'checkpointing', 'cli', 'evaluate', 'geometry', 'inference',
+                'metrics', 'nn', 'parallel', 'runs', 'train', 'xla_options')
 
 # The 0.1 flat modules -> where they live now. SPEC's public names (gates, patches, experts, pose,
 # cascade, models, metrics, geometry) keep working through these; the rest for one release.

@@ -155,9 +155,9 @@ class Aligner:
   def from_bundle(cls, directory: str | pathlib.Path, *, routing: str = 'dense',
                   buckets: Sequence[int] = DEFAULT_BUCKETS, detector: Callable | None = None,
                   passes: int = DEFAULT_PASSES) -> 'Aligner':
-    """A model bundle (`treemoe_jax.inference.bundle`): config, s(0) and variables, no
+    """A model bundle (`treemoe_jax.bundle`): config, s(0) and variables, no
     checkpoint."""
-    from treemoe_jax.inference import bundle  # pylint: disable=g-import-not-at-top (Flax)
+    from treemoe_jax import bundle  # pylint: disable=g-import-not-at-top (Flax)
     return cls._from_run(bundle.load(directory), routing=routing, buckets=buckets,
                          detector=detector, passes=passes, where=f'the bundle {directory}')
 
@@ -166,7 +166,7 @@ class Aligner:
                  detector: Callable | None = None, passes: int = DEFAULT_PASSES) -> 'Aligner':
     """The model that ships inside the package (trained on rendered faces only: README,
     "Pretrained model")."""
-    from treemoe_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+    from treemoe_jax import bundle  # pylint: disable=g-import-not-at-top
     if not (bundle.PRETRAINED / bundle.MODEL_FILE).exists():
       raise FileNotFoundError(
           f'this installation has no pretrained model ({bundle.PRETRAINED} is empty): train one '

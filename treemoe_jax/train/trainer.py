@@ -298,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def initial_model(config: ml_collections.ConfigDict):
   """The bundle `config.init_from` names (`runs.Run`), checked to be this config's model."""
-  from treemoe_jax.inference import bundle  # pylint: disable=g-import-not-at-top
+  from treemoe_jax import bundle  # pylint: disable=g-import-not-at-top
   if config.task != 'alignment':
     raise ValueError('config.init_from starts an alignment run from a bundle; a pose run has none')
   source = bundle.PRETRAINED if config.init_from == 'pretrained' else pathlib.Path(

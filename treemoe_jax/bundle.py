@@ -1,6 +1,6 @@
 """A trained aligner as a few plain files, small enough to ship inside the package.
 
-  python -m treemoe_jax.inference.bundle --workdir W --out DIR [--dtype bfloat16] [--about TEXT]
+  python -m treemoe_jax.bundle --workdir W --out DIR [--dtype bfloat16] [--about TEXT]
 
 `write(workdir, out)` keeps what aligning needs of a trained workdir, without its checkpoints:
   model.json       the run's config, step, `about` (what it was trained on, what it scores),
@@ -10,9 +10,11 @@
                    the stored dtype (bfloat16 kept as its uint16 bits: npz has no bfloat16)
   routing_check.json   eval.py's routing comparison, when the run has one
 `load(directory)` gives back a `runs.Run` (float32 variables, the model built from the config)
-from these files alone: no checkpoint is read, and no TensorFlow imported. The package's own pretrained model is the bundle in
-`treemoe_jax/pretrained/` (`PRETRAINED`), read by `Aligner.pretrained()`, `align.py` without a
-model, and `train.py --config.init_from=pretrained`.
+from these files alone: no checkpoint is read, and no TensorFlow imported. The package's own
+pretrained model is the bundle in `treemoe_jax/weights/` (`PRETRAINED`), read by
+`Aligner.pretrained()`, `align.py` without a model, and `train.py --config.init_from=pretrained`.
+
+Beside `runs.py` (a workdir restored), below `train` and `inference`, which both read bundles.
 """
 
 import argparse
@@ -28,7 +30,7 @@ import numpy as np
 
 MODEL_FILE, VARIABLES_FILE, MEAN_SHAPE_FILE = 'model.json', 'variables.npz', 'mean_shape.npy'
 CHECK_FILE = 'routing_check.json'  # = routing.CHECK_FILE, copied beside the model
-PRETRAINED = pathlib.Path(__file__).resolve().parents[1] / 'pretrained'
+PRETRAINED = pathlib.Path(__file__).resolve().parent / 'weights'
 DTYPES = ('float32', 'bfloat16')
 FORMAT_VERSION = 1
 
@@ -103,7 +105,7 @@ def read_meta(directory) -> dict:
   path = directory / MODEL_FILE
   if not path.exists():
     raise BundleError(f'{directory}: no {MODEL_FILE}: not a model bundle (write one with '
-                      'python -m treemoe_jax.inference.bundle --workdir W --out DIR)')
+                      'python -m treemoe_jax.bundle --workdir W --out DIR)')
   meta = json.loads(path.read_text())
   if meta.get('format') != FORMAT_VERSION:
     raise BundleError(f'{directory}: bundle format {meta.get("format")!r}, this version reads '
