@@ -7,13 +7,13 @@ asks), so every expected box, call and number is computed here from the renderer
 """
 
 import csv
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 import align
+from tests.test_align_cli import FakeFace
 from input_pipeline import synthetic
 from treemoe_jax.inference import align_files
 from treemoe_jax.inference import detect
@@ -32,12 +32,6 @@ def clip():
   return synthetic.render_sequence(poses, seed=3, centres=centres, config=config)
 
 
-@dataclasses.dataclass(frozen=True)
-class Face:
-  landmarks: np.ndarray
-  box: np.ndarray
-  pose: np.ndarray | None = None
-  score: float | None = None
 
 
 class OracleAligner:
@@ -57,7 +51,7 @@ class OracleAligner:
     points = self.truth[i] + self.noise[i]
     if i in self.broken:
       points = np.zeros_like(points) + points.mean(0)
-    return [Face(points.astype(np.float32), np.asarray(boxes[0], np.float32), np.zeros(3))]
+    return [FakeFace(points.astype(np.float32), np.asarray(boxes[0], np.float32), np.zeros(3))]
 
 
 class TruthDetector:
@@ -238,7 +232,8 @@ class StretchAligner:
     box = np.asarray(boxes[0], np.float32)
     ramp = np.linspace(0, 1, 68, dtype=np.float32)
     unit = np.stack([ramp, ramp[::-1]], -1)  # spans the box exactly: its landmark box is the box
-    return [Face(box[:2] + unit * (box[2:] - box[:2]), box, np.array([0.1, 0, 0], np.float32))]
+    return [FakeFace(box[:2] + unit * (box[2:] - box[:2]), box,
+                     np.array([0.1, 0, 0], np.float32))]
 
 
 class CentreDetector:

@@ -257,8 +257,7 @@ class Aligner:
     redo = []  # indices of faces whose landmarks give a usable box
     boxes = []
     for n, (image, (landmarks, _, _)) in enumerate(zip(images, results)):
-      points = np.asarray(landmarks, np.float64)
-      box = np.concatenate([points.min(0), points.max(0)])
+      box = np.asarray(photos.landmark_box(landmarks), np.float64)
       if (np.isfinite(box).all() and box[2] > box[0] and box[3] > box[1]
           and not photos.box_problem(box, image.shape[1], image.shape[0])):
         redo.append(n)

@@ -222,6 +222,13 @@ def box_problem(box: Box, width: int, height: int) -> str:
   return ''
 
 
+def landmark_box(landmarks) -> tuple[float, float, float, float]:
+  """The tight box (x0, y0, x1, y1) of landmarks [P, 2]: the box the models were trained on."""
+  points = [(float(x), float(y)) for x, y in landmarks]
+  xs, ys = [x for x, _ in points], [y for _, y in points]
+  return min(xs), min(ys), max(xs), max(ys)
+
+
 def _round_box(box) -> list:
   return [float(f'{float(v):.6g}') for v in box]
 

@@ -61,9 +61,8 @@ def is_video(path) -> bool:
 
 
 def landmark_box(landmarks: np.ndarray) -> np.ndarray:
-  """The tight box (x0, y0, x1, y1) of landmarks [P, 2]: the box the models were trained on."""
-  points = np.asarray(landmarks, np.float64)
-  return np.concatenate([points.min(0), points.max(0)])
+  """`photos.landmark_box` as float64 [4]: the next frame's box."""
+  return np.asarray(photos.landmark_box(landmarks), np.float64)
 
 
 def lost_why(box: np.ndarray, previous: np.ndarray | None, width: int, height: int) -> str:
